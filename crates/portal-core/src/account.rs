@@ -1,0 +1,540 @@
+//! The household billing account — the aggregate every use case loads and commits — and the
+//! records around it: the member's login, sessions, reset tokens, login throttles and
+//! idempotency records.
+
+use crate::audit::{Actor, AuditEvent};
+use crate::billing::{Bill, BillStatus};
+use crate::calendar::CoverageMonth;
+use crate::delinquency::{self, CoverageStatus, DelinquencyPolicy};
+use crate::enrollment::Enrollment;
+use crate::ids::{AccountId, EnrollmentId, MandateId, MethodId, PaymentId, PlanId, SessionId};
+use crate::identity::{AccountNumber, Email, Language, PersonName, Username};
+use crate::instrument::PaymentMethod;
+use crate::ledger::Ledger;
+use crate::mandate::{Mandate, MandateStatus};
+use crate::money::Money;
+use crate::notice::{Notice, NoticeBody};
+use crate::payment::{PaymentStatus, PendingStage};
+use crate::plan::{PaymentPlan, PlanStatus};
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use std::fmt;
+
+/// A keyed hash (HMAC) of a secret value, for lookups that must not reveal the value (SSN).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct LookupDigest(pub String);
+
+impl fmt::Debug for LookupDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LookupDigest({}…)", self.0.get(..8).unwrap_or(""))
+    }
+}
+
+/// Ciphertext of a sealed secret (AES-GCM or similar; the sealer port decides).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SealedSecret(pub Vec<u8>);
+
+impl fmt::Debug for SealedSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SealedSecret({} bytes)", self.0.len())
+    }
+}
+
+/// An Argon2id (PHC string) password hash.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct PasswordHash(pub String);
+
+impl fmt::Debug for PasswordHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PasswordHash(<redacted>)")
+    }
+}
+
+/// A random secret token (session, reset link, email code) as given to the user once.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretToken(String);
+
+impl SecretToken {
+    /// Wraps a freshly generated token.
+    pub fn new(value: String) -> SecretToken {
+        SecretToken(value)
+    }
+
+    /// The token, to hand to the user (cookie, link, email).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The SHA-256 digest under which it is stored; the token itself is never stored.
+    pub fn digest(&self) -> TokenDigest {
+        TokenDigest::of(&self.0)
+    }
+}
+
+impl fmt::Debug for SecretToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretToken(<redacted>)")
+    }
+}
+
+/// SHA-256 of a secret token, hex-encoded. Tokens have 128+ bits of entropy, so an unkeyed
+/// hash suffices.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TokenDigest(pub String);
+
+impl TokenDigest {
+    /// The digest of a presented token.
+    pub fn of(token: &str) -> TokenDigest {
+        let hash = Sha256::digest(token.as_bytes());
+        TokenDigest(hash.iter().map(|b| format!("{b:02x}")).collect())
+    }
+}
+
+impl fmt::Debug for TokenDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TokenDigest({}…)", self.0.get(..8).unwrap_or(""))
+    }
+}
+
+/// The primary subscriber as the marketplace has them on record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    /// First name.
+    pub first_name: PersonName,
+    /// Last name.
+    pub last_name: PersonName,
+    /// Date of birth.
+    pub date_of_birth: NaiveDate,
+    /// Keyed hash of the SSN on record.
+    pub ssn_digest: LookupDigest,
+    /// Last four digits of the SSN, for the masked display.
+    pub ssn_last4: String,
+}
+
+impl Holder {
+    /// "First Last".
+    pub fn full_name(&self) -> String {
+        format!("{} {}", self.first_name, self.last_name)
+    }
+}
+
+/// A pending email-verification code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmailCode {
+    /// Digest of the code.
+    pub digest: TokenDigest,
+    /// Expiry.
+    pub expires_at: DateTime<Utc>,
+    /// Wrong guesses so far.
+    pub failed_attempts: u32,
+}
+
+/// The member's portal login, attached to the account at registration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Username (unique, case-insensitive).
+    pub username: Username,
+    /// Email address.
+    pub email: Email,
+    /// When the email address was confirmed; login needs it.
+    pub email_verified_at: Option<DateTime<Utc>>,
+    /// The pending code, while unconfirmed.
+    pub email_code: Option<EmailCode>,
+    /// Argon2id hash.
+    pub password_hash: PasswordHash,
+    /// When the password last changed.
+    pub password_changed_at: DateTime<Utc>,
+    /// Preferred language.
+    pub language: Language,
+    /// The SSN given at registration, sealed.
+    pub ssn_sealed: SealedSecret,
+    /// When the login was created.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Reminder preferences.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReminderPreferences {
+    /// Whether due-date reminders are emailed.
+    pub due_date_reminders: bool,
+}
+
+impl Default for ReminderPreferences {
+    fn default() -> Self {
+        Self {
+            due_date_reminders: true,
+        }
+    }
+}
+
+/// A household billing account with everything billed and paid on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    /// Id.
+    pub id: AccountId,
+    /// Optimistic-concurrency version: a commit succeeds only against the version it loaded.
+    pub version: u64,
+    /// The marketplace account number.
+    pub number: AccountNumber,
+    /// The subscriber on record.
+    pub holder: Holder,
+    /// An email on record from the marketplace, used until the member registers.
+    pub contact_email: Option<Email>,
+    /// Enrollments (health, dental, ...), each billed separately.
+    pub enrollments: Vec<Enrollment>,
+    /// Bills and payments.
+    pub ledger: Ledger,
+    /// Saved payment methods.
+    pub methods: Vec<PaymentMethod>,
+    /// Automatic-payment mandates.
+    pub mandates: Vec<Mandate>,
+    /// Payment plans.
+    pub plans: Vec<PaymentPlan>,
+    /// The portal login, once registered.
+    pub member: Option<Member>,
+    /// Reminder preferences.
+    pub reminders: ReminderPreferences,
+    /// When the account was created.
+    pub created_at: DateTime<Utc>,
+}
+
+/// One pending bank transfer, shown as protecting the bills it pays.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PendingTransfer {
+    /// Payment.
+    pub payment_id: PaymentId,
+    /// Reference.
+    pub reference: String,
+    /// Amount.
+    pub amount: Money,
+    /// Expected settlement.
+    pub expected_settlement: Option<NaiveDate>,
+    /// Coverage months of the bills it pays.
+    pub protects: Vec<CoverageMonth>,
+}
+
+/// The status of one enrollment as the dashboard shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EnrollmentSummary {
+    /// Enrollment.
+    pub enrollment_id: EnrollmentId,
+    /// Plan name.
+    pub plan_name: String,
+    /// Monthly premium share.
+    pub premium_share: Money,
+    /// Coverage status.
+    pub status: CoverageStatus,
+    /// Paid through this day.
+    pub paid_through: Option<NaiveDate>,
+    /// "Coverage at risk on DATE", when something is unpaid.
+    pub at_risk_on: Option<NaiveDate>,
+}
+
+/// What the member sees first: what is due, when, and the state of coverage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AccountSummary {
+    /// Owed now across open bills (before credit).
+    pub open_total: Money,
+    /// Unused credit.
+    pub credit: Money,
+    /// What to pay now: open bills less credit, never negative.
+    pub amount_due: Money,
+    /// Earliest due date among open bills.
+    pub next_due_date: Option<NaiveDate>,
+    /// The next bill (oldest open) amount and due date.
+    pub next_bill: Option<(Money, NaiveDate)>,
+    /// Per enrollment.
+    pub enrollments: Vec<EnrollmentSummary>,
+    /// Pending bank transfers.
+    pub pending_transfers: Vec<PendingTransfer>,
+    /// Whether an automatic payment is active.
+    pub autopay_active: bool,
+    /// Active payment plan, if any.
+    pub active_plan: Option<PlanId>,
+}
+
+impl Account {
+    /// An enrollment by id.
+    pub fn enrollment(&self, id: EnrollmentId) -> Option<&Enrollment> {
+        self.enrollments.iter().find(|e| e.id == id)
+    }
+
+    /// A saved method by id (also removed ones).
+    pub fn method(&self, id: MethodId) -> Option<&PaymentMethod> {
+        self.methods.iter().find(|m| m.id == id)
+    }
+
+    /// A mandate by id.
+    pub fn mandate(&self, id: MandateId) -> Option<&Mandate> {
+        self.mandates.iter().find(|m| m.id == id)
+    }
+
+    /// A mutable mandate by id.
+    pub fn mandate_mut(&mut self, id: MandateId) -> Option<&mut Mandate> {
+        self.mandates.iter_mut().find(|m| m.id == id)
+    }
+
+    /// The active or paused mandate (one at a time).
+    pub fn current_mandate(&self) -> Option<&Mandate> {
+        self.mandates
+            .iter()
+            .find(|m| !matches!(m.status, MandateStatus::Cancelled))
+    }
+
+    /// The active payment plan, if any.
+    pub fn active_plan(&self) -> Option<&PaymentPlan> {
+        self.plans.iter().find(|p| p.status == PlanStatus::Active)
+    }
+
+    /// Bills of one enrollment.
+    pub fn bills_of(&self, enrollment: EnrollmentId) -> Vec<&Bill> {
+        self.ledger
+            .bills
+            .iter()
+            .filter(|b| b.enrollment_id == enrollment)
+            .collect()
+    }
+
+    /// What to pay now: open bills less credit.
+    pub fn amount_due(&self) -> Money {
+        self.ledger.open_total().saturating_sub(self.ledger.credit())
+    }
+
+    /// What is owed on bills due before `date`, less credit (for autopay's amount-due rule).
+    pub fn amount_due_before(&self, date: NaiveDate) -> Money {
+        let open = Money::sum(
+            self.ledger
+                .bills
+                .iter()
+                .filter(|b| b.due_date < date)
+                .map(Bill::open_amount),
+        )
+        .unwrap_or(Money::ZERO);
+        open.saturating_sub(self.ledger.credit())
+    }
+
+    /// Where to send notices and in which language: the member's verified email, else the
+    /// marketplace contact email.
+    pub fn recipient(&self) -> Option<(Email, Language)> {
+        match &self.member {
+            Some(m) if m.email_verified_at.is_some() => Some((m.email.clone(), m.language)),
+            _ => self.contact_email.clone().map(|e| (e, Language::En)),
+        }
+    }
+
+    /// A notice to the account's recipient, if it has one.
+    pub fn notice(&self, dedupe_key: String, body: NoticeBody) -> Option<Notice> {
+        let (to, language) = self.recipient()?;
+        Some(Notice {
+            kind: body.kind(),
+            account_id: self.id,
+            to,
+            name: self.holder.first_name.to_string(),
+            language,
+            dedupe_key,
+            body,
+        })
+    }
+
+    /// An audit entry for this account.
+    pub fn audit(
+        &self,
+        at: DateTime<Utc>,
+        actor: Actor,
+        entity: impl Into<String>,
+        action: &str,
+        detail: impl Into<String>,
+    ) -> AuditEvent {
+        AuditEvent {
+            at,
+            account_id: self.id,
+            actor,
+            entity: entity.into(),
+            action: action.to_owned(),
+            detail: detail.into(),
+        }
+    }
+
+    /// Everything the dashboard shows, from the core alone.
+    pub fn summary(&self, policy: &DelinquencyPolicy, today: NaiveDate) -> AccountSummary {
+        let enrollments = self
+            .enrollments
+            .iter()
+            .map(|e| {
+                let bills = self.bills_of(e.id);
+                EnrollmentSummary {
+                    enrollment_id: e.id,
+                    plan_name: e.plan_name.clone(),
+                    premium_share: e.premium_share(),
+                    status: delinquency::coverage_status(e, &bills, policy, today),
+                    paid_through: delinquency::paid_through(e, &bills, policy),
+                    at_risk_on: delinquency::at_risk_on(&bills),
+                }
+            })
+            .collect();
+        let mut open: Vec<&Bill> = self
+            .ledger
+            .bills
+            .iter()
+            .filter(|b| b.open_amount().is_positive())
+            .collect();
+        open.sort_by(|a, b| crate::billing::allocation_order(a, b));
+        let pending_transfers = self
+            .ledger
+            .payments
+            .iter()
+            .filter(|p| {
+                p.status
+                    == PaymentStatus::Pending {
+                        stage: PendingStage::Processing,
+                    }
+            })
+            .map(|p| PendingTransfer {
+                payment_id: p.id,
+                reference: p.reference.to_string(),
+                amount: p.amount,
+                expected_settlement: p.expected_settlement,
+                protects: p
+                    .allocations
+                    .iter()
+                    .filter_map(|a| self.ledger.bill(a.bill_id).map(|b| b.coverage_month))
+                    .collect(),
+            })
+            .collect();
+        AccountSummary {
+            open_total: self.ledger.open_total(),
+            credit: self.ledger.credit(),
+            amount_due: self.amount_due(),
+            next_due_date: open.first().map(|b| b.due_date),
+            next_bill: open.first().map(|b| (b.open_amount(), b.due_date)),
+            enrollments,
+            pending_transfers,
+            autopay_active: self
+                .current_mandate()
+                .is_some_and(|m| m.status == MandateStatus::Active),
+            active_plan: self.active_plan().map(|p| p.id),
+        }
+    }
+
+    /// Bills as shown to the member, newest coverage month first.
+    pub fn bill_statuses(&self) -> Vec<(&Bill, BillStatus)> {
+        let mut v: Vec<(&Bill, BillStatus)> =
+            self.ledger.bills.iter().map(|b| (b, b.status())).collect();
+        v.sort_by(|a, b| b.0.coverage_month.cmp(&a.0.coverage_month));
+        v
+    }
+}
+
+/// Who a session belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Principal {
+    /// A member, acting on their own account.
+    Member {
+        /// Their account.
+        account_id: AccountId,
+    },
+    /// A support agent.
+    Agent {
+        /// The agent.
+        agent_id: crate::ids::AgentId,
+    },
+}
+
+/// A login session, stored under the digest of its token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// Id.
+    pub id: SessionId,
+    /// Digest of the token.
+    pub digest: TokenDigest,
+    /// Who.
+    pub principal: Principal,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// Last used.
+    pub last_seen_at: DateTime<Utc>,
+}
+
+/// A password-reset token, stored under its digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResetToken {
+    /// Digest.
+    pub digest: TokenDigest,
+    /// The account.
+    pub account_id: AccountId,
+    /// Expiry.
+    pub expires_at: DateTime<Utc>,
+    /// When it was used; a used token never works again.
+    pub used_at: Option<DateTime<Utc>>,
+}
+
+/// Failed-login bookkeeping per username key, kept whether or not the username exists, so
+/// responses never reveal which usernames exist.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginThrottle {
+    /// Lower-cased username.
+    pub key: String,
+    /// Failures in the current window.
+    pub failures: u32,
+    /// Start of the current window.
+    pub window_started_at: DateTime<Utc>,
+    /// Locked until.
+    pub locked_until: Option<DateTime<Utc>>,
+}
+
+/// A stored idempotent request: the same key with the same request returns the same result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyRecord {
+    /// Scope: the account (or guest-pay account) the key belongs to.
+    pub scope: String,
+    /// The client's key.
+    pub key: String,
+    /// Digest of the request body it was first used with.
+    pub request_digest: String,
+    /// The payment it created.
+    pub payment_id: PaymentId,
+    /// The account the payment belongs to.
+    pub account_id: AccountId,
+    /// When.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A new account for an enrollment on record (marketplace data feed, demo seed, tests).
+#[derive(Debug, Clone)]
+pub struct NewAccount {
+    /// Account number.
+    pub number: AccountNumber,
+    /// Subscriber.
+    pub holder: Holder,
+    /// Contact email on record.
+    pub contact_email: Option<Email>,
+    /// Enrollments.
+    pub enrollments: Vec<Enrollment>,
+}
+
+impl Account {
+    /// A fresh account at version 0.
+    pub fn open(id: AccountId, new: NewAccount, now: DateTime<Utc>) -> Account {
+        Account {
+            id,
+            version: 0,
+            number: new.number,
+            holder: new.holder,
+            contact_email: new.contact_email,
+            enrollments: new.enrollments,
+            ledger: Ledger::default(),
+            methods: Vec::new(),
+            mandates: Vec::new(),
+            plans: Vec::new(),
+            member: None,
+            reminders: ReminderPreferences::default(),
+            created_at: now,
+        }
+    }
+}
