@@ -7,8 +7,8 @@ use crate::billing::{Bill, BillStatus};
 use crate::calendar::CoverageMonth;
 use crate::delinquency::{self, CoverageStatus, DelinquencyPolicy};
 use crate::enrollment::Enrollment;
-use crate::ids::{AccountId, EnrollmentId, MandateId, MethodId, PaymentId, PlanId, SessionId};
 use crate::identity::{AccountNumber, Email, Language, PersonName, Username};
+use crate::ids::{AccountId, EnrollmentId, MandateId, MethodId, PaymentId, PlanId, SessionId};
 use crate::instrument::PaymentMethod;
 use crate::ledger::Ledger;
 use crate::mandate::{Mandate, MandateStatus};
@@ -153,6 +153,8 @@ pub struct Member {
     pub language: Language,
     /// The SSN given at registration, sealed.
     pub ssn_sealed: SealedSecret,
+    /// Keyed digest of that SSN: one login per SSN.
+    pub ssn_digest: LookupDigest,
     /// When the login was created.
     pub created_at: DateTime<Utc>,
 }
@@ -302,7 +304,9 @@ impl Account {
 
     /// What to pay now: open bills less credit.
     pub fn amount_due(&self) -> Money {
-        self.ledger.open_total().saturating_sub(self.ledger.credit())
+        self.ledger
+            .open_total()
+            .saturating_sub(self.ledger.credit())
     }
 
     /// What is owed on bills due before `date`, less credit (for autopay's amount-due rule).
@@ -425,7 +429,7 @@ impl Account {
     pub fn bill_statuses(&self) -> Vec<(&Bill, BillStatus)> {
         let mut v: Vec<(&Bill, BillStatus)> =
             self.ledger.bills.iter().map(|b| (b, b.status())).collect();
-        v.sort_by(|a, b| b.0.coverage_month.cmp(&a.0.coverage_month));
+        v.sort_by_key(|b| std::cmp::Reverse(b.0.coverage_month));
         v
     }
 }

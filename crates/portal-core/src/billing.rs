@@ -2,8 +2,8 @@
 //! configured day of the month before, clamped to that month's end; the first is the binder.
 
 use crate::calendar::{CoverageMonth, add_days, sub_days};
-use crate::ids::{BillId, EnrollmentId, PlanId};
 use crate::identity::input_error;
+use crate::ids::{BillId, EnrollmentId, PlanId};
 use crate::money::Money;
 use chrono::NaiveDate;
 use rust_decimal::Decimal;
@@ -216,7 +216,10 @@ impl Bill {
     pub fn status(&self) -> BillStatus {
         if self.void {
             BillStatus::Void
-        } else if self.open_amount().is_zero() && self.transferred.is_positive() && self.allocated < self.amount {
+        } else if self.open_amount().is_zero()
+            && self.transferred.is_positive()
+            && self.allocated < self.amount
+        {
             BillStatus::InPlan
         } else if self.open_amount().is_zero() {
             BillStatus::Paid
@@ -244,7 +247,10 @@ impl Bill {
         if self.void {
             return true;
         }
-        let covered = self.allocated.checked_add(self.transferred).unwrap_or(self.amount);
+        let covered = self
+            .allocated
+            .checked_add(self.transferred)
+            .unwrap_or(self.amount);
         let owed = self.amount;
         if covered >= owed {
             return true;
@@ -292,10 +298,22 @@ mod tests {
         assert_eq!(p.due_date(month(2027, 3)).to_string(), "2027-02-28");
         assert_eq!(p.due_date(month(2028, 3)).to_string(), "2028-02-29");
         assert_eq!(p.due_date(month(2027, 5)).to_string(), "2027-04-30");
-        assert_eq!(BillingPolicy::new(0, 21, vec![]), Err(BillingPolicyError::DueDay));
-        assert_eq!(BillingPolicy::new(32, 21, vec![]), Err(BillingPolicyError::DueDay));
-        assert_eq!(BillingPolicy::new(23, 0, vec![]), Err(BillingPolicyError::IssueLead));
-        assert_eq!(BillingPolicy::new(23, 5, vec![0]), Err(BillingPolicyError::ReminderDays));
+        assert_eq!(
+            BillingPolicy::new(0, 21, vec![]),
+            Err(BillingPolicyError::DueDay)
+        );
+        assert_eq!(
+            BillingPolicy::new(32, 21, vec![]),
+            Err(BillingPolicyError::DueDay)
+        );
+        assert_eq!(
+            BillingPolicy::new(23, 0, vec![]),
+            Err(BillingPolicyError::IssueLead)
+        );
+        assert_eq!(
+            BillingPolicy::new(23, 5, vec![0]),
+            Err(BillingPolicyError::ReminderDays)
+        );
     }
 
     #[test]

@@ -117,17 +117,20 @@ impl From<CoverageMonth> for String {
 
 /// `date + n` days, saturating at the calendar's end.
 pub fn add_days(date: NaiveDate, n: u32) -> NaiveDate {
-    date.checked_add_days(Days::new(u64::from(n))).unwrap_or(NaiveDate::MAX)
+    date.checked_add_days(Days::new(u64::from(n)))
+        .unwrap_or(NaiveDate::MAX)
 }
 
 /// `date - n` days, saturating at the calendar's start.
 pub fn sub_days(date: NaiveDate, n: u32) -> NaiveDate {
-    date.checked_sub_days(Days::new(u64::from(n))).unwrap_or(NaiveDate::MIN)
+    date.checked_sub_days(Days::new(u64::from(n)))
+        .unwrap_or(NaiveDate::MIN)
 }
 
 /// `date` plus `n` months, clamped to the end of the target month (Jan 31 + 1 = Feb 28/29).
 pub fn add_months_clamped(date: NaiveDate, n: u32) -> NaiveDate {
-    date.checked_add_months(Months::new(n)).unwrap_or(NaiveDate::MAX)
+    date.checked_add_months(Months::new(n))
+        .unwrap_or(NaiveDate::MAX)
 }
 
 #[cfg(test)]
@@ -139,8 +142,17 @@ mod tests {
         let m = CoverageMonth::new(2027, 1).unwrap();
         assert_eq!(m.previous().to_string(), "2026-12");
         assert_eq!(m.plus(13).to_string(), "2028-02");
-        assert_eq!(CoverageMonth::new(2028, 2).unwrap().last_day().to_string(), "2028-02-29");
-        assert_eq!(CoverageMonth::new(2027, 2).unwrap().day_clamped(31).to_string(), "2027-02-28");
+        assert_eq!(
+            CoverageMonth::new(2028, 2).unwrap().last_day().to_string(),
+            "2028-02-29"
+        );
+        assert_eq!(
+            CoverageMonth::new(2027, 2)
+                .unwrap()
+                .day_clamped(31)
+                .to_string(),
+            "2027-02-28"
+        );
         assert_eq!(m.months_until(m.plus(5)), 5);
         assert_eq!(CoverageMonth::parse("2027-13"), Err(MonthError::OutOfRange));
         assert_eq!(CoverageMonth::parse("27-1"), Err(MonthError::Format));

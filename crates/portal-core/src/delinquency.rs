@@ -44,7 +44,8 @@ impl LateFeePolicy {
             LateFeePolicy::None => return None,
             LateFeePolicy::Fixed { amount } => *amount,
             LateFeePolicy::Percent { percent, max } => {
-                let raw = Money::round_half_up(amount.amount() * *percent / Decimal::ONE_HUNDRED).ok()?;
+                let raw =
+                    Money::round_half_up(amount.amount() * *percent / Decimal::ONE_HUNDRED).ok()?;
                 max.map_or(raw, |m| raw.min(m))
             }
         };
@@ -101,10 +102,14 @@ impl Default for DelinquencyPolicy {
 impl DelinquencyPolicy {
     /// Checks a configured policy.
     pub fn check(&self) -> Result<(), DelinquencyPolicyError> {
-        if !(1..=6).contains(&self.grace_months_subsidised) || !(1..=6).contains(&self.grace_months_other) {
+        if !(1..=6).contains(&self.grace_months_subsidised)
+            || !(1..=6).contains(&self.grace_months_other)
+        {
             return Err(DelinquencyPolicyError::GraceMonths);
         }
-        if self.threshold_percent < Decimal::from(50) || self.threshold_percent > Decimal::ONE_HUNDRED {
+        if self.threshold_percent < Decimal::from(50)
+            || self.threshold_percent > Decimal::ONE_HUNDRED
+        {
             return Err(DelinquencyPolicyError::Threshold);
         }
         if self.threshold_shortfall.is_negative() {
@@ -117,7 +122,9 @@ impl DelinquencyPolicy {
             return Err(DelinquencyPolicyError::Warnings);
         }
         match self.late_fee {
-            LateFeePolicy::Fixed { amount } if !amount.is_positive() => Err(DelinquencyPolicyError::LateFee),
+            LateFeePolicy::Fixed { amount } if !amount.is_positive() => {
+                Err(DelinquencyPolicyError::LateFee)
+            }
             LateFeePolicy::Percent { percent, .. }
                 if percent <= Decimal::ZERO || percent > Decimal::from(25) =>
             {
@@ -174,8 +181,10 @@ pub fn grace_dates(
     } else {
         month.previous().last_day()
     };
-    let first_warning_on = sub_days(grace_ends_on, policy.first_warning_days_before_end).max(past_due_since);
-    let second_warning_on = sub_days(grace_ends_on, policy.second_warning_days_before_end).max(first_warning_on);
+    let first_warning_on =
+        sub_days(grace_ends_on, policy.first_warning_days_before_end).max(past_due_since);
+    let second_warning_on =
+        sub_days(grace_ends_on, policy.second_warning_days_before_end).max(first_warning_on);
     GraceDates {
         first_unpaid_month: month,
         past_due_since,
@@ -241,10 +250,7 @@ pub fn coverage_status(
             reinstatable_until: t.reinstatable_until,
         };
     }
-    if let Some(binder) = bills
-        .iter()
-        .find(|b| b.kind == BillKind::Binder && !b.void)
-    {
+    if let Some(binder) = bills.iter().find(|b| b.kind == BillKind::Binder && !b.void) {
         if !policy.counts_as_paid(binder) {
             return CoverageStatus::PendingBinder {
                 due_date: binder.due_date,
@@ -305,8 +311,12 @@ pub fn next_step(
         BillNotice::PastDue
     };
     let already = first_unpaid_notices.iter().any(|n| {
-        matches!(n, BillNotice::PastDue | BillNotice::TerminationWarning | BillNotice::SecondTerminationWarning)
-            && *n >= due
+        matches!(
+            n,
+            BillNotice::PastDue
+                | BillNotice::TerminationWarning
+                | BillNotice::SecondTerminationWarning
+        ) && *n >= due
     });
     (!already).then_some(DelinquencyStep::Notice {
         notice: due,
@@ -330,7 +340,11 @@ pub fn at_risk_on(bills: &[&Bill]) -> Option<NaiveDate> {
 
 /// The paid-through date: the last day of the last coverage month paid with every month
 /// before it also paid.
-pub fn paid_through(enrollment: &Enrollment, bills: &[&Bill], policy: &DelinquencyPolicy) -> Option<NaiveDate> {
+pub fn paid_through(
+    enrollment: &Enrollment,
+    bills: &[&Bill],
+    policy: &DelinquencyPolicy,
+) -> Option<NaiveDate> {
     let mut months: Vec<&&Bill> = bills
         .iter()
         .filter(|b| b.kind.is_premium() && !b.void)
@@ -366,7 +380,12 @@ mod tests {
     #[test]
     fn subsidised_member_gets_three_months_and_terminates_back_to_the_first() {
         let p = DelinquencyPolicy::default();
-        let g = grace_dates(m(2027, 3), NaiveDate::from_ymd_opt(2027, 2, 23).unwrap(), true, &p);
+        let g = grace_dates(
+            m(2027, 3),
+            NaiveDate::from_ymd_opt(2027, 2, 23).unwrap(),
+            true,
+            &p,
+        );
         assert_eq!(g.grace_ends_on.to_string(), "2027-05-31");
         assert_eq!(g.termination_effective.to_string(), "2027-03-31");
         assert_eq!(g.past_due_since.to_string(), "2027-02-24");
@@ -377,7 +396,12 @@ mod tests {
     #[test]
     fn other_members_get_one_month_and_end_with_the_last_paid_month() {
         let p = DelinquencyPolicy::default();
-        let g = grace_dates(m(2027, 3), NaiveDate::from_ymd_opt(2027, 2, 23).unwrap(), false, &p);
+        let g = grace_dates(
+            m(2027, 3),
+            NaiveDate::from_ymd_opt(2027, 2, 23).unwrap(),
+            false,
+            &p,
+        );
         assert_eq!(g.grace_ends_on.to_string(), "2027-03-31");
         assert_eq!(g.termination_effective.to_string(), "2027-02-28");
         assert_eq!(g.first_warning_on.to_string(), "2027-03-01");
@@ -386,25 +410,71 @@ mod tests {
     #[test]
     fn notice_sequence_catches_up_to_the_latest_only() {
         let p = DelinquencyPolicy::default();
-        let g = grace_dates(m(2027, 3), NaiveDate::from_ymd_opt(2027, 2, 23).unwrap(), true, &p);
+        let g = grace_dates(
+            m(2027, 3),
+            NaiveDate::from_ymd_opt(2027, 2, 23).unwrap(),
+            true,
+            &p,
+        );
         let s = CoverageStatus::InGrace { grace: g };
         let on = |y, mo, d| NaiveDate::from_ymd_opt(y, mo, d).unwrap();
-        assert_eq!(next_step(&s, &[], on(2027, 2, 23)), Some(DelinquencyStep::Notice { notice: BillNotice::PastDue, grace: g }));
+        assert_eq!(
+            next_step(&s, &[], on(2027, 2, 23)),
+            Some(DelinquencyStep::Notice {
+                notice: BillNotice::PastDue,
+                grace: g
+            })
+        );
         assert_eq!(next_step(&s, &[BillNotice::PastDue], on(2027, 3, 10)), None);
-        assert_eq!(next_step(&s, &[BillNotice::PastDue], on(2027, 5, 2)), Some(DelinquencyStep::Notice { notice: BillNotice::TerminationWarning, grace: g }));
-        assert_eq!(next_step(&s, &[], on(2027, 5, 25)), Some(DelinquencyStep::Notice { notice: BillNotice::SecondTerminationWarning, grace: g }));
-        assert_eq!(next_step(&s, &[BillNotice::SecondTerminationWarning], on(2027, 5, 30)), None);
-        assert_eq!(next_step(&s, &[], on(2027, 6, 1)), Some(DelinquencyStep::Terminate { grace: g }));
-        assert_eq!(next_step(&CoverageStatus::Active, &[], on(2027, 6, 1)), None);
+        assert_eq!(
+            next_step(&s, &[BillNotice::PastDue], on(2027, 5, 2)),
+            Some(DelinquencyStep::Notice {
+                notice: BillNotice::TerminationWarning,
+                grace: g
+            })
+        );
+        assert_eq!(
+            next_step(&s, &[], on(2027, 5, 25)),
+            Some(DelinquencyStep::Notice {
+                notice: BillNotice::SecondTerminationWarning,
+                grace: g
+            })
+        );
+        assert_eq!(
+            next_step(&s, &[BillNotice::SecondTerminationWarning], on(2027, 5, 30)),
+            None
+        );
+        assert_eq!(
+            next_step(&s, &[], on(2027, 6, 1)),
+            Some(DelinquencyStep::Terminate { grace: g })
+        );
+        assert_eq!(
+            next_step(&CoverageStatus::Active, &[], on(2027, 6, 1)),
+            None
+        );
     }
 
     #[test]
     fn late_fee_policy() {
         assert_eq!(LateFeePolicy::None.fee_for(Money::from_cents(10_000)), None);
-        let pct = LateFeePolicy::Percent { percent: Decimal::from(5), max: Some(Money::from_cents(1_000)) };
-        assert_eq!(pct.fee_for(Money::from_cents(10_001)), Some(Money::from_cents(500)));
-        assert_eq!(pct.fee_for(Money::from_cents(100_000)), Some(Money::from_cents(1_000)));
-        let bad = DelinquencyPolicy { late_fee: LateFeePolicy::Fixed { amount: Money::ZERO }, ..DelinquencyPolicy::default() };
+        let pct = LateFeePolicy::Percent {
+            percent: Decimal::from(5),
+            max: Some(Money::from_cents(1_000)),
+        };
+        assert_eq!(
+            pct.fee_for(Money::from_cents(10_001)),
+            Some(Money::from_cents(500))
+        );
+        assert_eq!(
+            pct.fee_for(Money::from_cents(100_000)),
+            Some(Money::from_cents(1_000))
+        );
+        let bad = DelinquencyPolicy {
+            late_fee: LateFeePolicy::Fixed {
+                amount: Money::ZERO,
+            },
+            ..DelinquencyPolicy::default()
+        };
         assert_eq!(bad.check(), Err(DelinquencyPolicyError::LateFee));
         assert_eq!(DelinquencyPolicy::default().check(), Ok(()));
     }

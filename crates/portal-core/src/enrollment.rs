@@ -2,8 +2,8 @@
 //! subsidy (advance premium tax credit), and so the member's premium share.
 
 use crate::calendar::CoverageMonth;
-use crate::ids::EnrollmentId;
 use crate::identity::input_error;
+use crate::ids::EnrollmentId;
 use crate::money::Money;
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};

@@ -59,9 +59,9 @@ impl Ssn {
             return Err(SsnError::Format);
         }
         let num = |r: std::ops::Range<usize>| {
-            digits
-                .get(r)
-                .map_or(0u32, |d| d.iter().fold(0, |a, b| a * 10 + u32::from(b - b'0')))
+            digits.get(r).map_or(0u32, |d| {
+                d.iter().fold(0, |a, b| a * 10 + u32::from(b - b'0'))
+            })
         };
         let (area, group, serial) = (num(0..3), num(3..5), num(5..9));
         if area == 0 || area == 666 || area >= 900 {
@@ -78,7 +78,10 @@ impl Ssn {
 
     /// The last four digits, which may be shown.
     pub fn last4(&self) -> String {
-        self.0.get(5..).map(|d| String::from_utf8_lossy(d).into_owned()).unwrap_or_default()
+        self.0
+            .get(5..)
+            .map(|d| String::from_utf8_lossy(d).into_owned())
+            .unwrap_or_default()
     }
 
     /// The nine digits, for sealing and keyed hashing only. Never log or display this.
@@ -126,7 +129,9 @@ impl PersonName {
             return Err(NameError::TooLong);
         }
         let ok = s.chars().all(|c| {
-            c.is_alphabetic() || matches!(c, ' ' | '-' | '\'' | '.' | '\u{2019}') || is_combining_mark(c)
+            c.is_alphabetic()
+                || matches!(c, ' ' | '-' | '\'' | '.' | '\u{2019}')
+                || is_combining_mark(c)
         });
         let starts_with_letter = s.chars().next().is_some_and(char::is_alphabetic);
         if !ok || !starts_with_letter {
@@ -142,7 +147,31 @@ impl PersonName {
             .chars()
             .filter(|c| c.is_alphabetic())
             .flat_map(char::to_lowercase)
+            .map(fold_latin)
             .collect()
+    }
+}
+
+/// Folds the accented Latin letters common in names to their base letter, so "María" and
+/// "MARIA" match a record either way.
+fn fold_latin(c: char) -> char {
+    match c {
+        'á' | 'à' | 'â' | 'ä' | 'ã' | 'å' | 'ā' | 'ă' | 'ą' => 'a',
+        'é' | 'è' | 'ê' | 'ë' | 'ē' | 'ė' | 'ę' | 'ě' => 'e',
+        'í' | 'ì' | 'î' | 'ï' | 'ī' | 'į' => 'i',
+        'ó' | 'ò' | 'ô' | 'ö' | 'õ' | 'ø' | 'ō' | 'ő' => 'o',
+        'ú' | 'ù' | 'û' | 'ü' | 'ū' | 'ů' | 'ű' | 'ų' => 'u',
+        'ý' | 'ÿ' => 'y',
+        'ñ' | 'ń' | 'ň' => 'n',
+        'ç' | 'ć' | 'č' => 'c',
+        'š' | 'ś' | 'ş' => 's',
+        'ž' | 'ź' | 'ż' => 'z',
+        'ł' => 'l',
+        'ř' => 'r',
+        'ğ' => 'g',
+        'đ' | 'ď' => 'd',
+        'ť' => 't',
+        other => other,
     }
 }
 
@@ -270,7 +299,9 @@ impl Email {
                     && !l.ends_with('-')
                     && l.chars().all(|c| c.is_alphanumeric() || c == '-')
             })
-            && labels.last().is_some_and(|tld| tld.chars().all(char::is_alphabetic) && tld.len() >= 2);
+            && labels
+                .last()
+                .is_some_and(|tld| tld.chars().all(char::is_alphabetic) && tld.len() >= 2);
         if !local_ok || !domain_ok {
             return Err(EmailError::Format);
         }
@@ -507,18 +538,31 @@ mod tests {
 
     #[test]
     fn names_accept_any_script_and_reject_symbols() {
-        assert_eq!(PersonName::parse("  José  María ").unwrap().as_ref(), "José María");
+        assert_eq!(
+            PersonName::parse("  José  María ").unwrap().as_ref(),
+            "José María"
+        );
         assert!(PersonName::parse("O'Brien-Núñez").is_ok());
         assert!(PersonName::parse("Zoë").is_ok());
         assert!(PersonName::parse("李").is_ok());
         assert_eq!(PersonName::parse(""), Err(NameError::Empty));
-        assert_eq!(PersonName::parse("Robert'); DROP TABLE"), Err(NameError::InvalidCharacters));
-        assert_eq!(PersonName::parse("<script>"), Err(NameError::InvalidCharacters));
+        assert_eq!(
+            PersonName::parse("Robert'); DROP TABLE"),
+            Err(NameError::InvalidCharacters)
+        );
+        assert_eq!(
+            PersonName::parse("<script>"),
+            Err(NameError::InvalidCharacters)
+        );
         assert_eq!(PersonName::parse("R2D2"), Err(NameError::InvalidCharacters));
         assert_eq!(PersonName::parse(&"a".repeat(101)), Err(NameError::TooLong));
         assert_eq!(
             PersonName::parse("José").unwrap().match_key(),
             PersonName::parse("JOSÉ").unwrap().match_key()
+        );
+        assert_eq!(
+            PersonName::parse("Núñez-López").unwrap().match_key(),
+            PersonName::parse("NUNEZ LOPEZ").unwrap().match_key()
         );
     }
 
@@ -527,22 +571,51 @@ mod tests {
         let today = d(2026, 11, 27);
         assert!(DateOfBirth::new(d(1980, 1, 1), today).is_ok());
         assert!(DateOfBirth::new(d(2008, 11, 27), today).is_ok());
-        assert_eq!(DateOfBirth::new(d(2008, 11, 28), today), Err(DateOfBirthError::NotAdult));
-        assert_eq!(DateOfBirth::new(d(2027, 1, 1), today), Err(DateOfBirthError::InFuture));
-        assert_eq!(DateOfBirth::new(d(1890, 1, 1), today), Err(DateOfBirthError::TooOld));
-        assert_eq!(DateOfBirth::parse("1980-13-01", today), Err(DateOfBirthError::Format));
+        assert_eq!(
+            DateOfBirth::new(d(2008, 11, 28), today),
+            Err(DateOfBirthError::NotAdult)
+        );
+        assert_eq!(
+            DateOfBirth::new(d(2027, 1, 1), today),
+            Err(DateOfBirthError::InFuture)
+        );
+        assert_eq!(
+            DateOfBirth::new(d(1890, 1, 1), today),
+            Err(DateOfBirthError::TooOld)
+        );
+        assert_eq!(
+            DateOfBirth::parse("1980-13-01", today),
+            Err(DateOfBirthError::Format)
+        );
         assert_eq!(age_on(d(2000, 2, 29), d(2018, 2, 28)), 17);
         assert_eq!(age_on(d(2000, 2, 29), d(2018, 3, 1)), 18);
     }
 
     #[test]
     fn email_rules() {
-        assert_eq!(Email::parse("Ana@Example.COM").unwrap().as_ref(), "Ana@example.com");
+        assert_eq!(
+            Email::parse("Ana@Example.COM").unwrap().as_ref(),
+            "Ana@example.com"
+        );
         assert!(Email::parse("a.b+tag@mail.example.org").is_ok());
-        for bad in ["", "plain", "a@b", "@example.com", "a@.com", "a..b@example.com", "a b@example.com", "a@exa mple.com", "a@-x.com", "a@example.c0m"] {
+        for bad in [
+            "",
+            "plain",
+            "a@b",
+            "@example.com",
+            "a@.com",
+            "a..b@example.com",
+            "a b@example.com",
+            "a@exa mple.com",
+            "a@-x.com",
+            "a@example.c0m",
+        ] {
             assert!(Email::parse(bad).is_err(), "{bad} accepted");
         }
-        assert_eq!(Email::parse(&format!("{}@example.com", "a".repeat(250))), Err(EmailError::TooLong));
+        assert_eq!(
+            Email::parse(&format!("{}@example.com", "a".repeat(250))),
+            Err(EmailError::TooLong)
+        );
     }
 
     #[test]
@@ -550,10 +623,22 @@ mod tests {
         let u = Username::parse("Maria.Lopez_1").unwrap();
         assert_eq!(u.key(), "maria.lopez_1");
         assert_eq!(Username::parse("ab"), Err(UsernameError::TooShort));
-        assert_eq!(Username::parse(&"a".repeat(33)), Err(UsernameError::TooLong));
-        assert_eq!(Username::parse("_maria"), Err(UsernameError::InvalidCharacters));
-        assert_eq!(Username::parse("maría"), Err(UsernameError::InvalidCharacters));
-        assert_eq!(Username::parse("a' OR 1=1"), Err(UsernameError::InvalidCharacters));
+        assert_eq!(
+            Username::parse(&"a".repeat(33)),
+            Err(UsernameError::TooLong)
+        );
+        assert_eq!(
+            Username::parse("_maria"),
+            Err(UsernameError::InvalidCharacters)
+        );
+        assert_eq!(
+            Username::parse("maría"),
+            Err(UsernameError::InvalidCharacters)
+        );
+        assert_eq!(
+            Username::parse("a' OR 1=1"),
+            Err(UsernameError::InvalidCharacters)
+        );
     }
 
     #[test]

@@ -272,7 +272,9 @@ impl GatewayToken {
             return Err(TokenError::Empty);
         }
         if !(3..=255).contains(&s.len())
-            || !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            || !s
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         {
             return Err(TokenError::Format);
         }
@@ -342,30 +344,57 @@ mod tests {
     fn card_numbers() {
         let ok = check_card_number("4242 4242 4242 4242").unwrap();
         assert_eq!((ok.brand, ok.last4.as_str()), (CardBrand::Visa, "4242"));
-        assert_eq!(check_card_number("5555555555554444").unwrap().brand, CardBrand::Mastercard);
-        assert_eq!(check_card_number("378282246310005").unwrap().brand, CardBrand::Amex);
-        assert_eq!(check_card_number("6011111111111117").unwrap().brand, CardBrand::Discover);
+        assert_eq!(
+            check_card_number("5555555555554444").unwrap().brand,
+            CardBrand::Mastercard
+        );
+        assert_eq!(
+            check_card_number("378282246310005").unwrap().brand,
+            CardBrand::Amex
+        );
+        assert_eq!(
+            check_card_number("6011111111111117").unwrap().brand,
+            CardBrand::Discover
+        );
         assert_eq!(check_card_number(""), Err(CardNumberError::Empty));
         assert_eq!(check_card_number("4242x"), Err(CardNumberError::NotDigits));
         assert_eq!(check_card_number("4242"), Err(CardNumberError::Length));
-        assert_eq!(check_card_number("4242424242424241"), Err(CardNumberError::Checksum));
+        assert_eq!(
+            check_card_number("4242424242424241"),
+            Err(CardNumberError::Checksum)
+        );
     }
 
     #[test]
     fn routing_numbers() {
         assert_eq!(check_routing_number("110000000"), Ok(()));
         assert_eq!(check_routing_number("011000015"), Ok(()));
-        assert_eq!(check_routing_number("011000016"), Err(RoutingNumberError::Checksum));
-        assert_eq!(check_routing_number("11000000"), Err(RoutingNumberError::Format));
+        assert_eq!(
+            check_routing_number("011000016"),
+            Err(RoutingNumberError::Checksum)
+        );
+        assert_eq!(
+            check_routing_number("11000000"),
+            Err(RoutingNumberError::Format)
+        );
         assert_eq!(check_routing_number(""), Err(RoutingNumberError::Empty));
-        assert_eq!(check_bank_account_number("000123456789"), Ok("6789".to_owned()));
-        assert_eq!(check_bank_account_number("12"), Err(BankAccountNumberError::Format));
+        assert_eq!(
+            check_bank_account_number("000123456789"),
+            Ok("6789".to_owned())
+        );
+        assert_eq!(
+            check_bank_account_number("12"),
+            Err(BankAccountNumberError::Format)
+        );
     }
 
     #[test]
     fn tokens_refuse_raw_numbers() {
         assert!(GatewayToken::parse("pm_1Nxyz").is_ok());
-        assert_eq!(GatewayToken::parse("4242424242424242"), Err(TokenError::LooksLikeCardNumber));
+        assert_eq!(
+            GatewayToken::parse("4242424242424242"),
+            Err(TokenError::LooksLikeCardNumber)
+        );
         assert_eq!(GatewayToken::parse("pm 1"), Err(TokenError::Format));
     }
 

@@ -238,7 +238,8 @@ impl Ledger {
                 .find(|b| b.id == bill_id)
                 .map(|b| (b.due_date, b.coverage_month, b.id))
         };
-        p.allocations.sort_by_key(|a| std::cmp::Reverse(due_of(a.bill_id)));
+        p.allocations
+            .sort_by_key(|a| std::cmp::Reverse(due_of(a.bill_id)));
         let mut reductions: BTreeMap<BillId, Money> = BTreeMap::new();
         for a in p.allocations.iter_mut() {
             if excess.is_zero() {
@@ -297,10 +298,15 @@ impl Ledger {
                     return fail(format!("payment {} has a non-positive allocation", p.id));
                 }
                 let e = per_bill.entry(a.bill_id).or_default();
-                *e = e.checked_add(a.amount).map_err(|e| InvariantViolation(e.to_string()))?;
+                *e = e
+                    .checked_add(a.amount)
+                    .map_err(|e| InvariantViolation(e.to_string()))?;
             }
             if p.allocated() > p.net() {
-                return fail(format!("payment {} allocates more than its net amount", p.id));
+                return fail(format!(
+                    "payment {} allocates more than its net amount",
+                    p.id
+                ));
             }
         }
         for b in &self.bills {
@@ -325,14 +331,19 @@ impl Ledger {
         if credit.is_positive() && self.open_total().is_positive() {
             return fail("credit left unapplied while a bill is open".into());
         }
-        let payable = Money::sum(self.bills.iter().map(Bill::payable)).map_err(|e| InvariantViolation(e.to_string()))?;
-        let allocated = Money::sum(self.bills.iter().map(|b| b.allocated)).map_err(|e| InvariantViolation(e.to_string()))?;
-        let net = Money::sum(self.payments.iter().map(Payment::net)).map_err(|e| InvariantViolation(e.to_string()))?;
+        let payable = Money::sum(self.bills.iter().map(Bill::payable))
+            .map_err(|e| InvariantViolation(e.to_string()))?;
+        let allocated = Money::sum(self.bills.iter().map(|b| b.allocated))
+            .map_err(|e| InvariantViolation(e.to_string()))?;
+        let net = Money::sum(self.payments.iter().map(Payment::net))
+            .map_err(|e| InvariantViolation(e.to_string()))?;
         let via_parts = payable
             .checked_sub(allocated)
             .and_then(|x| x.checked_sub(credit))
             .map_err(|e| InvariantViolation(e.to_string()))?;
-        let via_net = payable.checked_sub(net).map_err(|e| InvariantViolation(e.to_string()))?;
+        let via_net = payable
+            .checked_sub(net)
+            .map_err(|e| InvariantViolation(e.to_string()))?;
         if via_parts != self.balance() || via_net != self.balance() {
             return fail(format!(
                 "balance {} != bills − allocations − credit {} or bills − payments {}",
@@ -392,14 +403,23 @@ mod tests {
         l.add_bill(bill(0, 20_000));
         l.add_payment(settled(100, 60_000));
         l.check_invariants().unwrap();
-        assert_eq!(l.bill(BillId(Uuid::from_u128(0))).unwrap().allocated, Money::from_cents(20_000));
-        assert_eq!(l.bill(BillId(Uuid::from_u128(1))).unwrap().allocated, Money::from_cents(30_000));
+        assert_eq!(
+            l.bill(BillId(Uuid::from_u128(0))).unwrap().allocated,
+            Money::from_cents(20_000)
+        );
+        assert_eq!(
+            l.bill(BillId(Uuid::from_u128(1))).unwrap().allocated,
+            Money::from_cents(30_000)
+        );
         assert_eq!(l.credit(), Money::from_cents(10_000));
         assert_eq!(l.balance(), Money::from_cents(-10_000));
         l.add_bill(bill(2, 30_000));
         l.check_invariants().unwrap();
         assert_eq!(l.credit(), Money::ZERO);
-        assert_eq!(l.bill(BillId(Uuid::from_u128(2))).unwrap().open_amount(), Money::from_cents(20_000));
+        assert_eq!(
+            l.bill(BillId(Uuid::from_u128(2))).unwrap().open_amount(),
+            Money::from_cents(20_000)
+        );
     }
 
     #[test]
@@ -407,14 +427,39 @@ mod tests {
         let mut l = Ledger::default();
         l.add_bill(bill(0, 20_000));
         let mut p = payment(7, 20_000, bank());
-        p.transition(PaymentEvent::Processing { expected_settlement: NaiveDate::MIN }, at(), "gw").unwrap();
+        p.transition(
+            PaymentEvent::Processing {
+                expected_settlement: NaiveDate::MIN,
+            },
+            at(),
+            "gw",
+        )
+        .unwrap();
         let id = p.id;
         l.add_payment(p);
-        assert!(l.bill(BillId(Uuid::from_u128(0))).unwrap().open_amount().is_zero(), "processing protects the bill");
-        l.apply_payment_event(id, PaymentEvent::Settled, at(), "webhook").unwrap();
-        l.apply_payment_event(id, PaymentEvent::Returned { code: ReturnCode::R01 }, at(), "webhook").unwrap();
+        assert!(
+            l.bill(BillId(Uuid::from_u128(0)))
+                .unwrap()
+                .open_amount()
+                .is_zero(),
+            "processing protects the bill"
+        );
+        l.apply_payment_event(id, PaymentEvent::Settled, at(), "webhook")
+            .unwrap();
+        l.apply_payment_event(
+            id,
+            PaymentEvent::Returned {
+                code: ReturnCode::R01,
+            },
+            at(),
+            "webhook",
+        )
+        .unwrap();
         l.check_invariants().unwrap();
-        assert_eq!(l.bill(BillId(Uuid::from_u128(0))).unwrap().open_amount(), Money::from_cents(20_000));
+        assert_eq!(
+            l.bill(BillId(Uuid::from_u128(0))).unwrap().open_amount(),
+            Money::from_cents(20_000)
+        );
         assert!(l.payment(id).unwrap().allocations.is_empty());
     }
 
@@ -423,10 +468,25 @@ mod tests {
         let mut l = Ledger::default();
         l.add_bill(bill(0, 20_000));
         let mut p = payment(8, 20_000, bank());
-        p.transition(PaymentEvent::Processing { expected_settlement: NaiveDate::MIN }, at(), "gw").unwrap();
+        p.transition(
+            PaymentEvent::Processing {
+                expected_settlement: NaiveDate::MIN,
+            },
+            at(),
+            "gw",
+        )
+        .unwrap();
         let id = p.id;
         l.add_payment(p);
-        l.apply_payment_event(id, PaymentEvent::Declined { reason: DeclineReason::InsufficientFunds }, at(), "webhook").unwrap();
+        l.apply_payment_event(
+            id,
+            PaymentEvent::Declined {
+                reason: DeclineReason::InsufficientFunds,
+            },
+            at(),
+            "webhook",
+        )
+        .unwrap();
         l.check_invariants().unwrap();
         assert_eq!(l.open_total(), Money::from_cents(20_000));
     }
@@ -438,11 +498,32 @@ mod tests {
         let p = settled(9, 25_000);
         let id = p.id;
         l.add_payment(p);
-        l.apply_payment_event(id, PaymentEvent::Refunded { amount: Money::from_cents(5_000) }, at(), "agent").unwrap();
+        l.apply_payment_event(
+            id,
+            PaymentEvent::Refunded {
+                amount: Money::from_cents(5_000),
+            },
+            at(),
+            "agent",
+        )
+        .unwrap();
         l.check_invariants().unwrap();
         assert_eq!(l.credit(), Money::ZERO);
-        assert!(l.bill(BillId(Uuid::from_u128(0))).unwrap().open_amount().is_zero());
-        l.apply_payment_event(id, PaymentEvent::Refunded { amount: Money::from_cents(1_000) }, at(), "agent").unwrap();
+        assert!(
+            l.bill(BillId(Uuid::from_u128(0)))
+                .unwrap()
+                .open_amount()
+                .is_zero()
+        );
+        l.apply_payment_event(
+            id,
+            PaymentEvent::Refunded {
+                amount: Money::from_cents(1_000),
+            },
+            at(),
+            "agent",
+        )
+        .unwrap();
         l.check_invariants().unwrap();
         assert_eq!(l.open_total(), Money::from_cents(1_000));
     }
@@ -452,7 +533,8 @@ mod tests {
         let mut l = Ledger::default();
         l.add_bill(bill(0, 20_000));
         l.add_payment(settled(10, 20_000));
-        l.reprice_bill(BillId(Uuid::from_u128(0)), Money::from_cents(15_000)).unwrap();
+        l.reprice_bill(BillId(Uuid::from_u128(0)), Money::from_cents(15_000))
+            .unwrap();
         l.check_invariants().unwrap();
         assert_eq!(l.credit(), Money::from_cents(5_000));
     }
@@ -487,7 +569,11 @@ mod tests {
     }
 
     fn pick<T>(v: &[T], i: usize) -> Option<&T> {
-        if v.is_empty() { None } else { v.get(i % v.len()) }
+        if v.is_empty() {
+            None
+        } else {
+            v.get(i % v.len())
+        }
     }
 
     proptest! {

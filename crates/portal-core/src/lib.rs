@@ -26,3 +26,8 @@ pub mod reference;
 
 pub use error::{FieldError, InputError, ValidationErrors};
 pub use money::Money;
+pub mod services;
+pub mod verifier;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;

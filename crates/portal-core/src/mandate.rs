@@ -3,8 +3,8 @@
 //! policy; and suspension after consecutive failures.
 
 use crate::calendar::{add_days, add_months_clamped, sub_days};
-use crate::ids::{AccountId, MandateId, MethodId};
 use crate::identity::input_error;
+use crate::ids::{AccountId, MandateId, MethodId};
 use crate::money::Money;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
@@ -276,7 +276,8 @@ impl Mandate {
         // Estimate from the month distance, then correct by at most one step either way.
         let months = (date.years_since(self.start_date).unwrap_or(0) * 12)
             + u32::try_from(
-                (chrono::Datelike::month0(&date) as i32 - chrono::Datelike::month0(&self.start_date) as i32)
+                (chrono::Datelike::month0(&date) as i32
+                    - chrono::Datelike::month0(&self.start_date) as i32)
                     .rem_euclid(12),
             )
             .unwrap_or(0);
@@ -373,7 +374,8 @@ impl Mandate {
 
     /// Records a successful (or processing) debit, or a period with nothing to pay.
     pub fn record_success(&mut self, period: u32) {
-        self.last_completed_period = Some(self.last_completed_period.map_or(period, |p| p.max(period)));
+        self.last_completed_period =
+            Some(self.last_completed_period.map_or(period, |p| p.max(period)));
         self.consecutive_failures = 0;
         self.retry_on = None;
     }
@@ -384,7 +386,8 @@ impl Mandate {
         if self.consecutive_failures >= policy.suspend_after_failures {
             self.status = MandateStatus::Suspended;
             self.retry_on = None;
-            self.last_completed_period = Some(self.last_completed_period.map_or(period, |p| p.max(period)));
+            self.last_completed_period =
+                Some(self.last_completed_period.map_or(period, |p| p.max(period)));
             return true;
         }
         self.retry_on = Some(add_days(today, policy.retry_after_days));
@@ -393,7 +396,10 @@ impl Mandate {
 
     /// The next debit date on or after `today`, for display.
     pub fn next_debit_on(&self, today: NaiveDate) -> Option<NaiveDate> {
-        if matches!(self.status, MandateStatus::Cancelled | MandateStatus::Suspended) {
+        if matches!(
+            self.status,
+            MandateStatus::Cancelled | MandateStatus::Suspended
+        ) {
             return None;
         }
         let from = self.last_completed_period.map_or(0, |p| p + 1);
@@ -494,8 +500,12 @@ mod tests {
             // The runner acts until nothing more is due that day (notice, then maybe debit).
             for _ in 0..3 {
                 match m.action_on(*day, policy) {
-                    Some(MandateAction::Notify { period, .. }) => m.record_notice(period, Money::from_cents(100), *day),
-                    Some(MandateAction::Debit { period, attempt, .. }) => {
+                    Some(MandateAction::Notify { period, .. }) => {
+                        m.record_notice(period, Money::from_cents(100), *day)
+                    }
+                    Some(MandateAction::Debit {
+                        period, attempt, ..
+                    }) => {
                         m.record_attempt(period, attempt);
                         *charges.entry(period).or_insert(0) += 1;
                         m.record_success(period);
@@ -526,11 +536,21 @@ mod tests {
         assert_eq!(m.action_on(d(2027, 1, 16), &policy), None);
         assert_eq!(
             m.action_on(d(2027, 1, 17), &policy),
-            Some(MandateAction::Notify { period: 0, debit_date: d(2027, 1, 20) })
+            Some(MandateAction::Notify {
+                period: 0,
+                debit_date: d(2027, 1, 20)
+            })
         );
         m.record_notice(0, Money::from_cents(100), d(2027, 1, 17));
         assert_eq!(m.action_on(d(2027, 1, 19), &policy), None);
-        assert!(matches!(m.action_on(d(2027, 1, 20), &policy), Some(MandateAction::Debit { period: 0, attempt: 1, .. })));
+        assert!(matches!(
+            m.action_on(d(2027, 1, 20), &policy),
+            Some(MandateAction::Debit {
+                period: 0,
+                attempt: 1,
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -539,7 +559,10 @@ mod tests {
         let mut m = mandate(d(2027, 1, 20), Frequency::Monthly);
         m.record_notice(0, Money::from_cents(100), d(2027, 1, 20));
         assert_eq!(m.action_on(d(2027, 1, 22), &policy), None);
-        assert!(matches!(m.action_on(d(2027, 1, 23), &policy), Some(MandateAction::Debit { .. })));
+        assert!(matches!(
+            m.action_on(d(2027, 1, 23), &policy),
+            Some(MandateAction::Debit { .. })
+        ));
     }
 
     #[test]
@@ -547,11 +570,23 @@ mod tests {
         let policy = RetryPolicy::default();
         let mut m = mandate(d(2027, 1, 20), Frequency::Monthly);
         m.record_notice(0, Money::from_cents(100), d(2027, 1, 17));
-        let Some(MandateAction::Debit { period, attempt, .. }) = m.action_on(d(2027, 1, 20), &policy) else { panic!() };
+        let Some(MandateAction::Debit {
+            period, attempt, ..
+        }) = m.action_on(d(2027, 1, 20), &policy)
+        else {
+            panic!()
+        };
         m.record_attempt(period, attempt);
         assert!(!m.record_failure(period, d(2027, 1, 20), &policy));
-        assert_eq!(m.action_on(d(2027, 1, 22), &policy), None, "waits for the retry date");
-        let Some(MandateAction::Debit { attempt: 2, .. }) = m.action_on(d(2027, 1, 23), &policy) else { panic!() };
+        assert_eq!(
+            m.action_on(d(2027, 1, 22), &policy),
+            None,
+            "waits for the retry date"
+        );
+        let Some(MandateAction::Debit { attempt: 2, .. }) = m.action_on(d(2027, 1, 23), &policy)
+        else {
+            panic!()
+        };
         m.record_attempt(0, 2);
         assert!(m.record_failure(0, d(2027, 1, 23), &policy));
         assert_eq!(m.status, MandateStatus::Suspended);
@@ -562,10 +597,20 @@ mod tests {
     fn amount_respects_cap_and_notice() {
         let mut m = mandate(d(2027, 1, 20), Frequency::Monthly);
         m.cap = Some(Money::from_cents(50_000));
-        assert_eq!(m.debit_amount(Money::from_cents(60_000)), Money::from_cents(50_000));
+        assert_eq!(
+            m.debit_amount(Money::from_cents(60_000)),
+            Money::from_cents(50_000)
+        );
         m.record_notice(0, Money::from_cents(40_000), d(2027, 1, 17));
-        assert_eq!(m.debit_amount(Money::from_cents(45_000)), Money::from_cents(40_000), "never more than announced");
-        assert_eq!(m.debit_amount(Money::from_cents(30_000)), Money::from_cents(30_000));
+        assert_eq!(
+            m.debit_amount(Money::from_cents(45_000)),
+            Money::from_cents(40_000),
+            "never more than announced"
+        );
+        assert_eq!(
+            m.debit_amount(Money::from_cents(30_000)),
+            Money::from_cents(30_000)
+        );
     }
 
     #[test]
@@ -574,7 +619,10 @@ mod tests {
         let mut m = mandate(d(2027, 1, 20), Frequency::Monthly);
         m.pause(Some(d(2027, 2, 1))).unwrap();
         assert_eq!(m.action_on(d(2027, 1, 17), &policy), None);
-        assert!(m.action_on(d(2027, 2, 17), &policy).is_some(), "resumes after the pause");
+        assert!(
+            m.action_on(d(2027, 2, 17), &policy).is_some(),
+            "resumes after the pause"
+        );
         m.cancel();
         assert_eq!(m.action_on(d(2027, 2, 17), &policy), None);
         assert_eq!(m.resume(), Err(MandateError::NotChangeable));

@@ -321,7 +321,10 @@ mod tests {
         check("12.345", Err(MoneyError::TooManyDecimals));
         check("-1", Err(MoneyError::Negative));
         check("1000000000", Err(MoneyError::TooLarge));
-        check("99999999999999999999999999999999", Err(MoneyError::TooLarge));
+        check(
+            "99999999999999999999999999999999",
+            Err(MoneyError::TooLarge),
+        );
         assert_eq!(Money::parse_positive("0.00"), Err(MoneyError::NotPositive));
         assert_eq!(MoneyError::TooManyDecimals.field(), "amount");
     }

@@ -2,8 +2,8 @@
 //! English and Spanish) and deliver them from the outbox; the core only decides what is said.
 
 use crate::calendar::CoverageMonth;
-use crate::ids::AccountId;
 use crate::identity::{Email, Language};
+use crate::ids::AccountId;
 use crate::money::Money;
 use crate::payment::{DeclineReason, ReturnCode};
 use chrono::{DateTime, NaiveDate, Utc};

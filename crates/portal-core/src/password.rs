@@ -17,7 +17,12 @@ static COMMON_PASSWORDS_TEXT: &str = include_str!("data/common-passwords.txt");
 
 fn common_passwords() -> &'static HashSet<&'static str> {
     static SET: OnceLock<HashSet<&'static str>> = OnceLock::new();
-    SET.get_or_init(|| COMMON_PASSWORDS_TEXT.lines().filter(|l| !l.is_empty()).collect())
+    SET.get_or_init(|| {
+        COMMON_PASSWORDS_TEXT
+            .lines()
+            .filter(|l| !l.is_empty())
+            .collect()
+    })
 }
 
 /// How many entries the shipped common-password list has.
@@ -139,18 +144,37 @@ mod tests {
 
     #[test]
     fn ships_a_large_common_password_list() {
-        assert!(common_password_count() >= 3000, "{}", common_password_count());
+        assert!(
+            common_password_count() >= 3000,
+            "{}",
+            common_password_count()
+        );
     }
 
     #[test]
     fn policy() {
         assert!(Password::new("correct horse battery", &[]).is_ok());
-        assert!(Password::new("контрольная фраза", &[]).is_ok(), "any Unicode");
-        assert!(Password::new("ALLUPPERCASEWORDS", &[]).is_ok(), "no composition rules");
+        assert!(
+            Password::new("контрольная фраза", &[]).is_ok(),
+            "any Unicode"
+        );
+        assert!(
+            Password::new("ALLUPPERCASEWORDS", &[]).is_ok(),
+            "no composition rules"
+        );
         assert_eq!(Password::new("", &[]).unwrap_err(), PasswordError::Empty);
-        assert_eq!(Password::new("short pass1", &[]).unwrap_err(), PasswordError::TooShort);
-        assert_eq!(Password::new(&"x".repeat(129), &[]).unwrap_err(), PasswordError::TooLong);
-        assert_eq!(Password::new("tab\there is bad", &[]).unwrap_err(), PasswordError::Control);
+        assert_eq!(
+            Password::new("short pass1", &[]).unwrap_err(),
+            PasswordError::TooShort
+        );
+        assert_eq!(
+            Password::new(&"x".repeat(129), &[]).unwrap_err(),
+            PasswordError::TooLong
+        );
+        assert_eq!(
+            Password::new("tab\there is bad", &[]).unwrap_err(),
+            PasswordError::Control
+        );
         assert_eq!(
             Password::new("maria.lopez rocks", &["maria.lopez", "m@example.com"]).unwrap_err(),
             PasswordError::ContainsPersonalData
@@ -169,15 +193,28 @@ mod tests {
         // Long entries of the list, which the length rule alone would let through.
         let long_common: Vec<&str> = COMMON_PASSWORDS_TEXT
             .lines()
-            .filter(|l| l.chars().count() >= MIN_PASSWORD_CHARS && l.chars().count() <= MAX_PASSWORD_CHARS)
+            .filter(|l| {
+                l.chars().count() >= MIN_PASSWORD_CHARS && l.chars().count() <= MAX_PASSWORD_CHARS
+            })
             .take(20)
             .collect();
         assert!(!long_common.is_empty());
         for p in long_common {
-            assert_eq!(Password::new(p, &[]).unwrap_err(), PasswordError::Common, "{p}");
-            assert_eq!(Password::new(&p.to_uppercase(), &[]).unwrap_err(), PasswordError::Common, "{p}");
+            assert_eq!(
+                Password::new(p, &[]).unwrap_err(),
+                PasswordError::Common,
+                "{p}"
+            );
+            assert_eq!(
+                Password::new(&p.to_uppercase(), &[]).unwrap_err(),
+                PasswordError::Common,
+                "{p}"
+            );
         }
-        assert_eq!(Password::new("password12345678", &[]).unwrap_err(), PasswordError::Common);
+        assert_eq!(
+            Password::new("password12345678", &[]).unwrap_err(),
+            PasswordError::Common
+        );
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! an illegal transition is a typed error, and repeating the current state is a no-op, so a
 //! duplicated gateway webhook changes nothing.
 
-use crate::ids::{AgentId, BillId, MandateId, MethodId, PaymentId};
 use crate::identity::input_error;
+use crate::ids::{AgentId, BillId, MandateId, MethodId, PaymentId};
 use crate::instrument::{MethodDetails, MethodKind};
 use crate::money::Money;
 use crate::reference::PaymentReference;
@@ -414,21 +414,30 @@ impl Payment {
     }
 
     /// The state `event` would lead to, without changing anything; `Ok(None)` if it is a repeat.
-    pub fn next_status(&self, event: &PaymentEvent) -> Result<Option<PaymentStatus>, TransitionError> {
+    pub fn next_status(
+        &self,
+        event: &PaymentEvent,
+    ) -> Result<Option<PaymentStatus>, TransitionError> {
         use PaymentStatus as S;
         let illegal = || TransitionError {
             from: self.status.name(),
             event: event_name(event),
         };
         let next = match (self.status, event) {
-            (S::Pending { stage: PendingStage::Submitted }, PaymentEvent::Processing { .. })
-                if self.is_bank_transfer() =>
-            {
+            (
+                S::Pending {
+                    stage: PendingStage::Submitted,
+                },
+                PaymentEvent::Processing { .. },
+            ) if self.is_bank_transfer() => S::Pending {
+                stage: PendingStage::Processing,
+            },
+            (
                 S::Pending {
                     stage: PendingStage::Processing,
-                }
-            }
-            (S::Pending { stage: PendingStage::Processing }, PaymentEvent::Processing { .. }) => {
+                },
+                PaymentEvent::Processing { .. },
+            ) => {
                 return Ok(None);
             }
             (S::Pending { .. }, PaymentEvent::Settled) => S::Succeeded,
@@ -553,15 +562,41 @@ pub(crate) mod tests {
     fn card_payment_settles_and_refunds_partly_then_fully() {
         let mut p = payment(1, 10_000, card());
         assert!(!p.counts());
-        assert!(p.transition(PaymentEvent::Settled, at(), "gateway").unwrap());
+        assert!(
+            p.transition(PaymentEvent::Settled, at(), "gateway")
+                .unwrap()
+        );
         assert_eq!(p.net(), Money::from_cents(10_000));
-        assert!(!p.transition(PaymentEvent::Settled, at(), "duplicate webhook").unwrap());
-        p.transition(PaymentEvent::Refunded { amount: Money::from_cents(2_500) }, at(), "agent").unwrap();
+        assert!(
+            !p.transition(PaymentEvent::Settled, at(), "duplicate webhook")
+                .unwrap()
+        );
+        p.transition(
+            PaymentEvent::Refunded {
+                amount: Money::from_cents(2_500),
+            },
+            at(),
+            "agent",
+        )
+        .unwrap();
         assert_eq!(p.status, PaymentStatus::Refunded { full: false });
         assert_eq!(p.net(), Money::from_cents(7_500));
-        let too_much = p.transition(PaymentEvent::Refunded { amount: Money::from_cents(7_501) }, at(), "agent");
+        let too_much = p.transition(
+            PaymentEvent::Refunded {
+                amount: Money::from_cents(7_501),
+            },
+            at(),
+            "agent",
+        );
         assert!(too_much.is_err());
-        p.transition(PaymentEvent::Refunded { amount: Money::from_cents(7_500) }, at(), "agent").unwrap();
+        p.transition(
+            PaymentEvent::Refunded {
+                amount: Money::from_cents(7_500),
+            },
+            at(),
+            "agent",
+        )
+        .unwrap();
         assert_eq!(p.status, PaymentStatus::Refunded { full: true });
         assert_eq!(p.net(), Money::ZERO);
         assert_eq!(p.history.len(), 3, "the duplicate was not recorded");
@@ -571,11 +606,29 @@ pub(crate) mod tests {
     fn bank_transfer_processes_settles_and_can_be_returned() {
         let mut p = payment(2, 10_000, bank());
         let expected = NaiveDate::from_ymd_opt(2027, 1, 5).unwrap();
-        p.transition(PaymentEvent::Processing { expected_settlement: expected }, at(), "gateway").unwrap();
-        assert!(p.counts(), "a processing transfer protects the bill it pays");
+        p.transition(
+            PaymentEvent::Processing {
+                expected_settlement: expected,
+            },
+            at(),
+            "gateway",
+        )
+        .unwrap();
+        assert!(
+            p.counts(),
+            "a processing transfer protects the bill it pays"
+        );
         assert_eq!(p.expected_settlement, Some(expected));
-        p.transition(PaymentEvent::Settled, at(), "webhook").unwrap();
-        p.transition(PaymentEvent::Returned { code: ReturnCode::R01 }, at(), "webhook").unwrap();
+        p.transition(PaymentEvent::Settled, at(), "webhook")
+            .unwrap();
+        p.transition(
+            PaymentEvent::Returned {
+                code: ReturnCode::R01,
+            },
+            at(),
+            "webhook",
+        )
+        .unwrap();
         assert!(!p.counts());
         assert_eq!(p.net(), Money::ZERO);
     }
@@ -584,17 +637,58 @@ pub(crate) mod tests {
     fn illegal_transitions_are_typed_errors() {
         let mut card_p = payment(3, 100, card());
         let err = card_p
-            .transition(PaymentEvent::Processing { expected_settlement: NaiveDate::MIN }, at(), "x")
+            .transition(
+                PaymentEvent::Processing {
+                    expected_settlement: NaiveDate::MIN,
+                },
+                at(),
+                "x",
+            )
             .unwrap_err();
         assert_eq!((err.from, err.event), ("pending", "processing"));
         card_p.transition(PaymentEvent::Settled, at(), "x").unwrap();
-        assert!(card_p.transition(PaymentEvent::Returned { code: ReturnCode::R01 }, at(), "x").is_err(), "cards are not returned");
+        assert!(
+            card_p
+                .transition(
+                    PaymentEvent::Returned {
+                        code: ReturnCode::R01
+                    },
+                    at(),
+                    "x"
+                )
+                .is_err(),
+            "cards are not returned"
+        );
         let mut failed = payment(4, 100, card());
-        failed.transition(PaymentEvent::Declined { reason: DeclineReason::CardDeclined }, at(), "x").unwrap();
+        failed
+            .transition(
+                PaymentEvent::Declined {
+                    reason: DeclineReason::CardDeclined,
+                },
+                at(),
+                "x",
+            )
+            .unwrap();
         assert!(failed.transition(PaymentEvent::Settled, at(), "x").is_err());
-        assert!(failed.transition(PaymentEvent::Refunded { amount: Money::from_cents(1) }, at(), "x").is_err());
+        assert!(
+            failed
+                .transition(
+                    PaymentEvent::Refunded {
+                        amount: Money::from_cents(1)
+                    },
+                    at(),
+                    "x"
+                )
+                .is_err()
+        );
         let pending = payment(5, 100, bank());
-        assert!(pending.next_status(&PaymentEvent::Refunded { amount: Money::from_cents(1) }).is_err());
+        assert!(
+            pending
+                .next_status(&PaymentEvent::Refunded {
+                    amount: Money::from_cents(1)
+                })
+                .is_err()
+        );
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! own; a missed installment ends the plan.
 
 use crate::calendar::add_months_clamped;
-use crate::ids::{BillId, PlanId};
 use crate::identity::input_error;
+use crate::ids::{BillId, PlanId};
 use crate::money::Money;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
@@ -94,13 +94,34 @@ mod tests {
     #[test]
     fn installments_add_up_and_fall_monthly() {
         let today = NaiveDate::from_ymd_opt(2027, 3, 5).unwrap();
-        let s = schedule(Money::from_cents(100_001), 3, NaiveDate::from_ymd_opt(2027, 3, 31).unwrap(), today).unwrap();
-        assert_eq!(Money::sum(s.iter().map(|x| x.0)).unwrap(), Money::from_cents(100_001));
+        let s = schedule(
+            Money::from_cents(100_001),
+            3,
+            NaiveDate::from_ymd_opt(2027, 3, 31).unwrap(),
+            today,
+        )
+        .unwrap();
+        assert_eq!(
+            Money::sum(s.iter().map(|x| x.0)).unwrap(),
+            Money::from_cents(100_001)
+        );
         assert_eq!(s[1].1.to_string(), "2027-04-30");
         assert_eq!(s[2].1.to_string(), "2027-05-31");
-        assert_eq!(schedule(Money::from_cents(100), 13, today, today), Err(PlanError::Installments));
-        assert_eq!(schedule(Money::from_cents(100), 1, today, today), Err(PlanError::Installments));
-        assert_eq!(schedule(Money::ZERO, 2, today, today), Err(PlanError::NothingPastDue));
-        assert_eq!(schedule(Money::from_cents(150), 2, today, today), Err(PlanError::TooSmall));
+        assert_eq!(
+            schedule(Money::from_cents(100), 13, today, today),
+            Err(PlanError::Installments)
+        );
+        assert_eq!(
+            schedule(Money::from_cents(100), 1, today, today),
+            Err(PlanError::Installments)
+        );
+        assert_eq!(
+            schedule(Money::ZERO, 2, today, today),
+            Err(PlanError::NothingPastDue)
+        );
+        assert_eq!(
+            schedule(Money::from_cents(150), 2, today, today),
+            Err(PlanError::TooSmall)
+        );
     }
 }

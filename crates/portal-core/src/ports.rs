@@ -56,6 +56,8 @@ pub enum Unique {
     Bill,
     /// A notice with the same dedupe key.
     Notice,
+    /// A reset token that was already used.
+    ResetTokenUse,
 }
 
 impl std::fmt::Display for Unique {
@@ -69,6 +71,7 @@ impl std::fmt::Display for Unique {
             Unique::PaymentReference => "payment reference",
             Unique::Bill => "bill",
             Unique::Notice => "notice",
+            Unique::ResetTokenUse => "use of a reset link",
         })
     }
 }
@@ -111,8 +114,11 @@ pub struct Changes {
     pub delete_sessions: Vec<TokenDigest>,
     /// Delete every session of this account (password reset).
     pub delete_all_sessions_of: Option<AccountId>,
-    /// Reset tokens to create or update.
+    /// Reset tokens to create.
     pub put_reset_tokens: Vec<ResetToken>,
+    /// Marks a reset token used; fails the commit with `Duplicate(ResetTokenUse)` if it was
+    /// already used, so a link works once even under concurrent use.
+    pub consume_reset_token: Option<(TokenDigest, DateTime<Utc>)>,
     /// Login throttles to create or update.
     pub put_throttles: Vec<LoginThrottle>,
     /// Idempotency records to insert (a duplicate key fails the commit with `Duplicate`).
@@ -183,7 +189,11 @@ pub trait Store: Send + Sync {
         limit: u32,
     ) -> Result<Vec<AccountId>, StoreError>;
     /// Accounts whose holder name, login email, username or account number matches (support).
-    async fn search_accounts(&self, query: String, limit: u32) -> Result<Vec<AccountId>, StoreError>;
+    async fn search_accounts(
+        &self,
+        query: String,
+        limit: u32,
+    ) -> Result<Vec<AccountId>, StoreError>;
     /// The audit trail of an account, oldest first.
     async fn audit_trail(&self, account: AccountId) -> Result<Vec<AuditEvent>, StoreError>;
     /// Applies `changes` atomically.

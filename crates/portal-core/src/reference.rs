@@ -148,11 +148,17 @@ mod tests {
         let shown = r.to_string();
         assert_eq!(shown.len(), 14);
         assert_eq!(shown.matches('-').count(), 2);
-        assert_eq!(PaymentReference::parse(&shown.to_lowercase()), Ok(r.clone()));
+        assert_eq!(
+            PaymentReference::parse(&shown.to_lowercase()),
+            Ok(r.clone())
+        );
         assert_eq!(PaymentReference::parse(&shown.replace('-', " ")), Ok(r));
         assert_eq!(PaymentReference::parse(""), Err(ReferenceError::Empty));
         assert_eq!(PaymentReference::parse("ABC"), Err(ReferenceError::Length));
-        assert_eq!(PaymentReference::parse("0000-0000-0000"), Err(ReferenceError::InvalidCharacter));
+        assert_eq!(
+            PaymentReference::parse("0000-0000-0000"),
+            Err(ReferenceError::InvalidCharacter)
+        );
     }
 
     proptest! {

@@ -1,0 +1,645 @@
+//! Batch jobs for a date: billing, reminders, delinquency, autopay and reconciliation. Each
+//! works account by account through `update_account`, so every item commits on its own, and
+//! each decision is recorded on the item itself (a bill per month, a notice flag per bill, a
+//! mandate period), so rerunning a date, or resuming after a crash, changes nothing twice.
+
+use super::{Portal, ServiceError};
+use crate::account::Account;
+use crate::audit::Actor;
+use crate::billing::{Bill, BillKind, BillNotice};
+use crate::calendar::CoverageMonth;
+use crate::delinquency::{self, DelinquencyStep};
+use crate::enrollment::{Termination, TerminationReason};
+use crate::ids::{AccountId, BillId};
+use crate::mandate::MandateStatus;
+use crate::money::Money;
+use crate::notice::NoticeBody;
+use crate::payment::{PaymentStatus, PendingStage};
+use crate::plan::PlanStatus;
+use crate::ports::Changes;
+use chrono::NaiveDate;
+use std::future::Future;
+
+/// Counts of one job run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JobSummary {
+    /// Items that changed.
+    pub done: u64,
+    /// Items with nothing to do.
+    pub skipped: u64,
+    /// Items that failed (logged by the caller; retried on the next run).
+    pub failed: u64,
+}
+
+/// A job run's summary and the failures' messages.
+#[derive(Debug, Clone, Default)]
+pub struct JobReport {
+    /// Counts.
+    pub summary: JobSummary,
+    /// `(account, error)` for each failure.
+    pub failures: Vec<(AccountId, String)>,
+}
+
+/// Accounts fetched per page.
+const PAGE: u32 = 500;
+
+impl Portal {
+    async fn for_each_account<F, Fut>(&self, mut work: F) -> Result<JobReport, ServiceError>
+    where
+        F: FnMut(AccountId) -> Fut,
+        Fut: Future<Output = Result<u32, ServiceError>>,
+    {
+        let mut report = JobReport::default();
+        let mut after = None;
+        loop {
+            let ids = self.deps.store.account_ids(after, PAGE).await?;
+            let Some(last) = ids.last().copied() else {
+                break;
+            };
+            for id in ids {
+                match work(id).await {
+                    Ok(0) => report.summary.skipped += 1,
+                    Ok(n) => report.summary.done += u64::from(n),
+                    Err(e) => {
+                        report.summary.failed += 1;
+                        report.failures.push((id, e.to_string()));
+                    }
+                }
+            }
+            after = Some(last);
+        }
+        Ok(report)
+    }
+
+    /// Issues every bill whose issue date has come, for every account.
+    pub async fn run_billing(&self) -> Result<JobReport, ServiceError> {
+        self.for_each_account(|id| self.bill_account(id)).await
+    }
+
+    /// Issues the account's due bills; returns how many.
+    pub async fn bill_account(&self, id: AccountId) -> Result<u32, ServiceError> {
+        let today = self.today();
+        let now = self.now();
+        let billing = self.config.billing.clone();
+        self.update_account(id, |account, changes| {
+            let mut issued = 0u32;
+            let autopay_on = account
+                .current_mandate()
+                .filter(|m| m.status == MandateStatus::Active)
+                .and_then(|m| m.next_debit_on(today));
+            for e in account.enrollments.clone() {
+                if e.termination.is_some() {
+                    continue;
+                }
+                let first_billed = account
+                    .ledger
+                    .bills
+                    .iter()
+                    .any(|b| b.enrollment_id == e.id && b.kind.is_premium());
+                for (i, month) in billing
+                    .months_to_bill(e.coverage_start, e.coverage_end, today)
+                    .into_iter()
+                    .enumerate()
+                {
+                    let exists = account.ledger.bills.iter().any(|b| {
+                        b.enrollment_id == e.id && b.coverage_month == month && b.kind.is_premium()
+                    });
+                    if exists {
+                        continue;
+                    }
+                    let binder = !first_billed && i == 0;
+                    let due_date =
+                        billing
+                            .due_date(month)
+                            .max(if binder { today } else { NaiveDate::MIN });
+                    let bill = Bill {
+                        id: BillId(self.deps.ids.new_id()),
+                        enrollment_id: e.id,
+                        kind: if binder {
+                            BillKind::Binder
+                        } else {
+                            BillKind::Premium
+                        },
+                        coverage_month: month,
+                        amount: e.premium_share(),
+                        allocated: Money::ZERO,
+                        transferred: Money::ZERO,
+                        due_date,
+                        issued_on: today,
+                        void: false,
+                        notices: vec![BillNotice::Issued],
+                        late_fee_assessed: false,
+                    };
+                    changes.audit.push(account.audit(
+                        now,
+                        Actor::System {
+                            job: "billing".into(),
+                        },
+                        format!("bill:{}", bill.id),
+                        "bill.issued",
+                        format!(
+                            "{} {} ${} due {}",
+                            e.plan_name, month, bill.amount, due_date
+                        ),
+                    ));
+                    changes.notify([account.notice(
+                        format!("bill-issued:{}:{month}", e.id),
+                        NoticeBody::BillIssued {
+                            coverage_month: month,
+                            plan_name: e.plan_name.clone(),
+                            amount: bill.amount,
+                            due_date,
+                            binder,
+                            autopay_on,
+                        },
+                    )]);
+                    account.ledger.add_bill(bill);
+                    issued += 1;
+                }
+            }
+            Ok((issued > 0).then_some(issued))
+        })
+        .await
+    }
+
+    /// Sends due-date reminders (by the policy's days before) for bills autopay will not pay.
+    pub async fn run_reminders(&self) -> Result<JobReport, ServiceError> {
+        self.for_each_account(|id| self.remind_account(id)).await
+    }
+
+    /// The reminders of one account.
+    pub async fn remind_account(&self, id: AccountId) -> Result<u32, ServiceError> {
+        let today = self.today();
+        let days = self.config.billing.reminder_days().to_vec();
+        self.update_account(id, |account, changes| {
+            if !account.reminders.due_date_reminders || account.recipient().is_none() {
+                return Ok(None);
+            }
+            let autopay = account
+                .current_mandate()
+                .is_some_and(|m| m.is_running(today));
+            if autopay {
+                return Ok(None);
+            }
+            let mut sent = 0u32;
+            let credit = account.ledger.credit();
+            let ids: Vec<BillId> = account.ledger.bills.iter().map(|b| b.id).collect();
+            for bill_id in ids {
+                let Some(b) = account.ledger.bill(bill_id).cloned() else {
+                    continue;
+                };
+                if b.open_amount().is_zero() || b.due_date < today {
+                    continue;
+                }
+                // The most specific reminder whose day has come; earlier ones are then moot.
+                let Some(d) = days
+                    .iter()
+                    .copied()
+                    .filter(|d| b.reminder_date(*d) <= today)
+                    .min()
+                else {
+                    continue;
+                };
+                if b.notices
+                    .iter()
+                    .any(|n| matches!(n, BillNotice::Reminder(x) if *x <= d))
+                {
+                    continue;
+                }
+                let amount = b.open_amount().saturating_sub(credit);
+                changes.notify([account.notice(
+                    format!("reminder:{bill_id}:{d}"),
+                    NoticeBody::DueDateReminder {
+                        amount,
+                        due_date: b.due_date,
+                        days_before: d,
+                    },
+                )]);
+                if let Some(bm) = account.ledger.bill_mut(bill_id) {
+                    bm.notices.extend(
+                        days.iter()
+                            .copied()
+                            .filter(|x| *x >= d)
+                            .map(BillNotice::Reminder),
+                    );
+                }
+                sent += 1;
+            }
+            Ok((sent > 0).then_some(sent))
+        })
+        .await
+    }
+
+    /// Runs autopay for every account: pre-debit notices and debits due today.
+    pub async fn run_autopay(&self) -> Result<JobReport, ServiceError> {
+        self.for_each_account(|id| async move {
+            let mut n = 0;
+            // A notice and a debit can both fall due on one day (catching up).
+            for _ in 0..2 {
+                let step = self.autopay_account(id).await?;
+                if step == 0 {
+                    break;
+                }
+                n += step;
+            }
+            Ok(n)
+        })
+        .await
+    }
+
+    /// Applies delinquency for every account: notices, late fees, missed installments,
+    /// terminations, and reinstatements that payments made possible.
+    pub async fn run_delinquency(&self) -> Result<JobReport, ServiceError> {
+        self.for_each_account(|id| self.delinquency_account(id))
+            .await
+    }
+
+    /// Delinquency for one account.
+    pub async fn delinquency_account(&self, id: AccountId) -> Result<u32, ServiceError> {
+        let today = self.today();
+        let now = self.now();
+        let policy = self.config.delinquency.clone();
+        let actor = Actor::System {
+            job: "delinquency".into(),
+        };
+        self.update_account(id, |account, changes| {
+            let mut steps = 0u32;
+            steps += default_missed_plans(account, changes, today, &actor, now);
+            steps += assess_late_fees(account, changes, &policy, today, &actor, now, &mut || {
+                BillId(self.deps.ids.new_id())
+            });
+            for e in account.enrollments.clone() {
+                let bills = account.bills_of(e.id);
+                let status = delinquency::coverage_status(&e, &bills, &policy, today);
+                let first_unpaid = bills
+                    .iter()
+                    .filter(|b| {
+                        !b.void
+                            && !matches!(b.kind, BillKind::LateFee { .. })
+                            && b.due_date < today
+                            && !policy.counts_as_paid(b)
+                    })
+                    .min_by_key(|b| (b.due_date, b.coverage_month))
+                    .map(|b| (b.id, b.notices.clone()));
+                let Some((bill_id, notices)) = first_unpaid else {
+                    continue;
+                };
+                let owed = account.amount_due();
+                match delinquency::next_step(&status, &notices, today) {
+                    None => {}
+                    Some(DelinquencyStep::Notice { notice, grace }) => {
+                        let body = match notice {
+                            BillNotice::PastDue => NoticeBody::PastDue {
+                                amount: owed,
+                                due_date: crate::calendar::sub_days(grace.past_due_since, 1),
+                                grace_ends_on: grace.grace_ends_on,
+                            },
+                            _ => NoticeBody::TerminationWarning {
+                                amount: owed,
+                                grace_ends_on: grace.grace_ends_on,
+                                termination_effective: grace.termination_effective,
+                            },
+                        };
+                        let mut n =
+                            account.notice(format!("delinquency:{bill_id}:{notice:?}"), body);
+                        if let Some(n) = n.as_mut() {
+                            n.kind = match notice {
+                                BillNotice::PastDue => crate::notice::NoticeKind::PastDue,
+                                BillNotice::SecondTerminationWarning => {
+                                    crate::notice::NoticeKind::SecondTerminationWarning
+                                }
+                                _ => crate::notice::NoticeKind::TerminationWarning,
+                            };
+                        }
+                        changes.notify([n]);
+                        if let Some(b) = account.ledger.bill_mut(bill_id) {
+                            b.notices.push(notice);
+                        }
+                        changes.audit.push(account.audit(
+                            now,
+                            actor.clone(),
+                            format!("bill:{bill_id}"),
+                            "delinquency.notice",
+                            format!("{notice:?}; grace ends {}", grace.grace_ends_on),
+                        ));
+                        steps += 1;
+                    }
+                    Some(DelinquencyStep::Terminate { grace }) => {
+                        let until = delinquency::reinstatable_until(today, &policy);
+                        let effective_month = CoverageMonth::of(grace.termination_effective);
+                        if let Some(en) = account.enrollments.iter_mut().find(|x| x.id == e.id) {
+                            en.termination = Some(Termination {
+                                effective: grace.termination_effective,
+                                reason: TerminationReason::NonPayment,
+                                processed_on: today,
+                                reinstatable_until: until,
+                            });
+                        }
+                        let to_void: Vec<BillId> = account
+                            .bills_of(e.id)
+                            .iter()
+                            .filter(|b| {
+                                b.kind.is_premium() && b.coverage_month > effective_month && !b.void
+                            })
+                            .map(|b| b.id)
+                            .collect();
+                        for b in to_void {
+                            account.ledger.void_bill(b)?;
+                        }
+                        let quote = reinstatement_amount(account, e.id, today);
+                        changes.notify([account.notice(
+                            format!("terminated:{}:{}", e.id, grace.termination_effective),
+                            NoticeBody::CoverageTerminated {
+                                plan_name: e.plan_name.clone(),
+                                effective: grace.termination_effective,
+                                reason: "Premiums were not paid by the end of the grace period."
+                                    .into(),
+                                reinstatable_until: until,
+                                amount_to_reinstate: quote,
+                            },
+                        )]);
+                        changes.audit.push(account.audit(
+                            now,
+                            actor.clone(),
+                            format!("enrollment:{}", e.id),
+                            "coverage.terminated",
+                            format!("effective {}", grace.termination_effective),
+                        ));
+                        steps += 1;
+                    }
+                }
+            }
+            // Reinstate terminated enrollments that payments now cover, inside the window.
+            for e in account.enrollments.clone() {
+                if let Some(t) = &e.termination {
+                    if today <= t.reinstatable_until
+                        && account.ledger.credit() >= reinstatement_amount(account, e.id, today)
+                    {
+                        steps += reinstate_enrollment(
+                            account,
+                            changes,
+                            e.id,
+                            today,
+                            &actor,
+                            now,
+                            &mut || BillId(self.deps.ids.new_id()),
+                            &self.config.billing,
+                        );
+                    }
+                }
+            }
+            Ok((steps > 0).then_some(steps))
+        })
+        .await
+    }
+
+    /// Resolves payments whose gateway outcome is unknown and bank transfers whose settlement
+    /// webhook is late, by asking the gateway.
+    pub async fn run_reconciliation(&self) -> Result<JobReport, ServiceError> {
+        let today = self.today();
+        let now = self.now();
+        let after = self.config.reconcile_after;
+        self.for_each_account(|id| async move {
+            let account = self.account(id).await?;
+            let due: Vec<_> = account
+                .ledger
+                .payments
+                .iter()
+                .filter(|p| match p.status {
+                    PaymentStatus::Pending {
+                        stage: PendingStage::Submitted,
+                    } => now - p.initiated_at > after,
+                    PaymentStatus::Pending {
+                        stage: PendingStage::Processing,
+                    } => p.expected_settlement.is_some_and(|d| d < today),
+                    _ => false,
+                })
+                .map(|p| p.id)
+                .collect();
+            let mut n = 0;
+            for pid in due {
+                if self.reconcile_payment(id, pid).await? {
+                    n += 1;
+                }
+            }
+            Ok(n)
+        })
+        .await
+    }
+}
+
+/// Ends active plans with a missed installment; the rest of the plan falls due at once.
+fn default_missed_plans(
+    account: &mut Account,
+    changes: &mut Changes,
+    today: NaiveDate,
+    actor: &Actor,
+    now: chrono::DateTime<chrono::Utc>,
+) -> u32 {
+    let mut n = 0;
+    for i in 0..account.plans.len() {
+        let Some(plan) = account.plans.get(i).cloned() else {
+            continue;
+        };
+        if plan.status != PlanStatus::Active {
+            continue;
+        }
+        let missed = plan
+            .installments
+            .iter()
+            .filter_map(|id| account.ledger.bill(*id))
+            .filter(|b| b.is_past_due(today))
+            .map(|b| b.due_date)
+            .min();
+        let all_paid = plan
+            .installments
+            .iter()
+            .filter_map(|id| account.ledger.bill(*id))
+            .all(|b| b.open_amount().is_zero());
+        if let Some(missed_on) = missed {
+            for id in &plan.installments {
+                if let Some(b) = account.ledger.bill_mut(*id) {
+                    if b.open_amount().is_positive() && b.due_date > missed_on {
+                        b.due_date = missed_on;
+                    }
+                }
+            }
+            if let Some(p) = account.plans.get_mut(i) {
+                p.status = PlanStatus::Defaulted { on: today };
+            }
+            changes.audit.push(account.audit(
+                now,
+                actor.clone(),
+                format!("plan:{}", plan.id),
+                "plan.defaulted",
+                format!("installment due {missed_on} missed"),
+            ));
+            n += 1;
+        } else if all_paid {
+            if let Some(p) = account.plans.get_mut(i) {
+                p.status = PlanStatus::Completed;
+            }
+            changes.audit.push(account.audit(
+                now,
+                actor.clone(),
+                format!("plan:{}", plan.id),
+                "plan.completed",
+                "",
+            ));
+            n += 1;
+        }
+    }
+    n
+}
+
+fn assess_late_fees(
+    account: &mut Account,
+    changes: &mut Changes,
+    policy: &crate::delinquency::DelinquencyPolicy,
+    today: NaiveDate,
+    actor: &Actor,
+    now: chrono::DateTime<chrono::Utc>,
+    new_id: &mut dyn FnMut() -> BillId,
+) -> u32 {
+    let late: Vec<Bill> = account
+        .ledger
+        .bills
+        .iter()
+        .filter(|b| {
+            !b.late_fee_assessed
+                && !b.void
+                && !matches!(b.kind, BillKind::LateFee { .. })
+                && b.due_date < today
+                && !policy.counts_as_paid(b)
+        })
+        .cloned()
+        .collect();
+    let mut n = 0;
+    for b in late {
+        let Some(fee) = policy.late_fee.fee_for(b.amount) else {
+            continue;
+        };
+        if let Some(bm) = account.ledger.bill_mut(b.id) {
+            bm.late_fee_assessed = true;
+        }
+        let fee_bill = Bill {
+            id: new_id(),
+            enrollment_id: b.enrollment_id,
+            kind: BillKind::LateFee { late_bill: b.id },
+            coverage_month: CoverageMonth::of(today),
+            amount: fee,
+            allocated: Money::ZERO,
+            transferred: Money::ZERO,
+            due_date: today,
+            issued_on: today,
+            void: false,
+            notices: vec![BillNotice::Issued],
+            late_fee_assessed: true,
+        };
+        changes.audit.push(account.audit(
+            now,
+            actor.clone(),
+            format!("bill:{}", fee_bill.id),
+            "bill.late_fee",
+            format!("${fee} on bill {}", b.id),
+        ));
+        account.ledger.add_bill(fee_bill);
+        n += 1;
+    }
+    n
+}
+
+/// What reinstating an enrollment needs: its past-due balance (including months voided at
+/// termination) plus the next month's premium.
+pub(crate) fn reinstatement_amount(
+    account: &Account,
+    enrollment: crate::ids::EnrollmentId,
+    today: NaiveDate,
+) -> Money {
+    let next = CoverageMonth::of(today).plus(1);
+    let bills = account.bills_of(enrollment);
+    let mut total = Money::ZERO;
+    for b in &bills {
+        let owed = if b.void {
+            b.amount.saturating_sub(b.transferred)
+        } else {
+            b.open_amount()
+        };
+        if b.coverage_month <= next && (b.void || b.due_date <= today || b.coverage_month == next) {
+            total = total.checked_add(owed).unwrap_or(total);
+        }
+    }
+    let next_billed = bills
+        .iter()
+        .any(|b| b.kind.is_premium() && b.coverage_month == next);
+    if !next_billed {
+        if let Some(e) = account.enrollment(enrollment) {
+            total = total.checked_add(e.premium_share()).unwrap_or(total);
+        }
+    }
+    total
+}
+
+/// Restores coverage: voided months come back (and are paid from credit), the next month is
+/// billed if it was not, the termination is lifted.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn reinstate_enrollment(
+    account: &mut Account,
+    changes: &mut Changes,
+    enrollment: crate::ids::EnrollmentId,
+    today: NaiveDate,
+    actor: &Actor,
+    now: chrono::DateTime<chrono::Utc>,
+    new_id: &mut dyn FnMut() -> BillId,
+    billing: &crate::billing::BillingPolicy,
+) -> u32 {
+    let next = CoverageMonth::of(today).plus(1);
+    let voided: Vec<BillId> = account
+        .bills_of(enrollment)
+        .iter()
+        .filter(|b| b.void && b.coverage_month <= next)
+        .map(|b| b.id)
+        .collect();
+    for id in voided {
+        let _ = account.ledger.unvoid_bill(id);
+    }
+    let Some(e) = account.enrollments.iter_mut().find(|e| e.id == enrollment) else {
+        return 0;
+    };
+    e.termination = None;
+    let e = e.clone();
+    let next_billed = account
+        .bills_of(enrollment)
+        .iter()
+        .any(|b| b.kind.is_premium() && b.coverage_month == next);
+    if !next_billed && e.covers(next) {
+        account.ledger.add_bill(Bill {
+            id: new_id(),
+            enrollment_id: enrollment,
+            kind: BillKind::Premium,
+            coverage_month: next,
+            amount: e.premium_share(),
+            allocated: Money::ZERO,
+            transferred: Money::ZERO,
+            due_date: billing.due_date(next).max(today),
+            issued_on: today,
+            void: false,
+            notices: vec![BillNotice::Issued],
+            late_fee_assessed: false,
+        });
+    }
+    changes.notify([account.notice(
+        format!("reinstated:{enrollment}:{today}"),
+        NoticeBody::CoverageReinstated {
+            plan_name: e.plan_name.clone(),
+        },
+    )]);
+    changes.audit.push(account.audit(
+        now,
+        actor.clone(),
+        format!("enrollment:{enrollment}"),
+        "coverage.reinstated",
+        "",
+    ));
+    1
+}

@@ -1,0 +1,356 @@
+//! Use-case services: each public method is one use case. They parse nothing (commands come
+//! typed or as forms with a `parse`), call the domain, and commit one `Changes` per step, so
+//! what must be atomic is one port call.
+
+mod auth;
+mod autopay;
+mod jobs;
+mod payments;
+mod plans;
+mod registration;
+mod support;
+
+pub use auth::{LoginOutcome, SessionGrant};
+pub use autopay::{AutopayForm, AutopayPreview};
+pub use jobs::{JobReport, JobSummary};
+pub use payments::{
+    GuestMatch, GuestPayForm, MakePayment, OfflinePaymentForm, PayWith, PaymentPreview,
+    PaymentReceipt,
+};
+pub use plans::ReinstatementQuote;
+pub use registration::{PendingRegistration, RegistrationForm};
+pub use support::TimelineEntry;
+
+use crate::account::Account;
+use crate::billing::BillingPolicy;
+use crate::delinquency::DelinquencyPolicy;
+use crate::error::{FieldError, ValidationErrors};
+use crate::ids::AccountId;
+use crate::instrument::MethodKind;
+use crate::mandate::RetryPolicy;
+use crate::money::Money;
+use crate::ports::HashError;
+use crate::ports::{
+    Changes, Clock, GatewayError, IdGenerator, IdentityError, IdentityVerifier, PasswordHasher,
+    PaymentGateway, SealError, SecretSealer, Store, StoreError, Unique,
+};
+use chrono::{DateTime, Duration, Utc};
+use std::sync::Arc;
+
+/// The ports a `Portal` runs on.
+#[derive(Clone)]
+pub struct Deps {
+    /// Storage.
+    pub store: Arc<dyn Store>,
+    /// Payment gateway.
+    pub gateway: Arc<dyn PaymentGateway>,
+    /// Clock.
+    pub clock: Arc<dyn Clock>,
+    /// Ids and randomness.
+    pub ids: Arc<dyn IdGenerator>,
+    /// Secret sealing.
+    pub sealer: Arc<dyn SecretSealer>,
+    /// Password hashing.
+    pub hasher: Arc<dyn PasswordHasher>,
+    /// Identity proofing.
+    pub identity: Arc<dyn IdentityVerifier>,
+}
+
+impl std::fmt::Debug for Deps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Deps")
+    }
+}
+
+/// Login, session and token lifetimes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthPolicy {
+    /// Failed logins within `failure_window` that lock the account.
+    pub max_failures: u32,
+    /// Window for counting failures.
+    pub failure_window: Duration,
+    /// How long a lockout lasts.
+    pub lockout: Duration,
+    /// Sessions end after this long unused.
+    pub session_idle: Duration,
+    /// Sessions end after this long regardless.
+    pub session_absolute: Duration,
+    /// Reset links work this long.
+    pub reset_ttl: Duration,
+    /// Email codes work this long.
+    pub email_code_ttl: Duration,
+    /// Wrong email codes before a new code is needed.
+    pub email_code_attempts: u32,
+}
+
+impl Default for AuthPolicy {
+    fn default() -> Self {
+        Self {
+            max_failures: 5,
+            failure_window: Duration::minutes(15),
+            lockout: Duration::minutes(15),
+            session_idle: Duration::minutes(30),
+            session_absolute: Duration::hours(12),
+            reset_ttl: Duration::minutes(60),
+            email_code_ttl: Duration::minutes(15),
+            email_code_attempts: 5,
+        }
+    }
+}
+
+/// Which payment methods a deployment accepts (the default: both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AcceptedMethods {
+    /// Cards.
+    pub card: bool,
+    /// Bank accounts.
+    pub bank_account: bool,
+}
+
+impl Default for AcceptedMethods {
+    fn default() -> Self {
+        Self {
+            card: true,
+            bank_account: true,
+        }
+    }
+}
+
+impl AcceptedMethods {
+    /// Whether `kind` is accepted.
+    pub fn accepts(self, kind: MethodKind) -> bool {
+        match kind {
+            MethodKind::Card => self.card,
+            MethodKind::BankAccount => self.bank_account,
+        }
+    }
+}
+
+/// Every rule a deployment can configure.
+#[derive(Debug, Clone)]
+pub struct PortalConfig {
+    /// Billing schedule.
+    pub billing: BillingPolicy,
+    /// Missed payments.
+    pub delinquency: DelinquencyPolicy,
+    /// Autopay retries and notices.
+    pub autopay: RetryPolicy,
+    /// Logins and sessions.
+    pub auth: AuthPolicy,
+    /// Accepted payment methods.
+    pub methods: AcceptedMethods,
+    /// Largest single payment.
+    pub max_payment: Money,
+    /// Payments whose gateway outcome is unknown for this long are reconciled.
+    pub reconcile_after: Duration,
+}
+
+impl Default for PortalConfig {
+    fn default() -> Self {
+        Self {
+            billing: BillingPolicy::default(),
+            delinquency: DelinquencyPolicy::default(),
+            autopay: RetryPolicy::default(),
+            auth: AuthPolicy::default(),
+            methods: AcceptedMethods::default(),
+            max_payment: Money::from_cents(5_000_000),
+            reconcile_after: Duration::minutes(10),
+        }
+    }
+}
+
+/// What a use case can fail with; the HTTP layer maps each variant to a status.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// Bad input, with every field's reason.
+    #[error(transparent)]
+    Invalid(#[from] ValidationErrors),
+    /// The thing does not exist, or belongs to someone else.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// Wrong username or password (never says which).
+    #[error("the username or password is incorrect")]
+    InvalidCredentials,
+    /// Too many failed logins.
+    #[error("too many failed attempts; try again after {until}")]
+    Locked {
+        /// When logins work again.
+        until: DateTime<Utc>,
+    },
+    /// Registration not finished: the email code was not entered yet.
+    #[error("confirm your email address to finish creating your account")]
+    EmailNotVerified {
+        /// The account, to resend the code.
+        account_id: AccountId,
+    },
+    /// No valid session.
+    #[error("your session has ended; please log in again")]
+    Unauthenticated,
+    /// A guest-pay or identity match failed; says only that.
+    #[error("the details you entered don't match our records")]
+    NoMatch,
+    /// The request conflicts with the current state (idempotency key reused with a different
+    /// request, already registered, a concurrent change that kept winning).
+    #[error("{0}")]
+    Conflict(String),
+    /// A business rule refuses it (refund above credit, reinstatement window closed).
+    #[error("{0}")]
+    Rejected(String),
+    /// A token or code is invalid, used or expired.
+    #[error("this link or code is invalid or has expired")]
+    InvalidToken,
+    /// The gateway refused or failed in a way the member must hear about.
+    #[error("payment gateway: {0}")]
+    Gateway(#[from] GatewayError),
+    /// Storage failed.
+    #[error(transparent)]
+    Store(StoreError),
+    /// A port failed (sealing, hashing, identity proofing).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Duplicate(u) => {
+                ServiceError::Invalid(ValidationErrors::one(duplicate_field(u)))
+            }
+            other => ServiceError::Store(other),
+        }
+    }
+}
+
+impl From<SealError> for ServiceError {
+    fn from(e: SealError) -> Self {
+        ServiceError::Internal(e.to_string())
+    }
+}
+
+impl From<HashError> for ServiceError {
+    fn from(e: HashError) -> Self {
+        ServiceError::Internal(e.to_string())
+    }
+}
+
+impl From<IdentityError> for ServiceError {
+    fn from(e: IdentityError) -> Self {
+        ServiceError::Internal(e.to_string())
+    }
+}
+
+impl From<crate::ledger::LedgerError> for ServiceError {
+    fn from(e: crate::ledger::LedgerError) -> Self {
+        ServiceError::Conflict(e.to_string())
+    }
+}
+
+fn duplicate_field(u: Unique) -> FieldError {
+    match u {
+        Unique::Username => FieldError::new(
+            "username",
+            "taken",
+            "this username is taken; choose another",
+        ),
+        Unique::Ssn => FieldError::new(
+            "ssn",
+            "already_registered",
+            "an online account already exists for this Social Security number; log in or reset your password",
+        ),
+        Unique::Email => FieldError::new(
+            "email",
+            "taken",
+            "this email address is used by another online account",
+        ),
+        Unique::IdempotencyKey => FieldError::new(
+            "Idempotency-Key",
+            "reused",
+            "this idempotency key was already used",
+        ),
+        Unique::ResetTokenUse => {
+            FieldError::new("reset_token", "used", "this link was already used")
+        }
+        other => FieldError::new("request", "duplicate", format!("duplicate {other}")),
+    }
+}
+
+/// Attempts at an optimistic update before giving up with `Conflict`.
+const MAX_ATTEMPTS: u32 = 8;
+
+/// The use cases over a set of ports and a configuration.
+#[derive(Debug, Clone)]
+pub struct Portal {
+    deps: Deps,
+    config: PortalConfig,
+}
+
+impl Portal {
+    /// A portal over `deps` with `config`.
+    pub fn new(deps: Deps, config: PortalConfig) -> Portal {
+        Portal { deps, config }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &PortalConfig {
+        &self.config
+    }
+
+    /// The ports.
+    pub fn deps(&self) -> &Deps {
+        &self.deps
+    }
+
+    /// Loads an account or answers `NotFound`.
+    pub async fn account(&self, id: AccountId) -> Result<Account, ServiceError> {
+        self.deps
+            .store
+            .load_account(id)
+            .await?
+            .ok_or(ServiceError::NotFound("account"))
+    }
+
+    /// Loads, changes and commits an account, retrying when another writer won the race.
+    /// `change` fills `Changes` (audit, outbox, ...) and returns a value, or `Ok(None)` when
+    /// there is nothing to write.
+    pub(crate) async fn update_account<T, F>(
+        &self,
+        id: AccountId,
+        mut change: F,
+    ) -> Result<T, ServiceError>
+    where
+        F: FnMut(&mut Account, &mut Changes) -> Result<Option<T>, ServiceError>,
+        T: Default,
+    {
+        for _ in 0..MAX_ATTEMPTS {
+            let mut account = self.account(id).await?;
+            let mut changes = Changes::default();
+            let Some(out) = change(&mut account, &mut changes)? else {
+                return Ok(T::default());
+            };
+            changes.account = Some(account);
+            match self.deps.store.commit(changes).await {
+                Ok(()) => return Ok(out),
+                Err(StoreError::Conflict) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ServiceError::Conflict(
+            "the account is busy; please try again".into(),
+        ))
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.deps.clock.now()
+    }
+
+    fn today(&self) -> chrono::NaiveDate {
+        self.deps.clock.today()
+    }
+
+    fn new_id<T: From<uuid::Uuid>>(&self) -> T {
+        T::from(self.deps.ids.new_id())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,266 @@
+//! Payment plans, reinstatement and subsidy changes.
+
+use super::jobs::{reinstate_enrollment, reinstatement_amount};
+use super::{Portal, ServiceError};
+use crate::audit::Actor;
+use crate::billing::{Bill, BillKind, BillNotice};
+use crate::calendar::CoverageMonth;
+use crate::enrollment::check_premium;
+use crate::error::{FieldError, ValidationErrors};
+use crate::ids::{AccountId, BillId, EnrollmentId, PlanId};
+use crate::money::Money;
+use crate::notice::NoticeBody;
+use crate::plan::{self, PaymentPlan, PlanStatus};
+use chrono::NaiveDate;
+
+/// What reinstating an enrollment takes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReinstatementQuote {
+    /// Total to have paid (past-due balance plus next month).
+    pub required: Money,
+    /// Credit already on the account.
+    pub credit: Money,
+    /// What is still to pay.
+    pub to_pay: Money,
+    /// Last day it can be done.
+    pub until: Option<NaiveDate>,
+}
+
+impl Portal {
+    /// Sets up a payment plan over the account's past-due bills (member or agent).
+    pub async fn set_up_payment_plan(
+        &self,
+        account_id: AccountId,
+        installments: u32,
+        first_due: Option<NaiveDate>,
+        actor: Actor,
+    ) -> Result<PaymentPlan, ServiceError> {
+        let today = self.today();
+        let now = self.now();
+        let first_due = first_due.unwrap_or(today);
+        let plan_id: PlanId = self.new_id();
+        let ids: Vec<BillId> = (0..installments.min(plan::MAX_INSTALLMENTS))
+            .map(|_| self.new_id())
+            .collect();
+        self.update_account(account_id, |account, changes| {
+            if account.active_plan().is_some() {
+                return Err(ValidationErrors::one(FieldError::from(
+                    plan::PlanError::AlreadyActive,
+                ))
+                .into());
+            }
+            let past_due: Vec<Bill> = account
+                .ledger
+                .bills
+                .iter()
+                .filter(|b| b.is_past_due(today) && !matches!(b.kind, BillKind::Installment { .. }))
+                .cloned()
+                .collect();
+            let total = Money::sum(past_due.iter().map(Bill::open_amount))
+                .map_err(|e| ValidationErrors::one(FieldError::from(e)))?;
+            let schedule = plan::schedule(total, installments, first_due, today).map_err(|e| {
+                let name = if e == plan::PlanError::FirstDueInPast {
+                    "first_due"
+                } else {
+                    "installments"
+                };
+                ValidationErrors::one(FieldError::from(e).at(name))
+            })?;
+            let mut sources = Vec::new();
+            for b in &past_due {
+                let moved = account.ledger.transfer_to_plan(b.id)?;
+                sources.push((b.id, moved));
+            }
+            let enrollment = past_due
+                .first()
+                .map(|b| b.enrollment_id)
+                .unwrap_or(EnrollmentId(uuid::Uuid::nil()));
+            let n = u32::try_from(schedule.len()).unwrap_or(installments);
+            for (i, ((amount, due), id)) in schedule.iter().zip(ids.iter()).enumerate() {
+                let number = u32::try_from(i).unwrap_or(0) + 1;
+                account.ledger.add_bill(Bill {
+                    id: *id,
+                    enrollment_id: enrollment,
+                    kind: BillKind::Installment {
+                        plan_id,
+                        number,
+                        of: n,
+                    },
+                    coverage_month: CoverageMonth::of(*due),
+                    amount: *amount,
+                    allocated: Money::ZERO,
+                    transferred: Money::ZERO,
+                    due_date: *due,
+                    issued_on: today,
+                    void: false,
+                    notices: vec![BillNotice::Issued],
+                    late_fee_assessed: true,
+                });
+            }
+            let p = PaymentPlan {
+                id: plan_id,
+                total,
+                installments: ids.iter().take(schedule.len()).copied().collect(),
+                source_bills: sources,
+                status: PlanStatus::Active,
+                created_at: now,
+                created_by: actor.to_string(),
+            };
+            changes.notify([account.notice(
+                format!("plan:{plan_id}"),
+                NoticeBody::PaymentPlanSetUp {
+                    total,
+                    installments: schedule.clone(),
+                },
+            )]);
+            changes.audit.push(account.audit(
+                now,
+                actor.clone(),
+                format!("plan:{plan_id}"),
+                "plan.created",
+                format!("${total} in {n} installments from {first_due}"),
+            ));
+            account.plans.push(p.clone());
+            Ok(Some(Some(p)))
+        })
+        .await?
+        .ok_or(ServiceError::NotFound("payment plan"))
+    }
+
+    /// What reinstating a terminated enrollment requires now.
+    pub async fn reinstatement_quote(
+        &self,
+        account_id: AccountId,
+        enrollment: EnrollmentId,
+    ) -> Result<ReinstatementQuote, ServiceError> {
+        let account = self.account(account_id).await?;
+        let e = account
+            .enrollment(enrollment)
+            .ok_or(ServiceError::NotFound("enrollment"))?;
+        let Some(t) = &e.termination else {
+            return Ok(ReinstatementQuote::default());
+        };
+        let required = reinstatement_amount(&account, enrollment, self.today());
+        let credit = account.ledger.credit();
+        Ok(ReinstatementQuote {
+            required,
+            credit,
+            to_pay: required.saturating_sub(credit),
+            until: Some(t.reinstatable_until),
+        })
+    }
+
+    /// Reinstates a terminated enrollment once what it requires has been paid (as credit).
+    pub async fn reinstate(
+        &self,
+        account_id: AccountId,
+        enrollment: EnrollmentId,
+        actor: Actor,
+    ) -> Result<(), ServiceError> {
+        let today = self.today();
+        let now = self.now();
+        let billing = self.config.billing.clone();
+        self.update_account(account_id, |account, changes| {
+            let e = account.enrollment(enrollment).ok_or(ServiceError::NotFound("enrollment"))?;
+            let Some(t) = &e.termination else {
+                return Err(ServiceError::Rejected("this coverage is not terminated".into()));
+            };
+            if today > t.reinstatable_until {
+                return Err(ServiceError::Rejected(format!(
+                    "the reinstatement window closed on {}; contact the Health Connector to re-enroll",
+                    t.reinstatable_until
+                )));
+            }
+            let required = reinstatement_amount(account, enrollment, today);
+            let credit = account.ledger.credit();
+            if credit < required {
+                return Err(ServiceError::Rejected(format!(
+                    "pay ${} more to reinstate this coverage",
+                    required.saturating_sub(credit)
+                )));
+            }
+            reinstate_enrollment(account, changes, enrollment, today, &actor, now, &mut || BillId(self.deps.ids.new_id()), &billing);
+            Ok(Some(()))
+        })
+        .await
+    }
+
+    /// Applies a subsidy change from `effective` on: unpaid bills from that month are re-priced
+    /// and the member is told; a pending autopay notice is re-sent before it debits more.
+    pub async fn change_subsidy(
+        &self,
+        account_id: AccountId,
+        enrollment: EnrollmentId,
+        subsidy: Money,
+        effective: CoverageMonth,
+    ) -> Result<(), ServiceError> {
+        let now = self.now();
+        self.update_account(account_id, |account, changes| {
+            let e = account
+                .enrollments
+                .iter_mut()
+                .find(|e| e.id == enrollment)
+                .ok_or(ServiceError::NotFound("enrollment"))?;
+            check_premium(e.gross_premium, subsidy)
+                .map_err(|x| ValidationErrors::one(FieldError::from(x).at("subsidy")))?;
+            e.subsidy = subsidy;
+            let share = e.premium_share();
+            let to_reprice: Vec<Bill> = account
+                .ledger
+                .bills
+                .iter()
+                .filter(|b| {
+                    b.enrollment_id == enrollment
+                        && b.kind.is_premium()
+                        && !b.void
+                        && b.coverage_month >= effective
+                        && b.open_amount().is_positive()
+                        && b.amount != share
+                })
+                .cloned()
+                .collect();
+            for b in &to_reprice {
+                account.ledger.reprice_bill(b.id, share)?;
+                changes.notify([account.notice(
+                    format!("repriced:{}:{}", b.id, share.cents()),
+                    NoticeBody::BillRepriced {
+                        coverage_month: b.coverage_month,
+                        old_amount: b.amount,
+                        new_amount: share,
+                        due_date: b.due_date,
+                    },
+                )]);
+                changes.audit.push(account.audit(
+                    now,
+                    Actor::System {
+                        job: "subsidy change".into(),
+                    },
+                    format!("bill:{}", b.id),
+                    "bill.repriced",
+                    format!("${} -> ${share}", b.amount),
+                ));
+            }
+            if !to_reprice.is_empty() {
+                for m in account.mandates.iter_mut() {
+                    let pending = m.last_notice.is_some_and(|n| {
+                        m.last_completed_period.is_none_or(|done| n.period > done)
+                    });
+                    if pending {
+                        m.last_notice = None;
+                    }
+                }
+            }
+            changes.audit.push(account.audit(
+                now,
+                Actor::System {
+                    job: "subsidy change".into(),
+                },
+                format!("enrollment:{enrollment}"),
+                "enrollment.subsidy_changed",
+                format!("${subsidy} from {effective}"),
+            ));
+            Ok(Some(()))
+        })
+        .await
+    }
+}

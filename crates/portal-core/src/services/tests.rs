@@ -1,0 +1,1328 @@
+//! Stateful use-case tests over the in-memory fakes.
+
+use super::*;
+use crate::Money;
+use crate::account::{Account, Holder, NewAccount, Principal};
+use crate::audit::Actor;
+use crate::billing::{BillKind, BillStatus};
+use crate::calendar::CoverageMonth;
+use crate::delinquency::CoverageStatus;
+use crate::enrollment::{CoverageKind, Enrollment};
+use crate::identity::{AccountNumber, PersonName};
+use crate::ids::{AccountId, AgentId, EnrollmentId};
+use crate::instrument::{BankAccountType, CardBrand, CardExpiry, GatewayToken, MethodDetails};
+use crate::mandate::{AmountRule, ConsentSource, Frequency, MandateStatus};
+use crate::notice::{NoticeBody, NoticeKind};
+use crate::payment::{
+    DeclineReason, OfflineKind, PaymentEvent, PaymentStatus, PendingStage, ReturnCode,
+};
+use crate::ports::{Changes, GatewayEvent, SecretSealer, Store};
+use crate::testing::{
+    Behaviour, FakeGateway, FixedClock, InMemoryStore, SeqIds, TestHasher, TestSealer,
+};
+use crate::verifier::RecordMatchVerifier;
+use chrono::{Duration, NaiveDate};
+use std::sync::Arc;
+use uuid::Uuid;
+
+fn d(y: i32, m: u32, day: u32) -> NaiveDate {
+    NaiveDate::from_ymd_opt(y, m, day).unwrap()
+}
+
+fn usd(s: &str) -> Money {
+    Money::parse(s).unwrap()
+}
+
+const PASSWORD: &str = "correct horse battery staple";
+
+struct Harness {
+    portal: Portal,
+    store: Arc<InMemoryStore>,
+    clock: Arc<FixedClock>,
+    gateway: Arc<FakeGateway>,
+    account_id: AccountId,
+    enrollment_id: EnrollmentId,
+}
+
+fn card(last4: &str) -> MethodDetails {
+    MethodDetails::Card {
+        brand: CardBrand::Visa,
+        last4: last4.into(),
+        expiry: CardExpiry {
+            month: 12,
+            year: 2031,
+        },
+    }
+}
+
+fn bank() -> MethodDetails {
+    MethodDetails::BankAccount {
+        bank_name: "Test Bank".into(),
+        last4: "6789".into(),
+        account_type: BankAccountType::Checking,
+    }
+}
+
+impl Harness {
+    /// A subsidised member (gross $500, subsidy $300, share $200) whose coverage starts in
+    /// January 2027; today is 2026-12-01.
+    async fn new() -> Harness {
+        Self::with_config(PortalConfig::default()).await
+    }
+
+    async fn with_config(config: PortalConfig) -> Harness {
+        let store = Arc::new(InMemoryStore::new());
+        let clock = Arc::new(FixedClock::at(d(2026, 12, 1)));
+        let gateway = Arc::new(FakeGateway::new());
+        gateway.add("pm_card_ok", card("4242"), Behaviour::Succeed);
+        gateway.add(
+            "pm_card_declined",
+            card("0002"),
+            Behaviour::Decline(DeclineReason::CardDeclined),
+        );
+        gateway.add(
+            "pm_card_nsf",
+            card("9995"),
+            Behaviour::Decline(DeclineReason::InsufficientFunds),
+        );
+        gateway.add(
+            "pm_card_lost",
+            card("1111"),
+            Behaviour::LoseAnswerAfterCharging,
+        );
+        gateway.add("pm_bank_ok", bank(), Behaviour::Process(d(2026, 12, 5)));
+        let sealer = Arc::new(TestSealer);
+        let deps = Deps {
+            store: store.clone(),
+            gateway: gateway.clone(),
+            clock: clock.clone(),
+            ids: Arc::new(SeqIds::default()),
+            sealer: sealer.clone(),
+            hasher: Arc::new(TestHasher),
+            identity: Arc::new(RecordMatchVerifier::new(store.clone(), sealer.clone())),
+        };
+        let portal = Portal::new(deps, config);
+        let enrollment_id = EnrollmentId(Uuid::from_u128(900_001));
+        let account_id = AccountId(Uuid::from_u128(900_000));
+        let enrollment = Enrollment::new(
+            enrollment_id,
+            CoverageKind::Health,
+            "ConnectorCare Plan 2A",
+            usd("500"),
+            usd("300"),
+            CoverageMonth::new(2027, 1).unwrap(),
+        )
+        .unwrap();
+        let account = Account::open(
+            account_id,
+            NewAccount {
+                number: AccountNumber::parse("HC1000001").unwrap(),
+                holder: Holder {
+                    first_name: PersonName::parse("María").unwrap(),
+                    last_name: PersonName::parse("López").unwrap(),
+                    date_of_birth: d(1980, 5, 17),
+                    ssn_digest: sealer.lookup_digest("123456789"),
+                    ssn_last4: "6789".into(),
+                },
+                contact_email: None,
+                enrollments: vec![enrollment],
+            },
+            clock.now(),
+        );
+        store.commit(Changes::account(account)).await.unwrap();
+        Harness {
+            portal,
+            store,
+            clock,
+            gateway,
+            account_id,
+            enrollment_id,
+        }
+    }
+
+    fn form(&self) -> RegistrationForm {
+        RegistrationForm {
+            account_number: "HC1000001".into(),
+            first_name: "maria".into(),
+            last_name: "LOPEZ".into(),
+            date_of_birth: "1980-05-17".into(),
+            ssn: "123-45-6789".into(),
+            email: "maria@example.com".into(),
+            username: "mlopez".into(),
+            password: PASSWORD.into(),
+            language: "es".into(),
+        }
+    }
+
+    fn last_notice(&self, kind: NoticeKind) -> Option<NoticeBody> {
+        self.store
+            .outbox()
+            .into_iter()
+            .rev()
+            .find(|n| n.kind == kind)
+            .map(|n| n.body)
+    }
+
+    fn count(&self, kind: NoticeKind) -> usize {
+        self.store
+            .outbox()
+            .iter()
+            .filter(|n| n.kind == kind)
+            .count()
+    }
+
+    async fn register(&self) {
+        self.portal.register(&self.form()).await.unwrap();
+        let Some(NoticeBody::EmailVerification { code, .. }) =
+            self.last_notice(NoticeKind::EmailVerification)
+        else {
+            panic!("no code sent")
+        };
+        self.portal
+            .confirm_email(self.account_id, &code)
+            .await
+            .unwrap();
+    }
+
+    async fn account(&self) -> Account {
+        self.portal.account(self.account_id).await.unwrap()
+    }
+
+    async fn set_date(&self, date: NaiveDate) {
+        self.clock.set_date(date);
+    }
+
+    async fn pay(
+        &self,
+        key: &str,
+        amount: Option<&str>,
+        token: &str,
+    ) -> Result<PaymentReceipt, ServiceError> {
+        self.portal
+            .make_payment(MakePayment {
+                account_id: self.account_id,
+                amount: amount.map(usd),
+                method: PayWith::Token {
+                    token: GatewayToken::parse(token).unwrap(),
+                    save: false,
+                },
+                idempotency_key: key.into(),
+            })
+            .await
+    }
+
+    fn check_ledger(acc: &Account) {
+        acc.ledger.check_invariants().unwrap();
+    }
+}
+
+#[tokio::test]
+async fn registration_verifies_identity_and_email_then_logs_in() {
+    let h = Harness::new().await;
+    let pending = h.portal.register(&h.form()).await.unwrap();
+    assert_eq!(pending.email_masked, "m***@example.com");
+    let Some(NoticeBody::EmailVerification { code, .. }) =
+        h.last_notice(NoticeKind::EmailVerification)
+    else {
+        panic!()
+    };
+    // Not usable before the code is confirmed.
+    assert!(matches!(
+        h.portal.login("mlopez", PASSWORD).await,
+        Err(ServiceError::EmailNotVerified { .. })
+    ));
+    let wrong = h
+        .portal
+        .confirm_email(h.account_id, "000000")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(wrong, ServiceError::Invalid(ref e) if e.has("code")),
+        "{wrong:?}"
+    );
+    let grant = h.portal.confirm_email(h.account_id, &code).await.unwrap();
+    assert_eq!(
+        h.portal.authenticate(grant.token.expose()).await.unwrap(),
+        Principal::Member {
+            account_id: h.account_id
+        }
+    );
+    assert_eq!(h.count(NoticeKind::AccountCreated), 1);
+    let created = h
+        .store
+        .outbox()
+        .into_iter()
+        .find(|n| n.kind == NoticeKind::AccountCreated)
+        .unwrap();
+    assert_eq!(created.language, crate::identity::Language::Es);
+    // The code works once.
+    assert!(matches!(
+        h.portal.confirm_email(h.account_id, &code).await,
+        Err(ServiceError::InvalidToken)
+    ));
+    let LoginOutcome::LoggedIn(g2) = h.portal.login("MLOPEZ", PASSWORD).await.unwrap();
+    assert_ne!(
+        g2.token.expose(),
+        grant.token.expose(),
+        "a new session per login"
+    );
+    // Nothing secret in the stored account.
+    let stored = format!("{:?}", h.account().await);
+    assert!(
+        !stored.contains("123456789")
+            && !stored.contains("123-45-6789")
+            && !stored.contains(PASSWORD)
+    );
+}
+
+#[tokio::test]
+async fn registration_reports_every_bad_field() {
+    let h = Harness::new().await;
+    let form = RegistrationForm {
+        account_number: "x".into(),
+        first_name: "".into(),
+        last_name: "<b>".into(),
+        date_of_birth: "2020-01-01".into(),
+        ssn: "666-12-3456".into(),
+        email: "nope".into(),
+        username: "a".into(),
+        password: "password".into(),
+        language: "fr".into(),
+    };
+    let Err(ServiceError::Invalid(e)) = h.portal.register(&form).await else {
+        panic!()
+    };
+    for f in [
+        "account_number",
+        "first_name",
+        "last_name",
+        "date_of_birth",
+        "ssn",
+        "email",
+        "username",
+        "password",
+        "language",
+    ] {
+        assert!(e.has(f), "{f} missing from {e}");
+    }
+    assert!(h.store.outbox().is_empty(), "nothing written");
+}
+
+#[tokio::test]
+async fn registration_refuses_mismatches_and_second_accounts() {
+    let h = Harness::new().await;
+    let mut wrong = h.form();
+    wrong.ssn = "123-45-6780".into();
+    assert!(matches!(
+        h.portal.register(&wrong).await,
+        Err(ServiceError::NoMatch)
+    ));
+    let mut wrong = h.form();
+    wrong.date_of_birth = "1980-05-18".into();
+    assert!(matches!(
+        h.portal.register(&wrong).await,
+        Err(ServiceError::NoMatch)
+    ));
+    h.register().await;
+    let mut again = h.form();
+    again.username = "other".into();
+    again.email = "other@example.com".into();
+    let Err(ServiceError::Invalid(e)) = h.portal.register(&again).await else {
+        panic!()
+    };
+    assert!(e.has("ssn"));
+}
+
+#[tokio::test]
+async fn repeated_bad_passwords_lock_known_and_unknown_usernames_alike() {
+    let h = Harness::new().await;
+    h.register().await;
+    for _ in 0..4 {
+        assert!(matches!(
+            h.portal.login("mlopez", "wrong password!").await,
+            Err(ServiceError::InvalidCredentials)
+        ));
+        assert!(matches!(
+            h.portal.login("nobody", "wrong password!").await,
+            Err(ServiceError::InvalidCredentials)
+        ));
+    }
+    assert!(matches!(
+        h.portal.login("mlopez", "wrong password!").await,
+        Err(ServiceError::Locked { .. })
+    ));
+    assert!(matches!(
+        h.portal.login("nobody", "wrong password!").await,
+        Err(ServiceError::Locked { .. })
+    ));
+    assert!(
+        matches!(
+            h.portal.login("mlopez", PASSWORD).await,
+            Err(ServiceError::Locked { .. })
+        ),
+        "even the right password"
+    );
+    h.clock.advance(Duration::minutes(16));
+    assert!(h.portal.login("mlopez", PASSWORD).await.is_ok());
+}
+
+#[tokio::test]
+async fn sessions_expire_when_idle_and_absolutely_and_end_at_logout() {
+    let h = Harness::new().await;
+    h.register().await;
+    let LoginOutcome::LoggedIn(g) = h.portal.login("mlopez", PASSWORD).await.unwrap();
+    let t = g.token.expose().to_owned();
+    h.clock.advance(Duration::minutes(29));
+    assert!(h.portal.authenticate(&t).await.is_ok());
+    h.clock.advance(Duration::minutes(31));
+    assert!(matches!(
+        h.portal.authenticate(&t).await,
+        Err(ServiceError::Unauthenticated)
+    ));
+    // Absolute: active every 20 minutes for 12 hours still ends.
+    let LoginOutcome::LoggedIn(g) = h.portal.login("mlopez", PASSWORD).await.unwrap();
+    let t = g.token.expose().to_owned();
+    for _ in 0..36 {
+        h.clock.advance(Duration::minutes(20));
+        assert!(h.portal.authenticate(&t).await.is_ok());
+    }
+    h.clock.advance(Duration::minutes(20));
+    assert!(matches!(
+        h.portal.authenticate(&t).await,
+        Err(ServiceError::Unauthenticated)
+    ));
+    let LoginOutcome::LoggedIn(g) = h.portal.login("mlopez", PASSWORD).await.unwrap();
+    h.portal.logout(g.token.expose()).await.unwrap();
+    assert!(matches!(
+        h.portal.authenticate(g.token.expose()).await,
+        Err(ServiceError::Unauthenticated)
+    ));
+}
+
+#[tokio::test]
+async fn password_reset_link_is_single_use_expires_and_ends_sessions() {
+    let h = Harness::new().await;
+    h.register().await;
+    let LoginOutcome::LoggedIn(g) = h.portal.login("mlopez", PASSWORD).await.unwrap();
+    // Unknown identifiers answer the same and send nothing.
+    h.portal
+        .request_password_reset("nobody@example.com")
+        .await
+        .unwrap();
+    assert_eq!(h.count(NoticeKind::PasswordReset), 0);
+    h.portal
+        .request_password_reset("maria@example.com")
+        .await
+        .unwrap();
+    let Some(NoticeBody::PasswordReset { token, .. }) = h.last_notice(NoticeKind::PasswordReset)
+    else {
+        panic!()
+    };
+    let Err(ServiceError::Invalid(e)) = h.portal.complete_password_reset(&token, "short").await
+    else {
+        panic!()
+    };
+    assert!(e.has("password"));
+    h.portal
+        .complete_password_reset(&token, "a brand new passphrase")
+        .await
+        .unwrap();
+    assert!(matches!(
+        h.portal.authenticate(g.token.expose()).await,
+        Err(ServiceError::Unauthenticated)
+    ));
+    assert!(matches!(
+        h.portal
+            .complete_password_reset(&token, "another new passphrase")
+            .await,
+        Err(ServiceError::InvalidToken)
+    ));
+    assert!(
+        h.portal
+            .login("mlopez", "a brand new passphrase")
+            .await
+            .is_ok()
+    );
+    assert_eq!(h.count(NoticeKind::PasswordChanged), 1);
+    h.portal.request_password_reset("mlopez").await.unwrap();
+    let Some(NoticeBody::PasswordReset { token, .. }) = h.last_notice(NoticeKind::PasswordReset)
+    else {
+        panic!()
+    };
+    h.clock.advance(Duration::minutes(61));
+    assert!(matches!(
+        h.portal
+            .complete_password_reset(&token, "yet another passphrase")
+            .await,
+        Err(ServiceError::InvalidToken)
+    ));
+}
+
+#[tokio::test]
+async fn billing_issues_the_binder_then_monthly_bills_once() {
+    let h = Harness::new().await;
+    h.register().await;
+    // Dec 1: January's bill (due Dec 23, issued Dec 2) is not issued yet.
+    assert_eq!(h.portal.bill_account(h.account_id).await.unwrap(), 0);
+    h.set_date(d(2026, 12, 2)).await;
+    assert_eq!(h.portal.bill_account(h.account_id).await.unwrap(), 1);
+    assert_eq!(
+        h.portal.bill_account(h.account_id).await.unwrap(),
+        0,
+        "rerun changes nothing"
+    );
+    let acc = h.account().await;
+    let binder = &acc.ledger.bills[0];
+    assert_eq!(
+        (binder.kind, binder.amount, binder.due_date),
+        (BillKind::Binder, usd("200"), d(2026, 12, 23))
+    );
+    let s = acc.summary(&h.portal.config().delinquency, d(2026, 12, 2));
+    assert_eq!(
+        s.enrollments[0].status,
+        CoverageStatus::PendingBinder {
+            due_date: d(2026, 12, 23)
+        }
+    );
+    assert_eq!(s.amount_due, usd("200"));
+    assert_eq!(h.count(NoticeKind::BillIssued), 1);
+    h.set_date(d(2027, 3, 5)).await;
+    let report = h.portal.run_billing().await.unwrap();
+    assert_eq!(report.summary.done, 3, "Feb, Mar and Apr");
+    let months: Vec<String> = h
+        .account()
+        .await
+        .ledger
+        .bills
+        .iter()
+        .map(|b| b.coverage_month.to_string())
+        .collect();
+    assert_eq!(months, ["2027-01", "2027-02", "2027-03", "2027-04"]);
+}
+
+#[tokio::test]
+async fn card_payment_allocates_and_retries_never_charge_twice() {
+    let h = Harness::new().await;
+    h.register().await;
+    h.set_date(d(2026, 12, 2)).await;
+    h.portal.bill_account(h.account_id).await.unwrap();
+    let preview = h
+        .portal
+        .preview_payment(
+            h.account_id,
+            None,
+            &PayWith::Token {
+                token: GatewayToken::parse("pm_card_ok").unwrap(),
+                save: false,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (preview.amount, preview.method.as_str(), preview.due_date),
+        (usd("200"), "Visa ending in 4242", Some(d(2026, 12, 23)))
+    );
+    let r1 = h.pay("key-1", None, "pm_card_ok").await.unwrap();
+    let p = r1.payment().unwrap().clone();
+    assert_eq!(p.status, PaymentStatus::Succeeded);
+    assert_eq!(r1.amount_due_after, Money::ZERO);
+    let r2 = h.pay("key-1", None, "pm_card_ok").await.unwrap();
+    assert!(r2.replayed);
+    assert_eq!(r2.payment().unwrap().id, p.id);
+    assert_eq!(h.gateway.charges(), 1);
+    let conflict = h
+        .pay("key-1", Some("5.00"), "pm_card_ok")
+        .await
+        .unwrap_err();
+    assert!(matches!(conflict, ServiceError::Conflict(_)));
+    let acc = h.account().await;
+    Harness::check_ledger(&acc);
+    assert_eq!(acc.ledger.bills[0].status(), BillStatus::Paid);
+    let s = acc.summary(&h.portal.config().delinquency, d(2026, 12, 2));
+    assert_eq!(s.enrollments[0].status, CoverageStatus::Active);
+    assert_eq!(s.enrollments[0].paid_through, Some(d(2027, 1, 31)));
+    let Some(NoticeBody::PaymentConfirmation { reference, .. }) =
+        h.last_notice(NoticeKind::PaymentConfirmation)
+    else {
+        panic!()
+    };
+    assert_eq!(reference, p.reference.to_string());
+    let (acc_id, found) = h.portal.payment_by_reference(&p.reference).await.unwrap();
+    assert_eq!((acc_id, found.id), (h.account_id, p.id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_requests_with_one_key_make_one_payment() {
+    let h = Harness::new().await;
+    h.register().await;
+    h.set_date(d(2026, 12, 2)).await;
+    h.portal.bill_account(h.account_id).await.unwrap();
+    h.store
+        .set_load_latency(std::time::Duration::from_millis(5));
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let portal = h.portal.clone();
+            let account_id = h.account_id;
+            tokio::spawn(async move {
+                portal
+                    .make_payment(MakePayment {
+                        account_id,
+                        amount: None,
+                        method: PayWith::Token {
+                            token: GatewayToken::parse("pm_card_ok").unwrap(),
+                            save: false,
+                        },
+                        idempotency_key: "same-key".into(),
+                    })
+                    .await
+            })
+        })
+        .collect();
+    let mut ids = std::collections::HashSet::new();
+    for t in tasks {
+        ids.insert(t.await.unwrap().unwrap().payment().unwrap().id);
+    }
+    assert_eq!(ids.len(), 1);
+    assert_eq!(h.account().await.ledger.payments.len(), 1);
+    assert_eq!(h.gateway.charges(), 1);
+}
+
+#[tokio::test]
+async fn a_declined_card_gives_its_reason_and_leaves_the_bill_open() {
+    let h = Harness::new().await;
+    h.register().await;
+    h.set_date(d(2026, 12, 2)).await;
+    h.portal.bill_account(h.account_id).await.unwrap();
+    let r = h.pay("k-nsf", None, "pm_card_nsf").await.unwrap();
+    assert_eq!(
+        r.payment().unwrap().status,
+        PaymentStatus::Failed {
+            reason: DeclineReason::InsufficientFunds
+        }
+    );
+    assert_eq!(r.amount_due_after, usd("200"));
+    let Some(NoticeBody::PaymentFailed { reason, .. }) = h.last_notice(NoticeKind::PaymentFailed)
+    else {
+        panic!()
+    };
+    assert!(reason.plain_language().contains("not enough funds"));
+    Harness::check_ledger(&h.account().await);
+}
+
+#[tokio::test]
+async fn bank_transfer_pending_then_settles_by_webhook_and_a_return_reopens_the_bill() {
+    let h = Harness::new().await;
+    h.register().await;
+    h.set_date(d(2026, 12, 2)).await;
+    h.portal.bill_account(h.account_id).await.unwrap();
+    let r = h.pay("k-bank", None, "pm_bank_ok").await.unwrap();
+    let p = r.payment().unwrap().clone();
+    assert_eq!(
+        p.status,
+        PaymentStatus::Pending {
+            stage: PendingStage::Processing
+        }
+    );
+    assert_eq!(p.expected_settlement, Some(d(2026, 12, 5)));
+    let s = h
+        .account()
+        .await
+        .summary(&h.portal.config().delinquency, d(2026, 12, 2));
+    assert_eq!(s.pending_transfers.len(), 1);
+    assert_eq!(
+        s.pending_transfers[0].protects,
+        vec![CoverageMonth::new(2027, 1).unwrap()]
+    );
+    assert_eq!(
+        s.amount_due,
+        Money::ZERO,
+        "the transfer protects the bill it pays"
+    );
+    let Some(NoticeBody::PaymentConfirmation { settles_by, .. }) =
+        h.last_notice(NoticeKind::PaymentConfirmation)
+    else {
+        panic!()
+    };
+    assert_eq!(settles_by, Some(d(2026, 12, 5)));
+    let gid = p.gateway_id.clone().unwrap();
+    let settle = GatewayEvent {
+        event_id: "evt_1".into(),
+        gateway_id: gid.clone(),
+        payment_id: Some(p.id),
+        event: PaymentEvent::Settled,
+    };
+    assert!(h.portal.record_gateway_event(settle.clone()).await.unwrap());
+    assert!(
+        !h.portal.record_gateway_event(settle).await.unwrap(),
+        "a repeated webhook changes nothing"
+    );
+    let ret = GatewayEvent {
+        event_id: "evt_2".into(),
+        gateway_id: gid,
+        payment_id: None,
+        event: PaymentEvent::Returned {
+            code: ReturnCode::R01,
+        },
+    };
+    h.portal.record_gateway_event(ret).await.unwrap();
+    let acc = h.account().await;
+    Harness::check_ledger(&acc);
+    assert_eq!(acc.ledger.bills[0].open_amount(), usd("200"));
+    assert_eq!(h.count(NoticeKind::BankTransferReturned), 1);
+    let unknown = GatewayEvent {
+        event_id: "evt_3".into(),
+        gateway_id: "pi_nope".into(),
+        payment_id: None,
+        event: PaymentEvent::Settled,
+    };
+    assert!(matches!(
+        h.portal.record_gateway_event(unknown).await,
+        Err(ServiceError::NotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_lost_gateway_answer_stays_pending_and_reconciles_without_a_second_charge() {
+    let h = Harness::new().await;
+    h.register().await;
+    h.set_date(d(2026, 12, 2)).await;
+    h.portal.bill_account(h.account_id).await.unwrap();
+    let r = h.pay("k-lost", None, "pm_card_lost").await.unwrap();
+    let p = r.payment().unwrap().clone();
+    assert_eq!(
+        p.status,
+        PaymentStatus::Pending {
+            stage: PendingStage::Submitted
+        },
+        "unknown is neither failed nor succeeded"
+    );
+    assert_eq!(
+        h.portal.run_reconciliation().await.unwrap().summary.done,
+        0,
+        "too early to reconcile"
+    );
+    h.clock.advance(Duration::minutes(11));
+    h.portal.run_reconciliation().await.unwrap();
+    let acc = h.account().await;
+    assert_eq!(
+        acc.ledger.payment(p.id).unwrap().status,
+        PaymentStatus::Succeeded
+    );
+    assert_eq!(h.gateway.charges(), 1);
+    Harness::check_ledger(&acc);
+}
+
+#[tokio::test]
+async fn guest_pay_matches_name_and_birth_date_only() {
+    let h = Harness::new().await;
+    h.set_date(d(2026, 12, 2)).await;
+    h.portal.bill_account(h.account_id).await.unwrap();
+    let form = GuestPayForm {
+        account_number: "hc-1000001".into(),
+        first_name: "MARIA".into(),
+        last_name: "lópez".into(),
+        date_of_birth: "1980-05-17".into(),
+    };
+    let m = h.portal.guest_match(&form).await.unwrap();
+    assert_eq!(m.amount_due, usd("200"));
+    let bad = GuestPayForm {
+        date_of_birth: "1980-05-18".into(),
+        ..form.clone()
+    };
+    assert!(matches!(
+        h.portal.guest_match(&bad).await,
+        Err(ServiceError::NoMatch)
+    ));
+    let nobody = GuestPayForm {
+        account_number: "HC9999999".into(),
+        ..form.clone()
+    };
+    assert!(matches!(
+        h.portal.guest_match(&nobody).await,
+        Err(ServiceError::NoMatch)
+    ));
+    let r = h
+        .portal
+        .guest_pay(
+            &form,
+            None,
+            GatewayToken::parse("pm_card_ok").unwrap(),
+            "guest-1",
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.payment().unwrap().status, PaymentStatus::Succeeded);
+    assert_eq!(r.amount_due_after, Money::ZERO);
+}
+
+#[tokio::test]
+async fn offline_payments_allocate_and_only_overpayments_are_refunded() {
+    let h = Harness::new().await;
+    h.register().await;
+    h.set_date(d(2026, 12, 2)).await;
+    h.portal.bill_account(h.account_id).await.unwrap();
+    let agent = AgentId(Uuid::from_u128(7));
+    let form = OfflinePaymentForm {
+        amount: usd("250"),
+        kind: OfflineKind::Check,
+        document_number: Some("1042".into()),
+        received_on: d(2026, 12, 1),
+        idempotency_key: "chk-1042".into(),
+    };
+    let r = h
+        .portal
+        .record_offline_payment(agent, h.account_id, form.clone())
+        .await
+        .unwrap();
+    let p = r.payment().unwrap().clone();
+    assert_eq!(p.status, PaymentStatus::Succeeded);
+    assert_eq!(p.initiated_on, d(2026, 12, 1));
+    assert_eq!(
+        h.portal
+            .record_offline_payment(agent, h.account_id, form)
+            .await
+            .unwrap()
+            .payment()
+            .unwrap()
+            .id,
+        p.id
+    );
+    let acc = h.account().await;
+    assert_eq!(acc.ledger.credit(), usd("50"));
+    let too_much = h
+        .portal
+        .refund(agent, h.account_id, p.id, usd("50.01"))
+        .await
+        .unwrap_err();
+    assert!(matches!(too_much, ServiceError::Invalid(ref e) if e.has("amount")));
+    h.portal
+        .refund(agent, h.account_id, p.id, usd("50"))
+        .await
+        .unwrap();
+    let acc = h.account().await;
+    Harness::check_ledger(&acc);
+    assert_eq!(acc.ledger.credit(), Money::ZERO);
+    assert_eq!(
+        acc.ledger.payment(p.id).unwrap().status,
+        PaymentStatus::Refunded { full: false }
+    );
+    let trail = h.portal.timeline(h.account_id).await.unwrap();
+    assert!(trail.iter().any(
+        |t| t.event.action == "payment.refunded" && t.event.actor == Actor::Agent { id: agent }
+    ));
+}
+
+async fn autopay_harness() -> (Harness, crate::mandate::Mandate) {
+    let h = Harness::new().await;
+    h.register().await;
+    h.set_date(d(2026, 12, 2)).await;
+    h.portal.bill_account(h.account_id).await.unwrap();
+    let method = h
+        .portal
+        .add_payment_method(h.account_id, GatewayToken::parse("pm_card_ok").unwrap())
+        .await
+        .unwrap();
+    let form = AutopayForm {
+        method_id: method.id,
+        amount_rule: AmountRule::AmountDue,
+        cap: None,
+        frequency: Frequency::Monthly,
+        start_date: d(2026, 12, 20),
+    };
+    let preview = h.portal.preview_autopay(h.account_id, &form).await.unwrap();
+    assert_eq!(preview.estimated_amount, usd("200"));
+    let bad = h
+        .portal
+        .set_up_autopay(h.account_id, &form, "I agree", ConsentSource::Web)
+        .await
+        .unwrap_err();
+    assert!(matches!(bad, ServiceError::Invalid(ref e) if e.has("authorization")));
+    let m = h
+        .portal
+        .set_up_autopay(
+            h.account_id,
+            &form,
+            &preview.authorization_text,
+            ConsentSource::Web,
+        )
+        .await
+        .unwrap();
+    assert_eq!(m.consent.text, preview.authorization_text);
+    (h, m)
+}
+
+#[tokio::test]
+async fn autopay_notifies_then_debits_exactly_once_per_period() {
+    let (h, _m) = autopay_harness().await;
+    let mut day = d(2026, 12, 2);
+    while day <= d(2027, 2, 28) {
+        h.set_date(day).await;
+        h.portal.run_billing().await.unwrap();
+        h.portal.run_autopay().await.unwrap();
+        h.portal.run_autopay().await.unwrap();
+        day = day.succ_opt().unwrap();
+    }
+    let acc = h.account().await;
+    Harness::check_ledger(&acc);
+    let debits: Vec<_> = acc
+        .ledger
+        .payments
+        .iter()
+        .filter(|p| matches!(p.channel, crate::payment::PaymentChannel::Autopay { .. }))
+        .collect();
+    assert_eq!(debits.len(), 3, "Dec 20, Jan 20, Feb 20");
+    assert_eq!(h.gateway.charges(), 3);
+    assert_eq!(debits[0].initiated_on, d(2026, 12, 20));
+    assert_eq!(h.count(NoticeKind::AutopayPreDebit), 3);
+    let notice = h
+        .store
+        .outbox()
+        .into_iter()
+        .find(|n| n.kind == NoticeKind::AutopayPreDebit)
+        .unwrap();
+    let NoticeBody::AutopayPreDebit {
+        debit_date, amount, ..
+    } = notice.body
+    else {
+        panic!()
+    };
+    assert_eq!((debit_date, amount), (d(2026, 12, 20), usd("200")));
+    // Bills due before each next debit were paid in time.
+    assert!(
+        acc.ledger
+            .bills
+            .iter()
+            .filter(|b| b.due_date < d(2027, 2, 20))
+            .all(|b| b.open_amount().is_zero())
+    );
+    assert_eq!(
+        h.count(NoticeKind::DueDateReminder),
+        0,
+        "autopay members get pre-debit notices instead"
+    );
+}
+
+#[tokio::test]
+async fn two_failed_debits_in_a_row_suspend_autopay() {
+    let (h, m) = autopay_harness().await;
+    h.gateway.set_behaviour(
+        "pm_card_ok",
+        Behaviour::Decline(DeclineReason::InsufficientFunds),
+    );
+    for day in [
+        d(2026, 12, 17),
+        d(2026, 12, 20),
+        d(2026, 12, 21),
+        d(2026, 12, 23),
+        d(2026, 12, 24),
+    ] {
+        h.set_date(day).await;
+        h.portal.run_autopay().await.unwrap();
+    }
+    let acc = h.account().await;
+    assert_eq!(acc.mandate(m.id).unwrap().status, MandateStatus::Suspended);
+    assert_eq!(h.count(NoticeKind::AutopayFailed), 2);
+    let Some(NoticeBody::AutopayFailed { suspended, .. }) =
+        h.last_notice(NoticeKind::AutopayFailed)
+    else {
+        panic!()
+    };
+    assert!(suspended);
+    let failed = acc
+        .ledger
+        .payments
+        .iter()
+        .filter(|p| matches!(p.status, PaymentStatus::Failed { .. }))
+        .count();
+    assert_eq!(failed, 2, "first try and one retry, no more");
+}
+
+#[tokio::test]
+async fn autopay_pause_and_cancel() {
+    let (h, m) = autopay_harness().await;
+    h.portal
+        .set_autopay_status(
+            h.account_id,
+            m.id,
+            MandateStatus::Paused {
+                until: Some(d(2026, 12, 31)),
+            },
+        )
+        .await
+        .unwrap();
+    for day in [d(2026, 12, 17), d(2026, 12, 20)] {
+        h.set_date(day).await;
+        h.portal.run_autopay().await.unwrap();
+    }
+    assert_eq!(h.gateway.charges(), 0);
+    h.portal
+        .set_autopay_status(h.account_id, m.id, MandateStatus::Cancelled)
+        .await
+        .unwrap();
+    assert!(
+        h.portal
+            .set_autopay_status(h.account_id, m.id, MandateStatus::Active)
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn missed_payments_run_through_grace_to_termination_then_reinstatement() {
+    let h = Harness::new().await;
+    h.register().await;
+    h.set_date(d(2026, 12, 2)).await;
+    h.portal.run_billing().await.unwrap();
+    h.pay("binder", None, "pm_card_ok").await.unwrap();
+    // Pay January (binder), then nothing: February's bill (due Jan 23) is missed.
+    let mut day = d(2026, 12, 3);
+    let mut statuses = Vec::new();
+    while day <= d(2027, 5, 10) {
+        h.set_date(day).await;
+        h.portal.run_billing().await.unwrap();
+        h.portal.run_reminders().await.unwrap();
+        h.portal.run_delinquency().await.unwrap();
+        let s = h
+            .account()
+            .await
+            .summary(&h.portal.config().delinquency, day);
+        statuses.push((day, s.enrollments[0].status));
+        day = day.succ_opt().unwrap();
+    }
+    let status_on = |date: NaiveDate| statuses.iter().find(|(d0, _)| *d0 == date).unwrap().1;
+    assert_eq!(status_on(d(2027, 1, 23)), CoverageStatus::Active);
+    let CoverageStatus::InGrace { grace } = status_on(d(2027, 1, 24)) else {
+        panic!("{:?}", status_on(d(2027, 1, 24)))
+    };
+    assert_eq!(grace.grace_months, 3, "subsidised with January paid");
+    assert_eq!(grace.grace_ends_on, d(2027, 4, 30));
+    assert_eq!(grace.termination_effective, d(2027, 2, 28));
+    let CoverageStatus::Terminated {
+        effective,
+        reinstatable_until,
+    } = status_on(d(2027, 5, 1))
+    else {
+        panic!()
+    };
+    assert_eq!(
+        (effective, reinstatable_until),
+        (d(2027, 2, 28), d(2027, 6, 5))
+    );
+    assert_eq!(
+        h.count(NoticeKind::DueDateReminder),
+        2 * 4,
+        "7 and 2 days before Feb-May bills"
+    );
+    for k in [
+        NoticeKind::PastDue,
+        NoticeKind::TerminationWarning,
+        NoticeKind::SecondTerminationWarning,
+        NoticeKind::CoverageTerminated,
+    ] {
+        assert_eq!(h.count(k), 1, "{k:?}");
+    }
+    let acc = h.account().await;
+    Harness::check_ledger(&acc);
+    assert!(
+        acc.ledger
+            .bills
+            .iter()
+            .filter(|b| b.coverage_month > CoverageMonth::new(2027, 2).unwrap())
+            .all(|b| b.void)
+    );
+    // Reinstate: pay the past-due balance plus next month.
+    let quote = h
+        .portal
+        .reinstatement_quote(h.account_id, h.enrollment_id)
+        .await
+        .unwrap();
+    assert_eq!(quote.required, usd("1000"), "Feb-May owed plus June");
+    assert!(matches!(
+        h.portal
+            .reinstate(h.account_id, h.enrollment_id, Actor::Member)
+            .await,
+        Err(ServiceError::Rejected(_))
+    ));
+    h.pay("reinstate", Some("1000"), "pm_card_ok")
+        .await
+        .unwrap();
+    h.portal
+        .reinstate(h.account_id, h.enrollment_id, Actor::Member)
+        .await
+        .unwrap();
+    let acc = h.account().await;
+    Harness::check_ledger(&acc);
+    let s = acc.summary(&h.portal.config().delinquency, d(2027, 5, 10));
+    assert_eq!(s.enrollments[0].status, CoverageStatus::Active);
+    assert_eq!(s.enrollments[0].paid_through, Some(d(2027, 6, 30)));
+    assert_eq!(h.count(NoticeKind::CoverageReinstated), 1);
+}
+
+#[tokio::test]
+async fn unsubsidised_members_get_one_month_and_the_threshold_counts_near_payments() {
+    let h = Harness::new().await;
+    h.portal
+        .change_subsidy(
+            h.account_id,
+            h.enrollment_id,
+            Money::ZERO,
+            CoverageMonth::new(2027, 1).unwrap(),
+        )
+        .await
+        .unwrap();
+    h.register().await;
+    h.set_date(d(2026, 12, 2)).await;
+    h.portal.run_billing().await.unwrap();
+    assert_eq!(h.account().await.ledger.bills[0].amount, usd("500"));
+    // $491 of $500: short by $9, within the $10 threshold.
+    h.pay("almost", Some("491"), "pm_card_ok").await.unwrap();
+    h.set_date(d(2026, 12, 24)).await;
+    let s = h
+        .account()
+        .await
+        .summary(&h.portal.config().delinquency, d(2026, 12, 24));
+    assert_eq!(s.enrollments[0].status, CoverageStatus::Active);
+    assert_eq!(s.amount_due, usd("9"), "the shortfall stays owed");
+    h.set_date(d(2027, 1, 24)).await;
+    h.portal.run_billing().await.unwrap();
+    let s = h
+        .account()
+        .await
+        .summary(&h.portal.config().delinquency, d(2027, 1, 24));
+    let CoverageStatus::InGrace { grace } = s.enrollments[0].status else {
+        panic!()
+    };
+    assert_eq!(grace.grace_months, 1);
+    assert_eq!(grace.grace_ends_on, d(2027, 2, 28));
+    assert_eq!(grace.termination_effective, d(2027, 1, 31));
+}
+
+#[tokio::test]
+async fn a_payment_plan_spreads_the_past_due_balance_and_ends_when_missed() {
+    let h = Harness::new().await;
+    h.register().await;
+    h.set_date(d(2027, 1, 5)).await;
+    h.portal.run_billing().await.unwrap();
+    h.set_date(d(2027, 1, 24)).await;
+    h.portal.run_billing().await.unwrap();
+    let before = h.account().await.ledger.balance();
+    assert_eq!(before, usd("400"));
+    let bad = h
+        .portal
+        .set_up_payment_plan(h.account_id, 13, None, Actor::Member)
+        .await
+        .unwrap_err();
+    assert!(matches!(bad, ServiceError::Invalid(ref e) if e.has("installments")));
+    let plan = h
+        .portal
+        .set_up_payment_plan(h.account_id, 3, Some(d(2027, 1, 31)), Actor::Member)
+        .await
+        .unwrap();
+    assert_eq!(plan.total, usd("400"));
+    let acc = h.account().await;
+    Harness::check_ledger(&acc);
+    assert_eq!(
+        acc.ledger.balance(),
+        before,
+        "a plan moves the balance, never changes it"
+    );
+    let amounts: Vec<Money> = plan
+        .installments
+        .iter()
+        .map(|id| acc.ledger.bill(*id).unwrap().amount)
+        .collect();
+    assert_eq!(amounts, vec![usd("133.34"), usd("133.33"), usd("133.33")]);
+    assert_eq!(h.count(NoticeKind::PaymentPlanSetUp), 1);
+    let s = acc.summary(&h.portal.config().delinquency, d(2027, 1, 24));
+    assert!(
+        matches!(
+            s.enrollments[0].status,
+            CoverageStatus::PendingBinder { .. }
+        ) || s.enrollments[0].status == CoverageStatus::Active
+    );
+    h.set_date(d(2027, 2, 1)).await;
+    h.portal.run_delinquency().await.unwrap();
+    let acc = h.account().await;
+    assert!(matches!(
+        acc.plans[0].status,
+        crate::plan::PlanStatus::Defaulted { .. }
+    ));
+    assert!(
+        plan.installments
+            .iter()
+            .all(|id| acc.ledger.bill(*id).unwrap().due_date == d(2027, 1, 31)),
+        "the rest falls due at once"
+    );
+}
+
+#[tokio::test]
+async fn a_subsidy_change_reprices_unpaid_bills_and_renotifies_autopay() {
+    let (h, m) = autopay_harness().await;
+    h.set_date(d(2026, 12, 17)).await;
+    h.portal.run_autopay().await.unwrap();
+    assert_eq!(h.count(NoticeKind::AutopayPreDebit), 1);
+    h.portal
+        .change_subsidy(
+            h.account_id,
+            h.enrollment_id,
+            usd("250"),
+            CoverageMonth::new(2027, 1).unwrap(),
+        )
+        .await
+        .unwrap();
+    let acc = h.account().await;
+    Harness::check_ledger(&acc);
+    assert_eq!(acc.ledger.bills[0].amount, usd("250"));
+    assert_eq!(h.count(NoticeKind::BillRepriced), 1);
+    assert_eq!(
+        acc.mandate(m.id).unwrap().last_notice,
+        None,
+        "the new amount is announced before it is debited"
+    );
+    h.set_date(d(2026, 12, 18)).await;
+    h.portal.run_autopay().await.unwrap();
+    let Some(NoticeBody::AutopayPreDebit { amount, .. }) =
+        h.last_notice(NoticeKind::AutopayPreDebit)
+    else {
+        panic!()
+    };
+    assert_eq!(amount, usd("250"));
+    h.set_date(d(2026, 12, 20)).await;
+    h.portal.run_autopay().await.unwrap();
+    assert_eq!(
+        h.gateway.charges(),
+        0,
+        "three days after the new notice, not before"
+    );
+    h.set_date(d(2026, 12, 21)).await;
+    h.portal.run_autopay().await.unwrap();
+    assert_eq!(h.gateway.charges(), 1);
+    assert_eq!(h.gateway.net_collected(), usd("250"));
+}
+
+#[tokio::test]
+async fn support_finds_members_and_resends_receipts() {
+    let h = Harness::new().await;
+    h.register().await;
+    h.set_date(d(2026, 12, 2)).await;
+    h.portal.bill_account(h.account_id).await.unwrap();
+    let p = h
+        .pay("k", None, "pm_card_ok")
+        .await
+        .unwrap()
+        .payment()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        h.portal.find_accounts("López").await.unwrap(),
+        vec![h.account_id]
+    );
+    assert_eq!(
+        h.portal.find_accounts("maria@example").await.unwrap(),
+        vec![h.account_id]
+    );
+    assert_eq!(
+        h.portal
+            .find_accounts(&p.reference.to_string())
+            .await
+            .unwrap(),
+        vec![h.account_id]
+    );
+    assert!(h.portal.find_accounts("x").await.is_err());
+    h.portal
+        .resend_receipt(AgentId(Uuid::from_u128(1)), h.account_id, p.id)
+        .await
+        .unwrap();
+    assert_eq!(h.count(NoticeKind::PaymentConfirmation), 2);
+}
+
+#[tokio::test]
+async fn another_members_payment_is_not_found() {
+    let h = Harness::new().await;
+    h.register().await;
+    h.set_date(d(2026, 12, 2)).await;
+    h.portal.bill_account(h.account_id).await.unwrap();
+    let p = h
+        .pay("k", None, "pm_card_ok")
+        .await
+        .unwrap()
+        .payment()
+        .unwrap()
+        .clone();
+    let stranger = AccountId(Uuid::from_u128(5));
+    assert!(matches!(
+        h.portal.payment(stranger, p.id).await,
+        Err(ServiceError::NotFound(_))
+    ));
+    assert!(matches!(
+        Portal::member_account(&Principal::Agent {
+            agent_id: AgentId(Uuid::nil())
+        }),
+        Err(ServiceError::NotFound(_))
+    ));
+}
+
+mod with_mocks {
+    use super::*;
+    use crate::ports::{ChargeOutcome, ChargeStatus, GatewayError, MockPaymentGateway};
+
+    #[tokio::test]
+    async fn an_unknown_outcome_is_retried_with_the_same_gateway_key() {
+        let h = Harness::new().await;
+        h.register().await;
+        h.set_date(d(2026, 12, 2)).await;
+        h.portal.bill_account(h.account_id).await.unwrap();
+        let mut mock = MockPaymentGateway::new();
+        mock.expect_describe_method()
+            .returning(|_| Ok(card("4242")));
+        let mut seq = mockall::Sequence::new();
+        let keys = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let k1 = keys.clone();
+        mock.expect_charge()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(move |r| {
+                k1.lock().unwrap().push(r.idempotency_key);
+                Err(GatewayError::Unknown("timeout".into()))
+            });
+        let k2 = keys.clone();
+        mock.expect_charge()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(move |r| {
+                k2.lock().unwrap().push(r.idempotency_key);
+                Ok(ChargeOutcome {
+                    gateway_id: "pi_9".into(),
+                    status: ChargeStatus::Succeeded,
+                })
+            });
+        let mut deps = h.portal.deps().clone();
+        deps.gateway = Arc::new(mock);
+        let portal = Portal::new(deps, PortalConfig::default());
+        let saved = portal
+            .add_payment_method(h.account_id, GatewayToken::parse("pm_mock").unwrap())
+            .await
+            .unwrap();
+        let cmd = MakePayment {
+            account_id: h.account_id,
+            amount: None,
+            method: PayWith::Saved(saved.id),
+            idempotency_key: "retry-me".into(),
+        };
+        let first = portal.make_payment(cmd.clone()).await.unwrap();
+        assert_eq!(
+            first.payment().unwrap().status,
+            PaymentStatus::Pending {
+                stage: PendingStage::Submitted
+            }
+        );
+        let second = portal.make_payment(cmd).await.unwrap();
+        assert_eq!(second.payment().unwrap().status, PaymentStatus::Succeeded);
+        let keys = keys.lock().unwrap().clone();
+        assert_eq!(keys.len(), 2);
+        assert_eq!(
+            keys[0], keys[1],
+            "the retry reuses the gateway key, so it cannot charge twice"
+        );
+    }
+}
