@@ -19,10 +19,13 @@ input_error!(MonthError, "month", {
 });
 
 impl CoverageMonth {
-    /// A month, or `None` outside 2000-01..=2200-12 or for a month number outside 1-12.
-    pub fn new(year: i32, month: u32) -> Option<CoverageMonth> {
-        ((2000..=2200).contains(&year) && (1..=12).contains(&month))
-            .then_some(CoverageMonth { year, month })
+    /// A month in 2000-01..=2200-12.
+    pub fn new(year: i32, month: u32) -> Result<CoverageMonth, MonthError> {
+        if (2000..=2200).contains(&year) && (1..=12).contains(&month) {
+            Ok(CoverageMonth { year, month })
+        } else {
+            Err(MonthError::OutOfRange)
+        }
     }
 
     /// The month containing `date` (dates outside the supported years are clamped into range).
@@ -41,7 +44,7 @@ impl CoverageMonth {
         }
         let y: i32 = y.parse().map_err(|_| MonthError::Format)?;
         let m: u32 = m.parse().map_err(|_| MonthError::Format)?;
-        CoverageMonth::new(y, m).ok_or(MonthError::OutOfRange)
+        CoverageMonth::new(y, m)
     }
 
     /// Year.
@@ -156,5 +159,7 @@ mod tests {
         assert_eq!(m.months_until(m.plus(5)), 5);
         assert_eq!(CoverageMonth::parse("2027-13"), Err(MonthError::OutOfRange));
         assert_eq!(CoverageMonth::parse("27-1"), Err(MonthError::Format));
+        assert_eq!(CoverageMonth::new(2027, 0), Err(MonthError::OutOfRange));
+        assert_eq!(CoverageMonth::new(1999, 12), Err(MonthError::OutOfRange));
     }
 }

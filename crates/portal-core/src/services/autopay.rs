@@ -336,13 +336,8 @@ impl Portal {
                 .await
             }
             MandateAction::Debit {
-                period,
-                attempt,
-                next_debit_date,
-            } => {
-                self.debit(account_id, &mandate, period, attempt, next_debit_date)
-                    .await
-            }
+                period, attempt, ..
+            } => self.debit(account_id, &mandate, period, attempt).await,
         }
     }
 
@@ -352,7 +347,6 @@ impl Portal {
         mandate: &Mandate,
         period: u32,
         attempt: u32,
-        next_debit_date: NaiveDate,
     ) -> Result<u32, ServiceError> {
         let today = self.today();
         let now = self.now();
@@ -395,7 +389,7 @@ impl Portal {
                     let token = account.method(m.method_id).map(|x| x.token.clone());
                     return Ok(token.map(|t| Some((existing, t))));
                 }
-                let amount = m.debit_amount(account.amount_due_before(next_debit_date));
+                let amount = m.debit_amount(debit_base(account, &m, period, self));
                 let Some(method) = account.method(m.method_id).filter(|x| x.usable(today)).cloned() else {
                     let suspended = account.mandate_mut(m.id).is_some_and(|mm| mm.record_failure(period, today, &policy));
                     changes.notify([account.notice(

@@ -1262,6 +1262,174 @@ async fn another_members_payment_is_not_found() {
     ));
 }
 
+impl Harness {
+    async fn add_dental(&self) -> EnrollmentId {
+        let id = EnrollmentId(Uuid::from_u128(900_002));
+        let mut acc = self.account().await;
+        acc.enrollments.push(
+            Enrollment::new(
+                id,
+                CoverageKind::Dental,
+                "Dental Basic",
+                usd("40"),
+                Money::ZERO,
+                CoverageMonth::new(2027, 1).unwrap(),
+            )
+            .unwrap(),
+        );
+        self.store.commit(Changes::account(acc)).await.unwrap();
+        id
+    }
+}
+
+#[tokio::test]
+async fn health_and_dental_are_billed_separately_and_paid_oldest_first() {
+    let h = Harness::new().await;
+    let dental = h.add_dental().await;
+    h.register().await;
+    h.set_date(d(2027, 1, 5)).await;
+    h.portal.run_billing().await.unwrap();
+    let acc = h.account().await;
+    let per = |e: EnrollmentId| {
+        acc.bills_of(e)
+            .iter()
+            .map(|b| (b.coverage_month.to_string(), b.kind, b.amount))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        per(h.enrollment_id),
+        vec![
+            ("2027-01".into(), BillKind::Binder, usd("200")),
+            ("2027-02".into(), BillKind::Premium, usd("200"))
+        ]
+    );
+    assert_eq!(
+        per(dental),
+        vec![
+            ("2027-01".into(), BillKind::Binder, usd("40")),
+            ("2027-02".into(), BillKind::Premium, usd("40"))
+        ]
+    );
+    // $260 pays both January bills first, then $20 of February's.
+    h.pay("k", Some("260"), "pm_card_ok").await.unwrap();
+    let acc = h.account().await;
+    Harness::check_ledger(&acc);
+    let jan: Vec<_> = acc
+        .ledger
+        .bills
+        .iter()
+        .filter(|b| b.coverage_month == CoverageMonth::new(2027, 1).unwrap())
+        .collect();
+    assert!(jan.iter().all(|b| b.status() == BillStatus::Paid));
+    assert_eq!(acc.amount_due(), usd("220"));
+    let s = acc.summary(&h.portal.config().delinquency, d(2027, 1, 5));
+    assert_eq!(s.enrollments.len(), 2);
+    assert!(
+        s.enrollments
+            .iter()
+            .all(|e| e.status == CoverageStatus::Active)
+    );
+}
+
+#[tokio::test]
+async fn a_late_fee_is_assessed_once_per_late_bill_when_the_policy_is_on() {
+    let config = PortalConfig {
+        delinquency: crate::delinquency::DelinquencyPolicy {
+            late_fee: crate::delinquency::LateFeePolicy::Fixed { amount: usd("5") },
+            ..Default::default()
+        },
+        ..PortalConfig::default()
+    };
+    let h = Harness::with_config(config).await;
+    h.register().await;
+    h.set_date(d(2026, 12, 2)).await;
+    h.portal.run_billing().await.unwrap();
+    h.pay("binder", None, "pm_card_ok").await.unwrap();
+    h.set_date(d(2027, 1, 24)).await;
+    h.portal.run_billing().await.unwrap();
+    for _ in 0..3 {
+        h.portal.run_delinquency().await.unwrap();
+    }
+    let acc = h.account().await;
+    Harness::check_ledger(&acc);
+    let fees: Vec<_> = acc
+        .ledger
+        .bills
+        .iter()
+        .filter(|b| matches!(b.kind, BillKind::LateFee { .. }))
+        .collect();
+    assert_eq!(fees.len(), 1);
+    assert_eq!(fees[0].amount, usd("5"));
+    assert_eq!(acc.amount_due(), usd("205"));
+    // With the default policy there are none.
+    let plain = Harness::new().await;
+    plain.register().await;
+    plain.set_date(d(2027, 1, 24)).await;
+    plain.portal.run_billing().await.unwrap();
+    plain.portal.run_delinquency().await.unwrap();
+    assert!(
+        !plain
+            .account()
+            .await
+            .ledger
+            .bills
+            .iter()
+            .any(|b| matches!(b.kind, BillKind::LateFee { .. }))
+    );
+}
+
+#[tokio::test]
+async fn quarterly_autopay_covers_the_quarter_through_credit() {
+    let h = Harness::new().await;
+    h.register().await;
+    h.set_date(d(2026, 12, 2)).await;
+    h.portal.run_billing().await.unwrap();
+    let method = h
+        .portal
+        .add_payment_method(h.account_id, GatewayToken::parse("pm_card_ok").unwrap())
+        .await
+        .unwrap();
+    let form = AutopayForm {
+        method_id: method.id,
+        amount_rule: AmountRule::AmountDue,
+        cap: None,
+        frequency: Frequency::Quarterly,
+        start_date: d(2026, 12, 20),
+    };
+    let preview = h.portal.preview_autopay(h.account_id, &form).await.unwrap();
+    // January (billed) plus February and March, whose bills come due before the next debit (Mar 20).
+    assert_eq!(preview.estimated_amount, usd("600"));
+    h.portal
+        .set_up_autopay(
+            h.account_id,
+            &form,
+            &preview.authorization_text,
+            ConsentSource::Web,
+        )
+        .await
+        .unwrap();
+    let mut day = d(2026, 12, 2);
+    while day <= d(2027, 3, 10) {
+        h.set_date(day).await;
+        h.portal.run_billing().await.unwrap();
+        h.portal.run_autopay().await.unwrap();
+        h.portal.run_delinquency().await.unwrap();
+        day = day.succ_opt().unwrap();
+    }
+    let acc = h.account().await;
+    Harness::check_ledger(&acc);
+    assert_eq!(h.gateway.charges(), 1, "one debit for the quarter");
+    assert_eq!(h.gateway.net_collected(), usd("600"));
+    assert!(
+        acc.ledger
+            .bills
+            .iter()
+            .filter(|b| b.coverage_month <= CoverageMonth::new(2027, 3).unwrap())
+            .all(|b| b.open_amount().is_zero())
+    );
+    assert_eq!(h.count(NoticeKind::PastDue), 0);
+}
+
 mod with_mocks {
     use super::*;
     use crate::ports::{ChargeOutcome, ChargeStatus, GatewayError, MockPaymentGateway};
