@@ -200,6 +200,78 @@ pub trait Store: Send + Sync {
     async fn commit(&self, changes: Changes) -> Result<(), StoreError>;
 }
 
+/// One run of a batch job: which job, for which period (e.g. `billing` for `2027-01-05`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct JobRun {
+    /// Job name.
+    pub job: String,
+    /// Period, usually the date the job runs for.
+    pub period: String,
+}
+
+/// Work claiming for batch jobs, so any number of instances can run the same job at once and
+/// every item is worked by one of them.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait WorkQueue: Send + Sync {
+    /// Adds every account as an item of the run; items already there are left alone.
+    /// Returns how many were added.
+    async fn plan_run(&self, run: JobRun) -> Result<u64, StoreError>;
+    /// Claims up to `limit` unfinished items that no live lease holds, leasing them to
+    /// `worker` until `lease_until`. An item whose lease ran out (a crashed worker) can be
+    /// claimed again; a finished one never.
+    async fn claim(
+        &self,
+        run: JobRun,
+        worker: String,
+        limit: u32,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Vec<AccountId>, StoreError>;
+    /// Marks items finished.
+    async fn finish(
+        &self,
+        run: JobRun,
+        items: Vec<AccountId>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+}
+
+/// The transactional outbox as the delivery worker sees it.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait Outbox: Send + Sync {
+    /// Claims up to `limit` messages due for delivery and not leased by another worker.
+    async fn claim_messages(
+        &self,
+        worker: String,
+        limit: u32,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Vec<OutboxMessage>, StoreError>;
+    /// Records a delivery with the Message-ID used.
+    async fn mark_sent(
+        &self,
+        id: MessageId,
+        message_id: String,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+    /// Records a failed attempt: retried at `retry_at`, or parked as a dead letter if `None`.
+    async fn mark_failed(
+        &self,
+        id: MessageId,
+        error: String,
+        retry_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+    /// Parked messages, oldest first.
+    async fn dead_letters(&self, limit: u32) -> Result<Vec<OutboxMessage>, StoreError>;
+    /// Puts a parked message back in the queue.
+    async fn requeue(&self, id: MessageId, now: DateTime<Utc>) -> Result<bool, StoreError>;
+    /// Messages not yet sent or parked, oldest first (for operators and tests).
+    async fn pending_messages(&self, limit: u32) -> Result<Vec<OutboxMessage>, StoreError>;
+}
+
 /// What a payment request to the gateway carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChargeRequest {

@@ -16,7 +16,7 @@ use crate::money::Money;
 use crate::notice::NoticeBody;
 use crate::payment::{PaymentStatus, PendingStage};
 use crate::plan::PlanStatus;
-use crate::ports::Changes;
+use crate::ports::{Changes, JobRun};
 use chrono::NaiveDate;
 use std::future::Future;
 
@@ -40,40 +40,72 @@ pub struct JobReport {
     pub failures: Vec<(AccountId, String)>,
 }
 
-/// Accounts fetched per page.
-const PAGE: u32 = 500;
+/// Items claimed at a time.
+const CLAIM_BATCH: u32 = 100;
 
 impl Portal {
-    async fn for_each_account<F, Fut>(&self, mut work: F) -> Result<JobReport, ServiceError>
+    /// Runs `work` once for every account, as one run of `job` for `period`: items are claimed in
+    /// batches through the work queue, so several instances share the run and none works an
+    /// item another holds. Failed items stay unfinished and are retried when their lease ends.
+    async fn for_each_account<F, Fut>(
+        &self,
+        job: &str,
+        period: String,
+        mut work: F,
+    ) -> Result<JobReport, ServiceError>
     where
         F: FnMut(AccountId) -> Fut,
         Fut: Future<Output = Result<u32, ServiceError>>,
     {
+        let queue = &self.deps.work;
+        let run = JobRun {
+            job: job.to_owned(),
+            period,
+        };
+        queue.plan_run(run.clone()).await?;
         let mut report = JobReport::default();
-        let mut after = None;
         loop {
-            let ids = self.deps.store.account_ids(after, PAGE).await?;
-            let Some(last) = ids.last().copied() else {
+            let now = self.now();
+            let ids = queue
+                .claim(
+                    run.clone(),
+                    self.config.worker_id.clone(),
+                    CLAIM_BATCH,
+                    now,
+                    now + self.config.job_lease,
+                )
+                .await?;
+            if ids.is_empty() {
                 break;
-            };
+            }
+            let mut finished = Vec::with_capacity(ids.len());
             for id in ids {
                 match work(id).await {
-                    Ok(0) => report.summary.skipped += 1,
-                    Ok(n) => report.summary.done += u64::from(n),
+                    Ok(n) => {
+                        if n == 0 {
+                            report.summary.skipped += 1;
+                        } else {
+                            report.summary.done += u64::from(n);
+                        }
+                        finished.push(id);
+                    }
                     Err(e) => {
                         report.summary.failed += 1;
                         report.failures.push((id, e.to_string()));
                     }
                 }
             }
-            after = Some(last);
+            queue.finish(run.clone(), finished, self.now()).await?;
         }
         Ok(report)
     }
 
     /// Issues every bill whose issue date has come, for every account.
     pub async fn run_billing(&self) -> Result<JobReport, ServiceError> {
-        self.for_each_account(|id| self.bill_account(id)).await
+        self.for_each_account("billing", self.today().to_string(), |id| {
+            self.bill_account(id)
+        })
+        .await
     }
 
     /// Issues the account's due bills; returns how many.
@@ -164,7 +196,10 @@ impl Portal {
 
     /// Sends due-date reminders (by the policy's days before) for bills autopay will not pay.
     pub async fn run_reminders(&self) -> Result<JobReport, ServiceError> {
-        self.for_each_account(|id| self.remind_account(id)).await
+        self.for_each_account("reminders", self.today().to_string(), |id| {
+            self.remind_account(id)
+        })
+        .await
     }
 
     /// The reminders of one account.
@@ -232,7 +267,7 @@ impl Portal {
 
     /// Runs autopay for every account: pre-debit notices and debits due today.
     pub async fn run_autopay(&self) -> Result<JobReport, ServiceError> {
-        self.for_each_account(|id| async move {
+        self.for_each_account("autopay", self.today().to_string(), |id| async move {
             let mut n = 0;
             // A notice and a debit can both fall due on one day (catching up).
             for _ in 0..2 {
@@ -250,8 +285,10 @@ impl Portal {
     /// Applies delinquency for every account: notices, late fees, missed installments,
     /// terminations, and reinstatements that payments made possible.
     pub async fn run_delinquency(&self) -> Result<JobReport, ServiceError> {
-        self.for_each_account(|id| self.delinquency_account(id))
-            .await
+        self.for_each_account("delinquency", self.today().to_string(), |id| {
+            self.delinquency_account(id)
+        })
+        .await
     }
 
     /// Delinquency for one account.
@@ -399,31 +436,35 @@ impl Portal {
         let today = self.today();
         let now = self.now();
         let after = self.config.reconcile_after;
-        self.for_each_account(|id| async move {
-            let account = self.account(id).await?;
-            let due: Vec<_> = account
-                .ledger
-                .payments
-                .iter()
-                .filter(|p| match p.status {
-                    PaymentStatus::Pending {
-                        stage: PendingStage::Submitted,
-                    } => now - p.initiated_at > after,
-                    PaymentStatus::Pending {
-                        stage: PendingStage::Processing,
-                    } => p.expected_settlement.is_some_and(|d| d < today),
-                    _ => false,
-                })
-                .map(|p| p.id)
-                .collect();
-            let mut n = 0;
-            for pid in due {
-                if self.reconcile_payment(id, pid).await? {
-                    n += 1;
+        self.for_each_account(
+            "reconciliation",
+            now.format("%Y-%m-%dT%H:%M").to_string(),
+            |id| async move {
+                let account = self.account(id).await?;
+                let due: Vec<_> = account
+                    .ledger
+                    .payments
+                    .iter()
+                    .filter(|p| match p.status {
+                        PaymentStatus::Pending {
+                            stage: PendingStage::Submitted,
+                        } => now - p.initiated_at > after,
+                        PaymentStatus::Pending {
+                            stage: PendingStage::Processing,
+                        } => p.expected_settlement.is_some_and(|d| d < today),
+                        _ => false,
+                    })
+                    .map(|p| p.id)
+                    .collect();
+                let mut n = 0;
+                for pid in due {
+                    if self.reconcile_payment(id, pid).await? {
+                        n += 1;
+                    }
                 }
-            }
-            Ok(n)
-        })
+                Ok(n)
+            },
+        )
         .await
     }
 }

@@ -32,7 +32,7 @@ use crate::money::Money;
 use crate::ports::HashError;
 use crate::ports::{
     Changes, Clock, GatewayError, IdGenerator, IdentityError, IdentityVerifier, PasswordHasher,
-    PaymentGateway, SealError, SecretSealer, Store, StoreError, Unique,
+    PaymentGateway, SealError, SecretSealer, Store, StoreError, Unique, WorkQueue,
 };
 use chrono::{DateTime, Duration, Utc};
 use std::sync::Arc;
@@ -54,6 +54,8 @@ pub struct Deps {
     pub hasher: Arc<dyn PasswordHasher>,
     /// Identity proofing.
     pub identity: Arc<dyn IdentityVerifier>,
+    /// Work claiming for batch jobs.
+    pub work: Arc<dyn WorkQueue>,
 }
 
 impl std::fmt::Debug for Deps {
@@ -143,6 +145,11 @@ pub struct PortalConfig {
     pub max_payment: Money,
     /// Payments whose gateway outcome is unknown for this long are reconciled.
     pub reconcile_after: Duration,
+    /// This instance's name in work claims.
+    pub worker_id: String,
+    /// How long a claimed batch of job items stays with this instance before others may take
+    /// it over (a crashed instance's items come back after this).
+    pub job_lease: Duration,
 }
 
 impl Default for PortalConfig {
@@ -155,6 +162,8 @@ impl Default for PortalConfig {
             methods: AcceptedMethods::default(),
             max_payment: Money::from_cents(5_000_000),
             reconcile_after: Duration::minutes(10),
+            worker_id: "worker".to_owned(),
+            job_lease: Duration::minutes(5),
         }
     }
 }

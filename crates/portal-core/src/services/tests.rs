@@ -100,6 +100,7 @@ impl Harness {
             sealer: sealer.clone(),
             hasher: Arc::new(TestHasher),
             identity: Arc::new(RecordMatchVerifier::new(store.clone(), sealer.clone())),
+            work: store.clone(),
         };
         let portal = Portal::new(deps, config);
         let enrollment_id = EnrollmentId(Uuid::from_u128(900_001));

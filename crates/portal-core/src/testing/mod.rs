@@ -14,8 +14,8 @@ use crate::password::Password;
 use crate::payment::DeclineReason;
 use crate::ports::{
     AccountLookup, Changes, ChargeOutcome, ChargeRequest, ChargeStatus, Clock, GatewayError,
-    HashError, IdGenerator, OutboxMessage, PasswordHasher, PaymentGateway, PaymentLookup,
-    RefundRequest, SealError, SecretSealer, Store, StoreError, Unique,
+    HashError, IdGenerator, JobRun, Outbox, OutboxMessage, PasswordHasher, PaymentGateway,
+    PaymentLookup, RefundRequest, SealError, SecretSealer, Store, StoreError, Unique, WorkQueue,
 };
 use crate::reference::PaymentReference;
 use async_trait::async_trait;
@@ -42,9 +42,24 @@ struct State {
     throttles: HashMap<String, LoginThrottle>,
     idempotency: HashMap<(String, String), IdempotencyRecord>,
     audit: Vec<AuditEvent>,
-    outbox: Vec<OutboxMessage>,
+    outbox: Vec<QueuedMessage>,
     dedupe: HashSet<String>,
     next_message: u128,
+    work: BTreeMap<(String, String, AccountId), WorkItem>,
+}
+
+struct QueuedMessage {
+    message: OutboxMessage,
+    due_at: Option<DateTime<Utc>>,
+    leased_until: Option<DateTime<Utc>>,
+    sent: Option<String>,
+    dead: bool,
+}
+
+#[derive(Default)]
+struct WorkItem {
+    leased_until: Option<DateTime<Utc>>,
+    finished: bool,
 }
 
 /// A store in memory with the same rules as the real ones: optimistic versions, uniqueness,
@@ -78,7 +93,7 @@ impl InMemoryStore {
         lock(&self.state)
             .outbox
             .iter()
-            .map(|m| m.notice.clone())
+            .map(|m| m.message.notice.clone())
             .collect()
     }
 
@@ -236,6 +251,12 @@ impl Store for InMemoryStore {
             if let Some(u) = member_conflict(&s, a) {
                 return Err(StoreError::Duplicate(u));
             }
+            let mut months = HashSet::new();
+            for b in a.ledger.bills.iter().filter(|b| b.kind.is_premium()) {
+                if !months.insert((b.enrollment_id, b.coverage_month)) {
+                    return Err(StoreError::Duplicate(Unique::Bill));
+                }
+            }
             let refs: HashSet<&PaymentReference> =
                 a.ledger.payments.iter().map(|p| &p.reference).collect();
             if s.accounts.values().filter(|o| o.id != a.id).any(|o| {
@@ -295,15 +316,173 @@ impl Store for InMemoryStore {
                 s.next_message += 1;
                 let id = MessageId(Uuid::from_u128(s.next_message));
                 let created_at = DateTime::<Utc>::UNIX_EPOCH;
-                s.outbox.push(OutboxMessage {
-                    id,
-                    notice: n,
-                    created_at,
-                    attempts: 0,
+                s.outbox.push(QueuedMessage {
+                    message: OutboxMessage {
+                        id,
+                        notice: n,
+                        created_at,
+                        attempts: 0,
+                    },
+                    due_at: None,
+                    leased_until: None,
+                    sent: None,
+                    dead: false,
                 });
             }
         }
         Ok(())
+    }
+}
+
+#[async_trait]
+impl WorkQueue for InMemoryStore {
+    async fn plan_run(&self, run: JobRun) -> Result<u64, StoreError> {
+        let mut s = lock(&self.state);
+        let ids: Vec<AccountId> = s.accounts.keys().copied().collect();
+        let mut added = 0;
+        for id in ids {
+            let key = (run.job.clone(), run.period.clone(), id);
+            if let std::collections::btree_map::Entry::Vacant(slot) = s.work.entry(key) {
+                slot.insert(WorkItem::default());
+                added += 1;
+            }
+        }
+        Ok(added)
+    }
+
+    async fn claim(
+        &self,
+        run: JobRun,
+        _worker: String,
+        limit: u32,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Vec<AccountId>, StoreError> {
+        let mut s = lock(&self.state);
+        let mut out = Vec::new();
+        for ((job, period, id), item) in s.work.iter_mut() {
+            if out.len() >= limit as usize {
+                break;
+            }
+            if *job == run.job
+                && *period == run.period
+                && !item.finished
+                && item.leased_until.is_none_or(|u| u <= now)
+            {
+                item.leased_until = Some(lease_until);
+                out.push(*id);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn finish(
+        &self,
+        run: JobRun,
+        items: Vec<AccountId>,
+        _now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let mut s = lock(&self.state);
+        for id in items {
+            if let Some(item) = s.work.get_mut(&(run.job.clone(), run.period.clone(), id)) {
+                item.finished = true;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Outbox for InMemoryStore {
+    async fn claim_messages(
+        &self,
+        _worker: String,
+        limit: u32,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Vec<OutboxMessage>, StoreError> {
+        let mut s = lock(&self.state);
+        let mut out = Vec::new();
+        for m in s.outbox.iter_mut() {
+            if out.len() >= limit as usize {
+                break;
+            }
+            let due = m.sent.is_none()
+                && !m.dead
+                && m.due_at.is_none_or(|d| d <= now)
+                && m.leased_until.is_none_or(|u| u <= now);
+            if due {
+                m.leased_until = Some(lease_until);
+                out.push(m.message.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    async fn mark_sent(
+        &self,
+        id: MessageId,
+        message_id: String,
+        _now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let mut s = lock(&self.state);
+        if let Some(m) = s.outbox.iter_mut().find(|m| m.message.id == id) {
+            m.sent = Some(message_id);
+            m.message.attempts += 1;
+            m.leased_until = None;
+        }
+        Ok(())
+    }
+
+    async fn mark_failed(
+        &self,
+        id: MessageId,
+        _error: String,
+        retry_at: Option<DateTime<Utc>>,
+        _now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let mut s = lock(&self.state);
+        if let Some(m) = s.outbox.iter_mut().find(|m| m.message.id == id) {
+            m.message.attempts += 1;
+            m.leased_until = None;
+            match retry_at {
+                Some(at) => m.due_at = Some(at),
+                None => m.dead = true,
+            }
+        }
+        Ok(())
+    }
+
+    async fn dead_letters(&self, limit: u32) -> Result<Vec<OutboxMessage>, StoreError> {
+        Ok(lock(&self.state)
+            .outbox
+            .iter()
+            .filter(|m| m.dead)
+            .take(limit as usize)
+            .map(|m| m.message.clone())
+            .collect())
+    }
+
+    async fn requeue(&self, id: MessageId, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        let mut s = lock(&self.state);
+        match s.outbox.iter_mut().find(|m| m.message.id == id && m.dead) {
+            Some(m) => {
+                m.dead = false;
+                m.due_at = Some(now);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    async fn pending_messages(&self, limit: u32) -> Result<Vec<OutboxMessage>, StoreError> {
+        Ok(lock(&self.state)
+            .outbox
+            .iter()
+            .filter(|m| m.sent.is_none() && !m.dead)
+            .take(limit as usize)
+            .map(|m| m.message.clone())
+            .collect())
     }
 }
 
@@ -546,3 +725,5 @@ impl PaymentGateway for FakeGateway {
             .map(|c| c.0.clone()))
     }
 }
+
+pub mod conformance;
