@@ -30,7 +30,16 @@ fn main() -> ExitCode {
     }
 }
 
+/// The variable that points the PostgreSQL tests at a server.
+const PG_URL_VAR: &str = "PORTAL_TEST_DATABASE_URL";
+
 fn ci() -> Result<(), String> {
+    let in_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    match std::env::var(PG_URL_VAR) {
+        Ok(_) => println!("== PostgreSQL tests will run ({PG_URL_VAR} is set)"),
+        Err(_) if in_ci => return Err(format!("{PG_URL_VAR} must be set in CI")),
+        Err(_) => println!("== PostgreSQL tests will be SKIPPED: set {PG_URL_VAR} (see README)"),
+    }
     step("format", &["fmt", "--all", "--", "--check"])?;
     step(
         "lints",

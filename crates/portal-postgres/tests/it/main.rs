@@ -1,0 +1,14 @@
+// A test binary: helpers outside #[test] functions may fail loudly too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+//! PostgreSQL integration tests. They need `PORTAL_TEST_DATABASE_URL` (a database on a server
+//! where the user may create databases); each test gets a fresh database. Without it they say
+//! they were skipped; with `CI=true` a skip is a failure.
+
+mod concurrency;
+mod raw;
+mod support;
+
+mod conformance {
+    portal_core::store_conformance_tests!(crate::support::store());
+}
