@@ -367,7 +367,7 @@ pub struct GatewayEvent {
     /// Our payment id from the metadata, if present (events may arrive before we stored the
     /// gateway id).
     pub payment_id: Option<PaymentId>,
-    /// What happened.
+    /// What happened. For `Refunded` the amount is the total refunded so far.
     pub event: PaymentEvent,
 }
 

@@ -925,7 +925,9 @@ impl Portal {
         .await
     }
 
-    /// Applies a verified gateway event (webhook). Repeats change nothing.
+    /// Applies a verified gateway event (webhook). Repeats change nothing. A refund event
+    /// carries the total refunded so far (as gateways report it); only the part not yet
+    /// recorded is applied, so refunds the portal made itself are not counted twice.
     pub async fn record_gateway_event(&self, event: GatewayEvent) -> Result<bool, ServiceError> {
         let store = &self.deps.store;
         let mut found = store
@@ -939,13 +941,22 @@ impl Portal {
         let Some((account_id, payment_id)) = found else {
             return Err(ServiceError::NotFound("payment"));
         };
+        let mut applied = event.event;
+        if let PaymentEvent::Refunded { amount: total } = applied {
+            let recorded = self.payment(account_id, payment_id).await?.refunded;
+            let increment = total.saturating_sub(recorded);
+            if increment.is_zero() {
+                return Ok(false);
+            }
+            applied = PaymentEvent::Refunded { amount: increment };
+        }
         let actor = Actor::Gateway {
             event_id: Some(event.event_id.clone()),
         };
         self.apply_outcome(
             account_id,
             payment_id,
-            event.event,
+            applied,
             Some(event.gateway_id),
             &actor,
             "webhook",
