@@ -8,13 +8,19 @@ const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
   ci     formatting, lints, tidy checks and the whole test suite (what CI runs)
-  tidy   architecture checks only (portal-core stays free of I/O crates)";
+  tidy   architecture checks only (portal-core stays free of I/O crates)
+  bench-gateway
+         card payments through the gateway client against the sandbox, 1 and 16 callers";
 
 fn main() -> ExitCode {
     let task = std::env::args().nth(1);
     let result = match task.as_deref() {
         Some("ci") => ci(),
         Some("tidy") => tidy::check(),
+        Some("bench-gateway") => step(
+            "bench-gateway",
+            &["bench", "-p", "portal-stripe", "--bench", "gateway"],
+        ),
         Some("-h" | "--help" | "help") | None => {
             println!("{USAGE}");
             Ok(())

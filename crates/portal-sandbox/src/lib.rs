@@ -290,7 +290,13 @@ impl Sandbox {
     }
 }
 
-fn error_object(kind: &str, code: &str, decline_code: Option<&str>, message: &str, intent: Option<Value>) -> Value {
+fn error_object(
+    kind: &str,
+    code: &str,
+    decline_code: Option<&str>,
+    message: &str,
+    intent: Option<Value>,
+) -> Value {
     let mut e = serde_json::Map::new();
     e.insert("type".into(), json!(kind));
     e.insert("code".into(), json!(code));

@@ -1,5 +1,10 @@
 // A test binary: helpers outside #[test] functions may fail loudly too.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 //! PostgreSQL integration tests. They need `PORTAL_TEST_DATABASE_URL` (a database on a server
 //! where the user may create databases); each test gets a fresh database. Without it they say

@@ -1,5 +1,10 @@
 // A test binary: helpers outside #[test] functions may fail loudly too.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 //! The Stripe-dialect client against the sandbox, over real HTTP on loopback.
 
@@ -212,6 +217,50 @@ async fn every_test_card_gives_its_documented_outcome() {
     ));
     let t = f.sandbox.sandbox.totals();
     assert_eq!((t.charges, t.charged), (2, 24_690));
+}
+
+#[tokio::test]
+async fn browsers_of_allowed_origins_may_tokenize_and_others_may_not() {
+    let config = SandboxConfig {
+        allowed_origins: vec!["https://portal.example".into()],
+        ..SandboxConfig::default()
+    };
+    let sandbox = start(config, SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .unwrap();
+    let preflight = |origin: &'static str| {
+        reqwest::Client::new()
+            .request(
+                reqwest::Method::OPTIONS,
+                format!("{}/v1/payment_methods", sandbox.base_url()),
+            )
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type",
+            )
+            .send()
+    };
+    let allowed = preflight("https://portal.example").await.unwrap();
+    assert_eq!(
+        allowed
+            .headers()
+            .get("access-control-allow-origin")
+            .and_then(|v| v.to_str().ok()),
+        Some("https://portal.example")
+    );
+    let other = preflight("https://evil.example").await.unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+    // Charging is never open to browsers, and never with the publishable key.
+    let charge = reqwest::Client::new()
+        .post(format!("{}/v1/payment_intents", sandbox.base_url()))
+        .bearer_auth("pk_test_sandbox")
+        .form(&[("amount", "100")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(charge.status().as_u16(), 403);
 }
 
 #[tokio::test]
