@@ -242,13 +242,14 @@ impl MethodDetails {
         }
     }
 
-    /// The masked label shown to members and in notices: "Visa ending in 4242".
+    /// The masked label shown to members and in notices, the same in every language:
+    /// "Visa •••• 4242", "Test Bank •••• 6789".
     pub fn masked(&self) -> String {
         match self {
-            MethodDetails::Card { brand, last4, .. } => format!("{brand} ending in {last4}"),
+            MethodDetails::Card { brand, last4, .. } => format!("{brand} •••• {last4}"),
             MethodDetails::BankAccount {
                 bank_name, last4, ..
-            } => format!("{bank_name} account ending in {last4}"),
+            } => format!("{bank_name} •••• {last4}"),
         }
     }
 }

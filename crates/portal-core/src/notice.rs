@@ -2,6 +2,7 @@
 //! English and Spanish) and deliver them from the outbox; the core only decides what is said.
 
 use crate::calendar::CoverageMonth;
+use crate::enrollment::TerminationReason;
 use crate::identity::{Email, Language};
 use crate::ids::AccountId;
 use crate::money::Money;
@@ -76,6 +77,24 @@ impl NoticeKind {
         NoticeKind::PasswordChanged,
         NoticeKind::RefundIssued,
     ];
+}
+
+/// Why an automatic payment did not go through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AutopayFailure {
+    /// The gateway or bank declined it.
+    Declined {
+        /// Why.
+        reason: DeclineReason,
+    },
+    /// The bank returned it after it settled.
+    Returned {
+        /// NACHA code.
+        code: ReturnCode,
+    },
+    /// The saved method was removed or has expired.
+    MethodUnavailable,
 }
 
 /// What a notice says, by kind. Amounts are `Money`; methods are masked labels; nothing here
@@ -182,8 +201,8 @@ pub enum NoticeBody {
         amount: Money,
         /// Masked method.
         method: String,
-        /// Plain-language reason.
-        reason: String,
+        /// Why.
+        reason: AutopayFailure,
         /// Next try, if any.
         retry_on: Option<NaiveDate>,
         /// Whether autopay is suspended now.
@@ -213,8 +232,8 @@ pub enum NoticeBody {
         plan_name: String,
         /// Last day of coverage.
         effective: NaiveDate,
-        /// Reason in plain language.
-        reason: String,
+        /// Why.
+        reason: TerminationReason,
         /// Until when paying reinstates it.
         reinstatable_until: NaiveDate,
         /// What reinstatement requires.

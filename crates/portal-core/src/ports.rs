@@ -266,7 +266,7 @@ pub trait Outbox: Send + Sync {
     ) -> Result<(), StoreError>;
     /// Parked messages, oldest first.
     async fn dead_letters(&self, limit: u32) -> Result<Vec<OutboxMessage>, StoreError>;
-    /// Puts a parked message back in the queue.
+    /// Puts a parked message back in the queue with a fresh set of attempts.
     async fn requeue(&self, id: MessageId, now: DateTime<Utc>) -> Result<bool, StoreError>;
     /// Messages not yet sent or parked, oldest first (for operators and tests).
     async fn pending_messages(&self, limit: u32) -> Result<Vec<OutboxMessage>, StoreError>;

@@ -1060,13 +1060,14 @@ impl Outbox for PgStore {
     }
 
     async fn requeue(&self, id: MessageId, now: DateTime<Utc>) -> Result<bool, StoreError> {
-        let done =
-            sqlx::query("UPDATE outbox SET dead = false, due_at = $2 WHERE id = $1 AND dead")
-                .bind(id.uuid())
-                .bind(now)
-                .execute(&self.pool)
-                .await
-                .map_err(db_err)?;
+        let done = sqlx::query(
+            "UPDATE outbox SET dead = false, due_at = $2, attempts = 0 WHERE id = $1 AND dead",
+        )
+        .bind(id.uuid())
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
         Ok(done.rows_affected() == 1)
     }
 

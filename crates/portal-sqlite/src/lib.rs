@@ -1065,13 +1065,14 @@ impl Outbox for SqliteStore {
     }
 
     async fn requeue(&self, id: MessageId, now: DateTime<Utc>) -> Result<bool, StoreError> {
-        let done =
-            sqlx::query("UPDATE outbox SET dead = 0, due_at = $2 WHERE id = $1 AND dead = 1")
-                .bind(id.uuid())
-                .bind(now)
-                .execute(&self.pool)
-                .await
-                .map_err(db_err)?;
+        let done = sqlx::query(
+            "UPDATE outbox SET dead = 0, due_at = $2, attempts = 0 WHERE id = $1 AND dead = 1",
+        )
+        .bind(id.uuid())
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
         Ok(done.rows_affected() == 1)
     }
 

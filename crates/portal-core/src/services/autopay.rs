@@ -12,7 +12,7 @@ use crate::mandate::{
     MandateTerms, RetryPolicy,
 };
 use crate::money::Money;
-use crate::notice::{Notice, NoticeBody};
+use crate::notice::{AutopayFailure, Notice, NoticeBody};
 use crate::payment::{
     Payment, PaymentChannel, PaymentEvent, PaymentInstrument, PaymentStatus, PendingStage,
 };
@@ -396,8 +396,8 @@ impl Portal {
                         format!("autopay-failed:{}:{period}:{attempt}", m.id),
                         NoticeBody::AutopayFailed {
                             amount,
-                            method: "your saved payment method".into(),
-                            reason: "The payment method is no longer available (removed or expired). Update your automatic payment settings.".into(),
+                            method: account.method(m.method_id).map(|x| x.details.masked()).unwrap_or_default(),
+                            reason: AutopayFailure::MethodUnavailable,
                             retry_on: None,
                             suspended,
                         },
@@ -574,9 +574,11 @@ pub(crate) fn record_debit_result(
     let suspended = m.record_failure(period, today, policy);
     let retry_on = m.retry_on;
     let reason = match payment.status {
-        PaymentStatus::Failed { reason } => reason.plain_language().to_owned(),
-        PaymentStatus::Returned { code } => code.plain_language().to_owned(),
-        _ => "The payment did not go through.".to_owned(),
+        PaymentStatus::Returned { code } => AutopayFailure::Returned { code },
+        PaymentStatus::Failed { reason } => AutopayFailure::Declined { reason },
+        _ => AutopayFailure::Declined {
+            reason: crate::payment::DeclineReason::ProcessingError,
+        },
     };
     vec![account.notice(
         format!("autopay-failed:{mandate_id}:{}", payment.id),

@@ -389,8 +389,7 @@ impl Portal {
                             NoticeBody::CoverageTerminated {
                                 plan_name: e.plan_name.clone(),
                                 effective: grace.termination_effective,
-                                reason: "Premiums were not paid by the end of the grace period."
-                                    .into(),
+                                reason: TerminationReason::NonPayment,
                                 reinstatable_until: until,
                                 amount_to_reinstate: quote,
                             },

@@ -5,6 +5,7 @@
 mod auth;
 mod autopay;
 mod jobs;
+pub mod outbox;
 mod payments;
 mod plans;
 mod registration;

@@ -521,7 +521,7 @@ async fn card_payment_allocates_and_retries_never_charge_twice() {
         .unwrap();
     assert_eq!(
         (preview.amount, preview.method.as_str(), preview.due_date),
-        (usd("200"), "Visa ending in 4242", Some(d(2026, 12, 23)))
+        (usd("200"), "Visa •••• 4242", Some(d(2026, 12, 23)))
     );
     let r1 = h.pay("key-1", None, "pm_card_ok").await.unwrap();
     let p = r1.payment().unwrap().clone();

@@ -392,7 +392,7 @@ fn notice(account: &Account, key: &str) -> Notice {
         body: NoticeBody::PaymentConfirmation {
             reference: "7KQM-2XTH-9RB4".into(),
             amount: cents(12_345),
-            method: "Visa ending in 4242".into(),
+            method: "Visa •••• 4242".into(),
             paid_on: date(2027, 1, 5),
             settles_by: None,
         },
@@ -800,6 +800,11 @@ pub async fn outbox_commits_with_its_change_and_delivers_once(
             .unwrap_or_default(),
     );
     assert_eq!(back.iter().map(|m| m.id).collect::<Vec<_>>(), vec![m2]);
+    assert_eq!(
+        back.first().map(|m| m.attempts),
+        Some(0),
+        "a requeued message gets a fresh set of attempts"
+    );
 }
 
 /// Idempotency records are found by scope and key and never overwritten.

@@ -469,6 +469,7 @@ impl Outbox for InMemoryStore {
             Some(m) => {
                 m.dead = false;
                 m.due_at = Some(now);
+                m.message.attempts = 0;
                 Ok(true)
             }
             None => Ok(false),
@@ -483,6 +484,50 @@ impl Outbox for InMemoryStore {
             .take(limit as usize)
             .map(|m| m.message.clone())
             .collect())
+    }
+}
+
+/// A notifier that records deliveries and fails on request.
+#[derive(Default)]
+pub struct RecordingNotifier {
+    state: Mutex<(Vec<OutboxMessage>, Vec<crate::ports::NotifyError>, u64)>,
+}
+
+impl std::fmt::Debug for RecordingNotifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RecordingNotifier")
+    }
+}
+
+impl RecordingNotifier {
+    /// The next `n` deliveries fail with `error`.
+    pub fn fail_next(&self, n: usize, error: crate::ports::NotifyError) {
+        let mut s = lock(&self.state);
+        s.1.extend(std::iter::repeat_n(error, n));
+    }
+
+    /// Messages delivered.
+    pub fn delivered(&self) -> Vec<OutboxMessage> {
+        lock(&self.state).0.clone()
+    }
+
+    /// Delivery attempts, failed ones included.
+    pub fn attempts(&self) -> u64 {
+        lock(&self.state).2
+    }
+}
+
+#[async_trait]
+impl crate::ports::Notifier for RecordingNotifier {
+    async fn deliver(&self, message: OutboxMessage) -> Result<String, crate::ports::NotifyError> {
+        let mut s = lock(&self.state);
+        s.2 += 1;
+        if !s.1.is_empty() {
+            return Err(s.1.remove(0));
+        }
+        let id = format!("<{}@test>", message.id);
+        s.0.push(message);
+        Ok(id)
     }
 }
 
