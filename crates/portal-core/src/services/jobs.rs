@@ -140,10 +140,8 @@ impl Portal {
                         continue;
                     }
                     let binder = !first_billed && i == 0;
-                    let due_date =
-                        billing
-                            .due_date(month)
-                            .max(if binder { today } else { NaiveDate::MIN });
+                    // A bill is never due before it is issued (a household that enrolled late).
+                    let due_date = billing.due_date(month).max(today);
                     let bill = Bill {
                         id: BillId(self.deps.ids.new_id()),
                         enrollment_id: e.id,

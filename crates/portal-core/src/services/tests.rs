@@ -499,6 +499,19 @@ async fn billing_issues_the_binder_then_monthly_bills_once() {
         .map(|b| b.coverage_month.to_string())
         .collect();
     assert_eq!(months, ["2027-01", "2027-02", "2027-03", "2027-04"]);
+    // Billed late, February and March could not be due before they were issued.
+    let due: Vec<String> = h
+        .account()
+        .await
+        .ledger
+        .bills
+        .iter()
+        .map(|b| b.due_date.to_string())
+        .collect();
+    assert_eq!(
+        due,
+        ["2026-12-23", "2027-03-05", "2027-03-05", "2027-03-23"]
+    );
 }
 
 #[tokio::test]
@@ -1084,8 +1097,9 @@ async fn unsubsidised_members_get_one_month_and_the_threshold_counts_near_paymen
         .summary(&h.portal.config().delinquency, d(2026, 12, 24));
     assert_eq!(s.enrollments[0].status, CoverageStatus::Active);
     assert_eq!(s.amount_due, usd("9"), "the shortfall stays owed");
-    h.set_date(d(2027, 1, 24)).await;
+    h.set_date(d(2027, 1, 5)).await;
     h.portal.run_billing().await.unwrap();
+    h.set_date(d(2027, 1, 24)).await;
     let s = h
         .account()
         .await
@@ -1346,8 +1360,9 @@ async fn a_late_fee_is_assessed_once_per_late_bill_when_the_policy_is_on() {
     h.set_date(d(2026, 12, 2)).await;
     h.portal.run_billing().await.unwrap();
     h.pay("binder", None, "pm_card_ok").await.unwrap();
-    h.set_date(d(2027, 1, 24)).await;
+    h.set_date(d(2027, 1, 5)).await;
     h.portal.run_billing().await.unwrap();
+    h.set_date(d(2027, 1, 24)).await;
     for _ in 0..3 {
         h.portal.run_delinquency().await.unwrap();
     }
@@ -1365,6 +1380,8 @@ async fn a_late_fee_is_assessed_once_per_late_bill_when_the_policy_is_on() {
     // With the default policy there are none.
     let plain = Harness::new().await;
     plain.register().await;
+    plain.set_date(d(2027, 1, 5)).await;
+    plain.portal.run_billing().await.unwrap();
     plain.set_date(d(2027, 1, 24)).await;
     plain.portal.run_billing().await.unwrap();
     plain.portal.run_delinquency().await.unwrap();

@@ -1,0 +1,279 @@
+//! Builds the adapters the configuration names and plugs them into the core.
+
+use crate::config::{Config, Email};
+use anyhow::{Context, bail};
+use chrono::{DateTime, NaiveDate, Utc};
+use portal_core::ports::{Clock, IdGenerator, Outbox, Store, WorkQueue};
+use portal_core::services::outbox::{DeliveryPolicy, OutboxWorker};
+use portal_core::services::{Deps, Portal, PortalConfig};
+use portal_core::verifier::RecordMatchVerifier;
+use portal_crypto::{AesGcmSealer, Argon2Hasher, RandomIds};
+use portal_email::render::Branding;
+use portal_email::{FileOutbox, Sender, SmtpConfig, SmtpNotifier, TlsMode};
+use portal_postgres::PgStore;
+use portal_sandbox::{SandboxConfig, SandboxHandle};
+use portal_sqlite::SqliteStore;
+use portal_stripe::{StripeConfig, StripeGateway};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The marketplace's clock: now, and today's date in its time zone.
+#[derive(Debug, Clone, Copy)]
+pub struct SystemClock(pub chrono_tz::Tz);
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+    fn today(&self) -> NaiveDate {
+        Utc::now().with_timezone(&self.0).date_naive()
+    }
+}
+
+/// A clock for running a job for a given date (`billing-run --date`).
+#[derive(Debug, Clone, Copy)]
+pub struct DateClock(pub NaiveDate);
+
+impl Clock for DateClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+    fn today(&self) -> NaiveDate {
+        self.0
+    }
+}
+
+/// The database, whichever it is.
+#[derive(Clone)]
+pub enum Db {
+    /// SQLite (the embedded default).
+    Sqlite(Arc<SqliteStore>),
+    /// PostgreSQL (production).
+    Postgres(Arc<PgStore>),
+}
+
+impl Db {
+    /// Opens and migrates the configured database.
+    pub async fn open(config: &Config) -> anyhow::Result<Db> {
+        if let Some(path) = config.database_url.strip_prefix("sqlite://") {
+            let path = std::path::PathBuf::from(path);
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+            }
+            let pool = portal_sqlite::open(&path, 8)
+                .await
+                .with_context(|| format!("cannot open {}", path.display()))?;
+            portal_sqlite::migrate(&pool)
+                .await
+                .context("migrating the SQLite database failed")?;
+            Ok(Db::Sqlite(Arc::new(SqliteStore::new(pool))))
+        } else {
+            let pool = portal_postgres::connect(&config.database_url, 16)
+                .await
+                .context("cannot connect to PostgreSQL")?;
+            portal_postgres::migrate(&pool)
+                .await
+                .context("migrating the PostgreSQL database failed")?;
+            Ok(Db::Postgres(Arc::new(PgStore::new(pool))))
+        }
+    }
+
+    /// The store port.
+    pub fn store(&self) -> Arc<dyn Store> {
+        match self {
+            Db::Sqlite(s) => s.clone(),
+            Db::Postgres(s) => s.clone(),
+        }
+    }
+
+    /// The work-queue port.
+    pub fn work(&self) -> Arc<dyn WorkQueue> {
+        match self {
+            Db::Sqlite(s) => s.clone(),
+            Db::Postgres(s) => s.clone(),
+        }
+    }
+
+    /// The outbox port.
+    pub fn outbox(&self) -> Arc<dyn Outbox> {
+        match self {
+            Db::Sqlite(s) => s.clone(),
+            Db::Postgres(s) => s.clone(),
+        }
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> bool {
+        self.store().account_ids(None, 1).await.is_ok()
+    }
+}
+
+/// Everything a running portal holds.
+pub struct App {
+    /// The use cases.
+    pub portal: Portal,
+    /// The database.
+    pub db: Db,
+    /// The gateway client (also verifies webhooks).
+    pub gateway: Arc<StripeGateway>,
+    /// Outbox delivery.
+    pub outbox: Arc<OutboxWorker>,
+    /// The in-process sandbox, when no gateway URL is configured; held because dropping the
+    /// handle stops it.
+    pub _sandbox: Option<SandboxHandle>,
+    /// The sandbox's base URL for browsers, if running.
+    pub sandbox_url: Option<String>,
+}
+
+fn sealing_key(config: &Config) -> anyhow::Result<String> {
+    if let Some(k) = &config.sealing_key {
+        return Ok(k.clone());
+    }
+    let path = config.data_dir.join("sealing.key");
+    if let Ok(k) = std::fs::read_to_string(&path) {
+        return Ok(k.trim().to_owned());
+    }
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
+    let key = RandomIds.secret_token().expose().to_owned();
+    std::fs::write(&path, &key).with_context(|| format!("cannot write {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    tracing::warn!(path = %path.display(), "no PORTAL_SEALING_KEY set: generated a demo sealing key; set PORTAL_SEALING_KEY in production");
+    Ok(key)
+}
+
+/// Builds the app with `clock` ("today" for jobs run with `--date`).
+pub async fn build(
+    config: &Config,
+    clock: Arc<dyn Clock>,
+    start_sandbox: bool,
+) -> anyhow::Result<App> {
+    let db = Db::open(config).await?;
+    let (sandbox, base_url, secret, webhook_secret) = match &config.gateway_url {
+        Some(url) => {
+            let secret = config
+                .gateway_secret_key
+                .clone()
+                .context("PORTAL_GATEWAY_SECRET_KEY must be set with PORTAL_GATEWAY_URL")?;
+            let webhook = config
+                .webhook_secret
+                .clone()
+                .context("PORTAL_WEBHOOK_SECRET must be set with PORTAL_GATEWAY_URL")?;
+            (None, url.clone(), secret, webhook)
+        }
+        None if start_sandbox => {
+            let webhook_secret = format!("whsec_{}", RandomIds.secret_token().expose());
+            let sandbox = portal_sandbox::start(
+                SandboxConfig {
+                    webhook_url: Some(format!("http://{}/api/v1/webhooks/gateway", config.listen)),
+                    webhook_secret: webhook_secret.clone(),
+                    allowed_origins: vec![config.public_url.clone()],
+                    ..SandboxConfig::default()
+                },
+                "127.0.0.1:0".parse()?,
+            )
+            .await
+            .context("cannot start the sandbox gateway")?;
+            let url = sandbox.base_url();
+            (
+                Some(sandbox),
+                url,
+                "sk_test_sandbox".to_owned(),
+                webhook_secret,
+            )
+        }
+        None => bail!(
+            "this command needs a gateway: set PORTAL_GATEWAY_URL (for example a running portal-sandbox) and its keys"
+        ),
+    };
+    let sandbox_url = sandbox.as_ref().map(SandboxHandle::base_url);
+    let gateway = Arc::new(StripeGateway::new(StripeConfig::new(
+        base_url,
+        secret,
+        webhook_secret,
+    ))?);
+    let sealer = Arc::new(
+        AesGcmSealer::from_hex(&sealing_key(config)?)
+            .context("the sealing key must be 64 hexadecimal characters")?,
+    );
+    let store = db.store();
+    let portal = Portal::new(
+        Deps {
+            store: store.clone(),
+            gateway: gateway.clone(),
+            clock: clock.clone(),
+            ids: Arc::new(RandomIds),
+            sealer: sealer.clone(),
+            hasher: Arc::new(Argon2Hasher::new()),
+            identity: Arc::new(RecordMatchVerifier::new(store, sealer)),
+            work: db.work(),
+        },
+        PortalConfig {
+            worker_id: worker_id(),
+            ..PortalConfig::default()
+        },
+    );
+    let branding = Branding {
+        portal_name: "Health Connector Payment Portal".into(),
+        portal_url: config.public_url.clone(),
+        support_phone: config.support_phone.clone(),
+        support_email: config.support_email.clone(),
+    };
+    let sender = Sender::new(&config.email_from, branding)
+        .map_err(|e| anyhow::anyhow!("email_from: {e}"))?;
+    let notifier: Arc<dyn portal_core::ports::Notifier> = match &config.email {
+        Email::Files(dir) => Arc::new(FileOutbox::new(dir.clone(), sender)),
+        Email::Smtp {
+            host,
+            port,
+            tls,
+            user,
+            password,
+        } => {
+            let tls = match tls.as_str() {
+                "none" => TlsMode::None,
+                "starttls" => TlsMode::StartTls,
+                "implicit" => TlsMode::Implicit,
+                other => bail!("smtp_tls must be none, starttls or implicit, got {other}"),
+            };
+            let credentials = match (user, password) {
+                (Some(u), Some(p)) => Some((u.clone(), p.clone())),
+                (Some(_), None) => bail!("PORTAL_SMTP_PASSWORD must be set with an SMTP user"),
+                _ => None,
+            };
+            let smtp = SmtpConfig {
+                host: host.clone(),
+                port: *port,
+                tls,
+                credentials,
+                timeout: Duration::from_secs(30),
+            };
+            Arc::new(SmtpNotifier::new(&smtp, sender).map_err(|e| anyhow::anyhow!("{e}"))?)
+        }
+    };
+    let outbox = Arc::new(OutboxWorker::new(
+        db.outbox(),
+        notifier,
+        clock,
+        DeliveryPolicy::default(),
+        worker_id(),
+    ));
+    Ok(App {
+        portal,
+        db,
+        gateway,
+        outbox,
+        _sandbox: sandbox,
+        sandbox_url,
+    })
+}
+
+/// This instance's name in work claims.
+pub fn worker_id() -> String {
+    format!("portal-{}", std::process::id())
+}
