@@ -108,7 +108,7 @@ pub async fn seed(portal: &Portal) -> anyhow::Result<bool> {
         "María",
         "López",
         NaiveDate::from_ymd_opt(1980, 5, 17).context("date")?,
-        "987654320",
+        "234567890",
         today,
     )?;
     store.commit(Changes::account(demo)).await?;
@@ -120,7 +120,7 @@ pub async fn seed(portal: &Portal) -> anyhow::Result<bool> {
 /// What to print so someone can try the portal.
 pub fn banner(url: &str, sandbox: Option<&str>) -> String {
     let mut s = format!(
-        "\nHealth Connector Payment Portal is running at {url}\n\n  Demo login:     username {DEMO_USERNAME}, password {DEMO_PASSWORD}\n  Create Account: account number {UNREGISTERED_ACCOUNT}, María López, born 1980-05-17, SSN 987-65-4320\n  Test card:      4242 4242 4242 4242 (any future expiry, any CVC)\n  Test bank:      routing 110000000, account 000123456789\n"
+        "\nHealth Connector Payment Portal is running at {url}\n\n  Demo login:     username {DEMO_USERNAME}, password {DEMO_PASSWORD}\n  Create Account: account number {UNREGISTERED_ACCOUNT}, María López, born 1980-05-17, SSN 234-56-7890\n  Test card:      4242 4242 4242 4242 (any future expiry, any CVC)\n  Test bank:      routing 110000000, account 000123456789\n"
     );
     if let Some(sb) = sandbox {
         s.push_str(&format!(

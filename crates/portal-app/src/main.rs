@@ -1,22 +1,18 @@
 //! `portal-app`: runs the portal (HTTP API and background worker) and its jobs.
 
-mod config;
-mod demo;
-mod wiring;
-
 use anyhow::Context;
 use chrono::NaiveDate;
 use clap::{Parser, Subcommand};
-use config::Config;
+use portal_app::config::Config;
+use portal_app::wiring::{self, DateClock, SystemClock};
+use portal_app::{demo, redact, shutdown_signal, worker_loop, worker_pass};
 use portal_core::ids::MessageId;
 use portal_core::ports::Clock;
 use portal_core::services::{JobReport, Portal};
-use portal_http::{AppState, HttpConfig};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::watch;
-use wiring::{App, DateClock, SystemClock};
 
 #[derive(Parser)]
 #[command(
@@ -121,7 +117,20 @@ fn clock_for(config: &Config, date: Option<NaiveDate>) -> Arc<dyn Clock> {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(cli.config)?;
     match cli.command {
-        Command::Serve { no_worker } => serve(&config, !no_worker).await,
+        Command::Serve { no_worker } => {
+            let listener = tokio::net::TcpListener::bind(config.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", config.listen))?;
+            let public_url = config.public_url.clone();
+            let running = portal_app::start(config, listener, !no_worker).await?;
+            println!(
+                "{}",
+                demo::banner(&public_url, running.app.sandbox_url.as_deref())
+            );
+            shutdown_signal().await;
+            tracing::info!("shutting down: finishing in-flight requests and jobs");
+            running.shutdown().await
+        }
         Command::Migrate => {
             wiring::Db::open(&config).await?;
             println!("migrations applied to {}", redact(&config.database_url));
@@ -248,141 +257,6 @@ async fn job(
             "{} items failed; they are retried on the next run",
             s.failed
         );
-    }
-    Ok(())
-}
-
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!(
-            "{}://***{}",
-            url.get(..s).unwrap_or(""),
-            url.get(at..).unwrap_or("")
-        ),
-        _ => url.to_owned(),
-    }
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(t) => t,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
-/// One pass of every job for today, then the outbox.
-async fn worker_pass(app: &App) {
-    let p = &app.portal;
-    let log = |name: &str, r: Result<JobReport, portal_core::services::ServiceError>| match r {
-        Ok(r) if r.summary.done + r.summary.failed > 0 => {
-            tracing::info!(
-                job = name,
-                done = r.summary.done,
-                skipped = r.summary.skipped,
-                failed = r.summary.failed,
-                "job pass"
-            )
-        }
-        Ok(_) => {}
-        Err(e) => tracing::error!(job = name, error = %e, "job pass failed"),
-    };
-    log("billing", p.run_billing().await);
-    log("reminders", p.run_reminders().await);
-    log("autopay", p.run_autopay().await);
-    log("delinquency", p.run_delinquency().await);
-    log("reconciliation", p.run_reconciliation().await);
-    match app.outbox.run_once().await {
-        Ok(r) if r.sent + r.retried + r.parked > 0 => tracing::info!(
-            sent = r.sent,
-            retried = r.retried,
-            parked = r.parked,
-            "outbox pass"
-        ),
-        Ok(_) => {}
-        Err(e) => tracing::error!(error = %e, "outbox pass failed"),
-    }
-}
-
-async fn worker_loop(app: Arc<App>, every_secs: u64, mut stop: watch::Receiver<bool>) {
-    loop {
-        worker_pass(&app).await;
-        tokio::select! {
-            _ = tokio::time::sleep(std::time::Duration::from_secs(every_secs)) => {}
-            _ = stop.changed() => return,
-        }
-    }
-}
-
-async fn serve(config: &Config, with_worker: bool) -> anyhow::Result<()> {
-    let app = Arc::new(wiring::build(config, clock_for(config, None), true).await?);
-    let seeded = demo::seed(&app.portal).await?;
-    if seeded {
-        tracing::info!("seeded the demo households");
-    }
-    let gateway = app.gateway.clone();
-    let webhooks: portal_http::WebhookVerifier =
-        Arc::new(move |sig, body| gateway.verify_webhook(sig, body).map_err(|e| e.to_string()));
-    let db = app.db.clone();
-    let ready: portal_http::ReadyCheck = Arc::new(move || {
-        let db = db.clone();
-        Box::pin(async move { db.ping().await })
-    });
-    let client_config = serde_json::json!({
-        "gateway_url": app.sandbox_url.clone().or_else(|| config.gateway_url.clone()),
-        "publishable_key": config.gateway_publishable_key,
-    });
-    let state = AppState::new(
-        app.portal.clone(),
-        webhooks,
-        ready,
-        HttpConfig {
-            secure_cookies: config.secure_cookies,
-            client_config,
-            ..HttpConfig::default()
-        },
-    );
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let (tx, rx) = watch::channel(false);
-    let worker = with_worker.then(|| {
-        tokio::spawn(worker_loop(
-            app.clone(),
-            config.worker_interval_secs,
-            rx.clone(),
-        ))
-    });
-    println!(
-        "{}",
-        demo::banner(&config.public_url, app.sandbox_url.as_deref())
-    );
-    let mut stop = rx;
-    let server = portal_http::serve(listener, portal_http::router(state), async move {
-        let _ = stop.wait_for(|s| *s).await;
-    });
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        tracing::info!("shutting down: finishing in-flight requests and jobs");
-        let _ = tx.send(true);
-    });
-    server.await.context("the HTTP server failed")?;
-    if let Some(w) = worker {
-        let _ = w.await;
     }
     Ok(())
 }

@@ -44,7 +44,7 @@ impl Clock for DateClock {
 }
 
 /// The database, whichever it is.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub enum Db {
     /// SQLite (the embedded default).
     Sqlite(Arc<SqliteStore>),
@@ -110,6 +110,7 @@ impl Db {
 }
 
 /// Everything a running portal holds.
+#[derive(Debug)]
 pub struct App {
     /// The use cases.
     pub portal: Portal,

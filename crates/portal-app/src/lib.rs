@@ -1,0 +1,183 @@
+//! The portal application: configuration, wiring of adapters into the core, the HTTP server,
+//! the background worker and the jobs. `main.rs` is only the command line over this.
+
+pub mod config;
+pub mod demo;
+pub mod wiring;
+
+use anyhow::Context;
+use config::Config;
+use portal_core::services::JobReport;
+use portal_http::{AppState, HttpConfig};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::watch;
+use wiring::{App, SystemClock};
+
+/// A database URL with any credentials masked.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!(
+            "{}://***{}",
+            url.get(..s).unwrap_or(""),
+            url.get(at..).unwrap_or("")
+        ),
+        _ => url.to_owned(),
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// One pass of every job for today, then the outbox.
+pub async fn worker_pass(app: &App) {
+    let p = &app.portal;
+    let log = |name: &str, r: Result<JobReport, portal_core::services::ServiceError>| match r {
+        Ok(r) if r.summary.done + r.summary.failed > 0 => {
+            tracing::info!(
+                job = name,
+                done = r.summary.done,
+                skipped = r.summary.skipped,
+                failed = r.summary.failed,
+                "job pass"
+            )
+        }
+        Ok(_) => {}
+        Err(e) => tracing::error!(job = name, error = %e, "job pass failed"),
+    };
+    log("billing", p.run_billing().await);
+    log("reminders", p.run_reminders().await);
+    log("autopay", p.run_autopay().await);
+    log("delinquency", p.run_delinquency().await);
+    log("reconciliation", p.run_reconciliation().await);
+    match app.outbox.run_once().await {
+        Ok(r) if r.sent + r.retried + r.parked > 0 => tracing::info!(
+            sent = r.sent,
+            retried = r.retried,
+            parked = r.parked,
+            "outbox pass"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::error!(error = %e, "outbox pass failed"),
+    }
+}
+
+/// Runs passes every `every_secs` until `stop` turns true.
+pub async fn worker_loop(app: Arc<App>, every_secs: u64, mut stop: watch::Receiver<bool>) {
+    loop {
+        worker_pass(&app).await;
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(every_secs)) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// A running portal.
+#[derive(Debug)]
+pub struct Running {
+    /// Where the HTTP server listens.
+    pub addr: SocketAddr,
+    /// The application (for tests and operators).
+    pub app: Arc<App>,
+    stop: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    worker: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting requests, finishes in-flight requests and the current worker pass.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        self.server
+            .await
+            .context("the HTTP server task failed")?
+            .context("the HTTP server failed")?;
+        if let Some(w) = self.worker {
+            let _ = w.await;
+        }
+        Ok(())
+    }
+}
+
+/// Starts the portal on `listener` exactly as `portal-app serve` does: opens and migrates the
+/// database, starts the sandbox gateway when no gateway is configured, seeds the demo
+/// households, serves HTTP, and runs the worker if asked.
+pub async fn start(
+    mut config: Config,
+    listener: tokio::net::TcpListener,
+    with_worker: bool,
+) -> anyhow::Result<Running> {
+    config.listen = listener
+        .local_addr()
+        .context("the listener has no address")?;
+    let app = Arc::new(wiring::build(&config, Arc::new(SystemClock(config.timezone)), true).await?);
+    if demo::seed(&app.portal).await? {
+        tracing::info!("seeded the demo households");
+    }
+    let gateway = app.gateway.clone();
+    let webhooks: portal_http::WebhookVerifier =
+        Arc::new(move |sig, body| gateway.verify_webhook(sig, body).map_err(|e| e.to_string()));
+    let db = app.db.clone();
+    let ready: portal_http::ReadyCheck = Arc::new(move || {
+        let db = db.clone();
+        Box::pin(async move { db.ping().await })
+    });
+    let client_config = serde_json::json!({
+        "gateway_url": app.sandbox_url.clone().or_else(|| config.gateway_url.clone()),
+        "publishable_key": config.gateway_publishable_key,
+    });
+    let state = AppState::new(
+        app.portal.clone(),
+        webhooks,
+        ready,
+        HttpConfig {
+            secure_cookies: config.secure_cookies,
+            client_config,
+            ..HttpConfig::default()
+        },
+    );
+    let (stop, rx) = watch::channel(false);
+    let worker = with_worker.then(|| {
+        tokio::spawn(worker_loop(
+            app.clone(),
+            config.worker_interval_secs,
+            rx.clone(),
+        ))
+    });
+    let mut server_stop = rx;
+    let server = tokio::spawn(portal_http::serve(
+        listener,
+        portal_http::router(state),
+        async move {
+            let _ = server_stop.wait_for(|s| *s).await;
+        },
+    ));
+    Ok(Running {
+        addr: config.listen,
+        app,
+        stop,
+        server,
+        worker,
+    })
+}

@@ -1,0 +1,488 @@
+//! What members do, over HTTP.
+
+use crate::{DEMO_PASSWORD, DEMO_USER, TestApp};
+use portal_core::notice::NoticeBody;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+fn registration(username: &str) -> Value {
+    json!({
+        "account_number": "HC1000002", "first_name": "María", "last_name": "López",
+        "date_of_birth": "1980-05-17", "ssn": "234-56-7890", "email": format!("{username}@example.com"),
+        "username": username, "password": "a long and happy passphrase", "language": "es",
+    })
+}
+
+/// Registers the second demo household and returns its session token.
+async fn register_second(app: &TestApp) -> String {
+    let (status, body) = app
+        .post("/registrations", None, registration("maria"))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let account = body["account_id"].as_str().unwrap().to_owned();
+    let code = app
+        .outbox()
+        .await
+        .into_iter()
+        .find_map(|n| match n.body {
+            NoticeBody::EmailVerification { code, .. } => Some(code),
+            _ => None,
+        })
+        .expect("a verification code was emailed");
+    let (status, body) = app
+        .post(
+            &format!("/registrations/{account}/confirmation"),
+            None,
+            json!({ "code": code }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body["token"].as_str().unwrap().to_owned()
+}
+
+pub async fn the_member_guide_journey(app: &TestApp) {
+    // Create Account, verify by emailed code, land logged in.
+    let maria = register_second(app).await;
+    let (_, me) = app.get("/account", &maria).await;
+    assert_eq!(me["language"], "es");
+    assert_eq!(me["ssn"], "***-**-7890");
+    // Log in, see what is due on the dashboard.
+    let token = app.login(DEMO_USER, DEMO_PASSWORD).await;
+    let (status, account) = app.get("/account", &token).await;
+    assert_eq!(status, StatusCode::OK);
+    let due = account["summary"]["amount_due"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(due, "0.00");
+    let (_, bills) = app.get("/bills", &token).await;
+    assert!(!bills["bills"].as_array().unwrap().is_empty());
+    // Make a Payment: amount defaults to the amount due; review; submit; reference number.
+    let card = app.card("4242424242424242").await;
+    let (status, review) = app
+        .post("/payments/preview", Some(&token), json!({ "token": card }))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{review}");
+    assert_eq!(review["amount"], due.as_str());
+    assert_eq!(review["method"], "Visa •••• 4242");
+    let (status, paid) = app
+        .pay(&token, "guide-1", json!({ "token": card, "save": true }))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{paid}");
+    assert_eq!(paid["status"], "succeeded");
+    assert_eq!(paid["amount_due_after"], "0.00");
+    let reference = paid["reference"].as_str().unwrap();
+    let (status, found) = app
+        .get(
+            &format!("/payments/by-reference/{}", reference.to_lowercase()),
+            &token,
+        )
+        .await;
+    assert_eq!(
+        (status, found["id"].clone()),
+        (StatusCode::OK, paid["id"].clone())
+    );
+    // Payment History lists it; the saved card is there for next time.
+    let (_, history) = app.get("/payments?status=succeeded", &token).await;
+    assert_eq!(history["payments"].as_array().unwrap().len(), 1);
+    let (_, methods) = app.get("/payment-methods", &token).await;
+    assert_eq!(methods["payment_methods"][0]["label"], "Visa •••• 4242");
+    // The confirmation email is queued with the reference number.
+    assert!(app.outbox().await.iter().any(|n| matches!(&n.body, NoticeBody::PaymentConfirmation { reference: r, .. } if r == reference)));
+    // Log out ends the session.
+    let (status, _) = app
+        .send(
+            Method::DELETE,
+            "/sessions/current",
+            Some(&token),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        app.get("/account", &token).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+pub async fn payment_retries_are_idempotent(app: &TestApp) {
+    let token = app.login(DEMO_USER, DEMO_PASSWORD).await;
+    let card = app.card("4242424242424242").await;
+    let body = json!({ "amount": "10.00", "token": card });
+    let (s1, p1) = app.pay(&token, "retry-key", body.clone()).await;
+    let (s2, p2) = app.pay(&token, "retry-key", body).await;
+    assert_eq!((s1, s2), (StatusCode::CREATED, StatusCode::OK));
+    assert_eq!(p1["id"], p2["id"]);
+    assert_eq!(p2["replayed"], true);
+    let (s3, p3) = app
+        .pay(
+            &token,
+            "retry-key",
+            json!({ "amount": "11.00", "token": card }),
+        )
+        .await;
+    assert_eq!(s3, StatusCode::CONFLICT, "{p3}");
+    let (_, history) = app.get("/payments", &token).await;
+    assert_eq!(history["payments"].as_array().unwrap().len(), 1);
+}
+
+pub async fn a_declined_card_gives_its_reason_and_leaves_the_bill_open(app: &TestApp) {
+    let token = app.login(DEMO_USER, DEMO_PASSWORD).await;
+    let (_, before) = app.get("/account", &token).await;
+    let card = app.card("4000000000009995").await;
+    let (status, p) = app.pay(&token, "nsf", json!({ "token": card })).await;
+    assert_eq!(status, StatusCode::CREATED, "{p}");
+    assert_eq!(p["status"], "failed");
+    assert_eq!(p["decline_reason"]["code"], "insufficient_funds");
+    assert!(
+        p["decline_reason"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not enough funds")
+    );
+    let (_, after) = app.get("/account", &token).await;
+    assert_eq!(
+        after["summary"]["amount_due"],
+        before["summary"]["amount_due"]
+    );
+}
+
+async fn wait_for_status(app: &TestApp, token: &str, id: &str, wanted: &str) -> Value {
+    for _ in 0..100 {
+        let (_, p) = app.get(&format!("/payments/{id}"), token).await;
+        if p["status"] == wanted {
+            return p;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("payment {id} never became {wanted}");
+}
+
+pub async fn a_bank_transfer_is_pending_then_settles_by_webhook(app: &TestApp) {
+    let token = app.login(DEMO_USER, DEMO_PASSWORD).await;
+    let bank = app.bank("000123456789").await;
+    let (status, p) = app.pay(&token, "ach-1", json!({ "token": bank })).await;
+    assert_eq!(status, StatusCode::CREATED, "{p}");
+    assert_eq!(p["status"], "pending");
+    assert!(p["expected_settlement"].is_string());
+    let (_, account) = app.get("/account", &token).await;
+    assert_eq!(
+        account["summary"]["amount_due"], "0.00",
+        "a processing transfer protects the bill"
+    );
+    assert_eq!(
+        account["summary"]["pending_transfers"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    app.advance_gateway_days(3).await;
+    let settled = wait_for_status(app, &token, p["id"].as_str().unwrap(), "succeeded").await;
+    assert!(
+        settled["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["cause"].as_str().unwrap().contains("webhook"))
+    );
+}
+
+pub async fn a_returned_transfer_reopens_the_bill(app: &TestApp) {
+    let token = app.login(DEMO_USER, DEMO_PASSWORD).await;
+    let (_, before) = app.get("/account", &token).await;
+    let bank = app.bank("000000000001").await;
+    let (_, p) = app.pay(&token, "ach-r01", json!({ "token": bank })).await;
+    let id = p["id"].as_str().unwrap();
+    app.advance_gateway_days(3).await;
+    wait_for_status(app, &token, id, "succeeded").await;
+    app.advance_gateway_days(2).await;
+    let returned = wait_for_status(app, &token, id, "returned").await;
+    assert_eq!(returned["state"]["code"], "R01");
+    let (_, after) = app.get("/account", &token).await;
+    assert_eq!(
+        after["summary"]["amount_due"], before["summary"]["amount_due"],
+        "the bill is open again"
+    );
+    assert!(
+        app.outbox()
+            .await
+            .iter()
+            .any(|n| matches!(n.body, NoticeBody::BankTransferReturned { .. }))
+    );
+}
+
+pub async fn repeated_bad_passwords_lock_the_account(app: &TestApp) {
+    for _ in 0..4 {
+        let (status, body) = app
+            .post(
+                "/sessions",
+                None,
+                json!({ "username": DEMO_USER, "password": "not the password" }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+        assert_eq!(body["detail"], "The username or password is incorrect.");
+    }
+    let (status, body) = app
+        .post(
+            "/sessions",
+            None,
+            json!({ "username": DEMO_USER, "password": "not the password" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["title"], "Account locked");
+    let (status, _) = app
+        .post(
+            "/sessions",
+            None,
+            json!({ "username": DEMO_USER, "password": DEMO_PASSWORD }),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "locked even with the right password"
+    );
+    // An unknown username answers exactly like a known one.
+    let (status, body) = app
+        .post(
+            "/sessions",
+            None,
+            json!({ "username": "nobody-here", "password": "whatever it is" }),
+        )
+        .await;
+    assert_eq!(
+        (status, body["detail"].clone()),
+        (
+            StatusCode::UNAUTHORIZED,
+            json!("The username or password is incorrect.")
+        )
+    );
+}
+
+pub async fn a_reset_link_works_once(app: &TestApp) {
+    let (status, _) = app
+        .post(
+            "/password-resets",
+            None,
+            json!({ "identifier": "dana.rivera@example.com" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (status_unknown, _) = app
+        .post(
+            "/password-resets",
+            None,
+            json!({ "identifier": "nobody@example.com" }),
+        )
+        .await;
+    assert_eq!(
+        status_unknown,
+        StatusCode::ACCEPTED,
+        "the same answer either way"
+    );
+    let token = app
+        .outbox()
+        .await
+        .into_iter()
+        .find_map(|n| match n.body {
+            NoticeBody::PasswordReset { token, .. } => Some(token),
+            _ => None,
+        })
+        .unwrap();
+    let new = "a completely new passphrase";
+    let (status, body) = app
+        .post(
+            "/password-resets/completion",
+            None,
+            json!({ "token": token, "password": new }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let (status, body) = app
+        .post(
+            "/password-resets/completion",
+            None,
+            json!({ "token": token, "password": "yet another passphrase" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    app.login(DEMO_USER, new).await;
+}
+
+pub async fn another_members_resources_answer_not_found(app: &TestApp) {
+    let dana = app.login(DEMO_USER, DEMO_PASSWORD).await;
+    let card = app.card("4242424242424242").await;
+    let (_, p) = app
+        .pay(
+            &dana,
+            "dana-1",
+            json!({ "amount": "5.00", "token": card, "save": true }),
+        )
+        .await;
+    let (_, methods) = app.get("/payment-methods", &dana).await;
+    let method_id = methods["payment_methods"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let maria = register_second(app).await;
+    let id = p["id"].as_str().unwrap();
+    let reference = p["reference"].as_str().unwrap();
+    assert_eq!(
+        app.get(&format!("/payments/{id}"), &maria).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        app.get(&format!("/payments/by-reference/{reference}"), &maria)
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+    let (status, _) = app
+        .send(
+            Method::DELETE,
+            &format!("/payment-methods/{method_id}"),
+            Some(&maria),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, body) = app
+        .pay(&maria, "maria-1", json!({ "payment_method_id": method_id }))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let (_, mine) = app.get("/payments", &maria).await;
+    assert!(mine["payments"].as_array().unwrap().is_empty());
+    assert_eq!(
+        app.get("/payments/not-a-uuid", &maria).await.0,
+        StatusCode::NOT_FOUND
+    );
+}
+
+pub async fn bad_input_is_refused_with_the_field_named_and_nothing_written(app: &TestApp) {
+    let token = app.login(DEMO_USER, DEMO_PASSWORD).await;
+    let card = app.card("4242424242424242").await;
+    let raw = |body: &str| {
+        app.send(
+            Method::POST,
+            "/payments",
+            Some(&token),
+            Some(body.to_owned()),
+            Some("bad-input"),
+        )
+    };
+    let (status, body) = raw("{not json").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(raw("[1,2]").await.0, StatusCode::BAD_REQUEST);
+    let field_of = |b: &Value| {
+        b["errors"]
+            .as_array()
+            .map(|e| {
+                e.iter()
+                    .map(|x| x["field"].as_str().unwrap_or("").to_owned())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    let cases: Vec<(Value, &str)> = vec![
+        (json!({ "amount": "12.345", "token": card }), "amount"),
+        (json!({ "amount": "-5", "token": card }), "amount"),
+        (json!({ "amount": "0", "token": card }), "amount"),
+        (json!({ "amount": "0.00", "token": card }), "amount"),
+        (json!({ "amount": "99999999999", "token": card }), "amount"),
+        (json!({ "amount": 12.5, "token": card }), "amount"),
+        (json!({ "amount": "ten", "token": card }), "amount"),
+        (json!({ "token": 42 }), "token"),
+        (json!({ "token": "4242424242424242" }), "token"),
+        (json!({ "token": "x".repeat(5000) }), "token"),
+        (
+            json!({ "payment_method_id": "'; DROP TABLE payments; --" }),
+            "payment_method_id",
+        ),
+        (json!({}), "payment_method_id"),
+        (json!({ "token": card, "save": "yes" }), "save"),
+        (json!({ "token": card, "surprise": true }), "surprise"),
+    ];
+    for (body, field) in cases {
+        let (status, answer) = app.pay(&token, "bad-input", body.clone()).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {answer}");
+        assert!(
+            field_of(&answer).iter().any(|f| f == field),
+            "{body}: expected {field} in {answer}"
+        );
+    }
+    let (status, answer) = app
+        .send(
+            Method::POST,
+            "/payments",
+            Some(&token),
+            Some(json!({ "token": card }).to_string()),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(field_of(&answer), ["Idempotency-Key"]);
+    let (_, history) = app.get("/payments", &token).await;
+    assert!(
+        history["payments"].as_array().unwrap().is_empty(),
+        "nothing written"
+    );
+    // Registration: every field named; SQL-looking and non-ASCII input handled as data.
+    let (status, answer) = app
+        .post("/registrations", None, json!({ "account_number": "HC1000002'; --", "first_name": "Zoë", "last_name": "<b>", "date_of_birth": "2030-01-01", "ssn": "000-00-0000", "email": "no", "username": "a", "password": "short", "language": "xx" }))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    let fields = field_of(&answer);
+    for f in [
+        "account_number",
+        "last_name",
+        "date_of_birth",
+        "ssn",
+        "email",
+        "username",
+        "password",
+        "language",
+    ] {
+        assert!(fields.iter().any(|x| x == f), "{f} missing from {answer}");
+    }
+    assert!(
+        !fields.iter().any(|x| x == "first_name"),
+        "non-ASCII names are fine"
+    );
+    let (status, _) = app
+        .post(
+            "/sessions",
+            None,
+            json!({ "username": "' OR 1=1 --", "password": "x' OR '1'='1" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, answer) = app
+        .post("/sessions", None, json!({ "username": ["a"] }))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert_eq!(
+        app.get("/payments?limit=0", &token).await.0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    assert_eq!(
+        app.get("/payments?from=2027-13-01", &token).await.0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    let huge = "x".repeat(100 * 1024);
+    let (status, _) = app
+        .send(
+            Method::POST,
+            "/sessions",
+            None,
+            Some(format!("{{\"username\":\"{huge}\"}}")),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+}
