@@ -6,6 +6,7 @@
 //! A member only ever reaches their own account: the account comes from the session, and a
 //! foreign id answers 404.
 
+mod more;
 pub mod problem;
 
 use axum::Router;
@@ -506,7 +507,7 @@ async fn methods(
     Ok(axum::Json(json!({ "payment_methods": list })).into_response())
 }
 
-fn token_field(raw: Option<String>, v: &mut Validator) -> Option<GatewayToken> {
+pub(crate) fn token_field(raw: Option<String>, v: &mut Validator) -> Option<GatewayToken> {
     raw.and_then(|t| v.check("token", GatewayToken::parse(&t)))
 }
 
@@ -588,7 +589,7 @@ fn payment_body(b: &Body) -> std::result::Result<(Option<Money>, PayWith), Valid
     v.finish(with.map(|w| (amount, w)))
 }
 
-fn payment_json(p: &Payment) -> Value {
+pub(crate) fn payment_json(p: &Payment) -> Value {
     json!({
         "id": p.id,
         "reference": p.reference,
@@ -826,7 +827,29 @@ pub fn router(state: AppState) -> Router {
             get(payment_by_reference),
         )
         .route("/webhooks/gateway", post(webhook))
-        .route("/client-config", get(client_config));
+        .route("/client-config", get(client_config))
+        .route(
+            "/profile/preferences",
+            axum::routing::patch(more::preferences),
+        )
+        .route(
+            "/autopay",
+            get(more::get_autopay).post(more::create_autopay),
+        )
+        .route("/autopay/preview", post(more::preview_autopay))
+        .route(
+            "/autopay/{id}",
+            axum::routing::put(more::change_autopay).delete(more::cancel_autopay),
+        )
+        .route("/autopay/{id}/pause", post(more::pause_autopay))
+        .route("/autopay/{id}/resume", post(more::resume_autopay))
+        .route("/payment-plans", get(more::plans).post(more::request_plan))
+        .route(
+            "/enrollments/{id}/reinstatement",
+            get(more::reinstatement_quote).post(more::reinstate),
+        )
+        .route("/guest/lookup", post(more::guest_lookup))
+        .route("/guest/payments", post(more::guest_pay));
     let limit = state.config.body_limit;
     let timeout = state.config.request_timeout;
     Router::new()

@@ -486,3 +486,126 @@ pub async fn bad_input_is_refused_with_the_field_named_and_nothing_written(app: 
         .await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
 }
+
+pub async fn automatic_payments_guest_pay_and_preferences(app: &TestApp) {
+    let token = app.login(DEMO_USER, DEMO_PASSWORD).await;
+    let card = app.card("4242424242424242").await;
+    let (status, m) = app
+        .post("/payment-methods", Some(&token), json!({ "token": card }))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{m}");
+    let method_id = m["id"].as_str().unwrap().to_owned();
+    let start = (chrono::Utc::now().date_naive() + chrono::Days::new(10)).to_string();
+    let form = json!({ "payment_method_id": method_id, "amount_rule": "amount_due", "frequency": "monthly", "start_date": start });
+    // Settings > Automatic Payments: review the summary and its authorization, then activate.
+    let (status, review) = app
+        .post("/autopay/preview", Some(&token), form.clone())
+        .await;
+    assert_eq!(status, StatusCode::OK, "{review}");
+    let text = review["authorization_text"].as_str().unwrap().to_owned();
+    assert!(text.contains("Visa •••• 4242"), "{text}");
+    let mut wrong = form.clone();
+    wrong["authorization_text"] = json!("I agree");
+    assert_eq!(
+        app.post("/autopay", Some(&token), wrong).await.0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    let mut accept = form.clone();
+    accept["authorization_text"] = json!(text);
+    let (status, mandate) = app.post("/autopay", Some(&token), accept).await;
+    assert_eq!(status, StatusCode::CREATED, "{mandate}");
+    let id = mandate["id"].as_str().unwrap();
+    assert_eq!(mandate["next_debit_on"], start.as_str());
+    let (_, account) = app.get("/account", &token).await;
+    assert_eq!(account["summary"]["autopay_active"], true);
+    let (status, paused) = app
+        .post(&format!("/autopay/{id}/pause"), Some(&token), json!({}))
+        .await;
+    assert_eq!(
+        (status, paused["status"]["state"].clone()),
+        (StatusCode::OK, json!("paused"))
+    );
+    let (status, _) = app
+        .send(
+            Method::DELETE,
+            &format!("/autopay/{id}"),
+            Some(&token),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (_, after) = app.get("/autopay", &token).await;
+    assert!(after["autopay"].is_null());
+    // Bad autopay input names its fields.
+    let (status, bad) = app.post("/autopay/preview", Some(&token), json!({ "payment_method_id": "x", "amount_rule": "most", "frequency": "weekly", "start_date": "tomorrow" })).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    for f in [
+        "payment_method_id",
+        "amount_rule",
+        "frequency",
+        "start_date",
+    ] {
+        assert!(
+            bad["errors"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["field"] == f),
+            "{f}: {bad}"
+        );
+    }
+    // Language and reminders.
+    let (status, _) = app
+        .send(
+            Method::PATCH,
+            "/profile/preferences",
+            Some(&token),
+            Some(json!({ "language": "es", "due_date_reminders": false }).to_string()),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(app.get("/account", &token).await.1["language"], "es");
+    // Guest pay: no login, account number with name and date of birth.
+    let who = json!({ "account_number": "hc-1000001", "first_name": "dana", "last_name": "RIVERA", "date_of_birth": account_birth(app, &token).await });
+    let (status, found) = app.post("/guest/lookup", None, who.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{found}");
+    let mut wrong = who.clone();
+    wrong["date_of_birth"] = json!("1999-01-01");
+    let (status, nope) = app.post("/guest/lookup", None, wrong).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        nope["detail"],
+        "The details you entered don't match our records."
+    );
+    let mut pay = who.clone();
+    pay["token"] = json!(app.card("4242424242424242").await);
+    pay["amount"] = json!("25.00");
+    let (status, receipt) = app
+        .send(
+            Method::POST,
+            "/guest/payments",
+            None,
+            Some(pay.to_string()),
+            Some("guest-1"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{receipt}");
+    assert_eq!(receipt["status"], "succeeded");
+    assert!(receipt.get("allocations").is_none());
+}
+
+async fn account_birth(app: &TestApp, token: &str) -> String {
+    // The demo holder's date of birth is on record; the test reads it back from the store.
+    let (_, me) = app.get("/account", token).await;
+    let id = uuid::Uuid::parse_str(me["account_id"].as_str().unwrap()).unwrap();
+    let a = app
+        .running
+        .app
+        .portal
+        .account(portal_core::ids::AccountId(id))
+        .await
+        .unwrap();
+    a.holder.date_of_birth.to_string()
+}

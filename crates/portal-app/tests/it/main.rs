@@ -265,4 +265,5 @@ on_both_stores!(
     a_reset_link_works_once,
     another_members_resources_answer_not_found,
     bad_input_is_refused_with_the_field_named_and_nothing_written,
+    automatic_payments_guest_pay_and_preferences,
 );

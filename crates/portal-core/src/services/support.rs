@@ -132,3 +132,44 @@ impl Portal {
         .await
     }
 }
+
+impl Portal {
+    /// Changes the member's language and whether due-date reminders are emailed.
+    pub async fn update_preferences(
+        &self,
+        account_id: AccountId,
+        language: Option<crate::identity::Language>,
+        due_date_reminders: Option<bool>,
+    ) -> Result<(), ServiceError> {
+        let now = self.now();
+        self.update_account(account_id, |account, changes| {
+            let mut what = Vec::new();
+            if let Some(lang) = language {
+                let Some(m) = account.member.as_mut() else {
+                    return Err(ServiceError::NotFound("account"));
+                };
+                m.language = lang;
+                what.push(format!("language {}", lang.code()));
+            }
+            if let Some(r) = due_date_reminders {
+                account.reminders.due_date_reminders = r;
+                what.push(format!(
+                    "due-date reminders {}",
+                    if r { "on" } else { "off" }
+                ));
+            }
+            if what.is_empty() {
+                return Ok(None);
+            }
+            changes.audit.push(account.audit(
+                now,
+                Actor::Member,
+                "account",
+                "preferences.changed",
+                what.join(", "),
+            ));
+            Ok(Some(()))
+        })
+        .await
+    }
+}

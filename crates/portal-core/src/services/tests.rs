@@ -1512,3 +1512,24 @@ mod with_mocks {
         );
     }
 }
+
+#[tokio::test]
+async fn members_change_language_and_reminders() {
+    let h = Harness::new().await;
+    h.register().await;
+    h.portal
+        .update_preferences(
+            h.account_id,
+            Some(crate::identity::Language::En),
+            Some(false),
+        )
+        .await
+        .unwrap();
+    let acc = h.account().await;
+    assert_eq!(acc.member.unwrap().language, crate::identity::Language::En);
+    assert!(!acc.reminders.due_date_reminders);
+    h.set_date(d(2026, 12, 16)).await;
+    h.portal.run_billing().await.unwrap();
+    h.portal.run_reminders().await.unwrap();
+    assert_eq!(h.count(NoticeKind::DueDateReminder), 0, "reminders are off");
+}
