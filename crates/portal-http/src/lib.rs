@@ -798,6 +798,23 @@ async fn webhook(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> 
     }
 }
 
+/// Logs each request: method, path without the query, status and time taken. Never bodies,
+/// headers or query strings, which may carry personal data or tokens.
+async fn access_log(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let started = Instant::now();
+    let response = next.run(req).await;
+    let status = response.status().as_u16();
+    let ms = started.elapsed().as_millis();
+    if status >= 500 {
+        tracing::warn!(%method, %path, status, ms, "request");
+    } else {
+        tracing::info!(%method, %path, status, ms, "request");
+    }
+    response
+}
+
 async fn fallback() -> Problem {
     Problem::not_found("endpoint")
 }
@@ -858,6 +875,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .fallback(fallback)
         .with_state(state)
+        .layer(axum::middleware::from_fn(access_log))
         .layer(DefaultBodyLimit::max(limit))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,

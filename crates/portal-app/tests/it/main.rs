@@ -10,6 +10,7 @@
 //! on SQLite and (with `PORTAL_TEST_DATABASE_URL`) on PostgreSQL.
 
 mod journeys;
+mod logs;
 
 use portal_app::Running;
 use portal_app::config::{Config, Email};
