@@ -10,13 +10,26 @@ tasks:
   ci     formatting, lints, tidy checks and the whole test suite (what CI runs)
   tidy   architecture checks only (portal-core stays free of I/O crates)
   bench-gateway
-         card payments through the gateway client against the sandbox, 1 and 16 callers";
+         card payments through the gateway client against the sandbox, 1 and 16 callers
+  openapi
+         regenerate docs/openapi.json from the route table";
 
 fn main() -> ExitCode {
     let task = std::env::args().nth(1);
     let result = match task.as_deref() {
         Some("ci") => ci(),
         Some("tidy") => tidy::check(),
+        Some("openapi") => step_with_env(
+            "openapi",
+            &[
+                "test",
+                "-p",
+                "portal-http",
+                "--lib",
+                "the_committed_openapi_document_is_current",
+            ],
+            &[("UPDATE_OPENAPI", "1")],
+        ),
         Some("bench-gateway") => step(
             "bench-gateway",
             &["bench", "-p", "portal-stripe", "--bench", "gateway"],
@@ -71,9 +84,14 @@ fn ci() -> Result<(), String> {
 }
 
 fn step(name: &str, args: &[&str]) -> Result<(), String> {
+    step_with_env(name, args, &[])
+}
+
+fn step_with_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Result<(), String> {
     println!("== {name}: cargo {}", args.join(" "));
     let status = Command::new(cargo())
         .args(args)
+        .envs(env.iter().copied())
         .status()
         .map_err(|e| format!("could not run cargo: {e}"))?;
     if status.success() {

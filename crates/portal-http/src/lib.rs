@@ -8,13 +8,16 @@
 
 mod more;
 pub mod problem;
+mod routes;
+
+pub use routes::openapi;
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::get;
 use chrono::{DateTime, Utc};
 use portal_core::account::{AccountSummary, Principal};
 use portal_core::error::{FieldError, ValidationErrors, Validator};
@@ -264,6 +267,10 @@ type Result<T, E = Problem> = std::result::Result<T, E>;
 
 async fn healthz() -> impl IntoResponse {
     axum::Json(json!({ "status": "ok" }))
+}
+
+async fn openapi_json() -> Response {
+    axum::Json(routes::openapi()).into_response()
 }
 
 async fn client_config(State(s): State<AppState>) -> Response {
@@ -821,52 +828,11 @@ async fn fallback() -> Problem {
 
 /// The API routes with security headers, a body limit and a request timeout.
 pub fn router(state: AppState) -> Router {
-    let api = Router::new()
-        .route("/registrations", post(register))
-        .route(
-            "/registrations/{id}/confirmation",
-            post(confirm_registration),
-        )
-        .route("/registrations/{id}/code", post(resend_code))
-        .route("/sessions", post(login))
-        .route("/sessions/current", delete(logout))
-        .route("/password-resets", post(request_reset))
-        .route("/password-resets/completion", post(complete_reset))
-        .route("/account", get(account))
-        .route("/bills", get(bills))
-        .route("/payment-methods", get(methods).post(add_method))
-        .route("/payment-methods/{id}", delete(remove_method))
-        .route("/payments/preview", post(preview_payment))
-        .route("/payments", get(list_payments).post(make_payment))
-        .route("/payments/{id}", get(get_payment))
-        .route(
-            "/payments/by-reference/{reference}",
-            get(payment_by_reference),
-        )
-        .route("/webhooks/gateway", post(webhook))
-        .route("/client-config", get(client_config))
-        .route(
-            "/profile/preferences",
-            axum::routing::patch(more::preferences),
-        )
-        .route(
-            "/autopay",
-            get(more::get_autopay).post(more::create_autopay),
-        )
-        .route("/autopay/preview", post(more::preview_autopay))
-        .route(
-            "/autopay/{id}",
-            axum::routing::put(more::change_autopay).delete(more::cancel_autopay),
-        )
-        .route("/autopay/{id}/pause", post(more::pause_autopay))
-        .route("/autopay/{id}/resume", post(more::resume_autopay))
-        .route("/payment-plans", get(more::plans).post(more::request_plan))
-        .route(
-            "/enrollments/{id}/reinstatement",
-            get(more::reinstatement_quote).post(more::reinstate),
-        )
-        .route("/guest/lookup", post(more::guest_lookup))
-        .route("/guest/payments", post(more::guest_pay));
+    let mut api = Router::new();
+    for e in routes::endpoints() {
+        // Methods on the same path merge into one route.
+        api = api.route(e.path, (e.handler)());
+    }
     let limit = state.config.body_limit;
     let timeout = state.config.request_timeout;
     Router::new()

@@ -42,6 +42,22 @@ async fn register_second(app: &TestApp) -> String {
 }
 
 pub async fn the_member_guide_journey(app: &TestApp) {
+    // The API describes itself.
+    let doc: Value = app
+        .http
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert!(
+        doc["paths"]["/api/v1/payments"]["post"]["parameters"]
+            .to_string()
+            .contains("Idempotency-Key")
+    );
     // Create Account, verify by emailed code, land logged in.
     let maria = register_second(app).await;
     let (_, me) = app.get("/account", &maria).await;
