@@ -43,6 +43,22 @@ pub struct Config {
     pub sealing_key: Option<String>,
     /// Mark cookies Secure (set when served over TLS). (`PORTAL_SECURE_COOKIES`)
     pub secure_cookies: bool,
+    /// Support agents (`[[agents]]` in the file). None configured: a demo agent is created.
+    pub agents: Vec<AgentConfig>,
+}
+
+/// A support agent in the configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Login name.
+    pub username: String,
+    /// Display name.
+    pub name: String,
+    /// A stable id for the audit log.
+    pub id: uuid::Uuid,
+    /// Argon2id hash (`portal-app hash-password`).
+    pub password_hash: String,
 }
 
 /// Where email goes.
@@ -78,6 +94,8 @@ struct FileConfig {
     gateway: Option<GatewayFile>,
     email: Option<EmailFile>,
     support: Option<SupportFile>,
+    #[serde(default)]
+    agents: Vec<AgentConfig>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -227,6 +245,7 @@ impl Config {
             secure_cookies: env("PORTAL_SECURE_COOKIES")
                 .or(file.secure_cookies.map(|b| b.to_string()))
                 .is_some_and(|v| v == "true" || v == "1"),
+            agents: file.agents,
         })
     }
 }

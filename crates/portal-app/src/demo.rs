@@ -122,6 +122,11 @@ pub fn banner(url: &str, sandbox: Option<&str>) -> String {
     let mut s = format!(
         "\nHealth Connector Payment Portal is running at {url}\n\n  Demo login:     username {DEMO_USERNAME}, password {DEMO_PASSWORD}\n  Create Account: account number {UNREGISTERED_ACCOUNT}, María López, born 1980-05-17, SSN 234-56-7890\n  Test card:      4242 4242 4242 4242 (any future expiry, any CVC)\n  Test bank:      routing 110000000, account 000123456789\n"
     );
+    s.push_str(&format!(
+        "  Support agent:  username {}, password {} (POST /api/v1/support/sessions)\n",
+        crate::wiring::DEMO_AGENT.0,
+        crate::wiring::DEMO_AGENT.1
+    ));
     if let Some(sb) = sandbox {
         s.push_str(&format!(
             "  Sandbox gateway: {sb} (publishable key pk_test_sandbox)\n"

@@ -75,6 +75,8 @@ enum Command {
     },
     /// Seeds the demo households and prints how to log in.
     Demo,
+    /// Reads a password on standard input and prints its Argon2id hash (for `[[agents]]`).
+    HashPassword,
 }
 
 #[derive(Subcommand)]
@@ -209,6 +211,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                 }
             }
+            Ok(())
+        }
+        Command::HashPassword => {
+            use portal_core::ports::PasswordHasher;
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("cannot read the password")?;
+            let password =
+                portal_core::password::Password::new(line.trim_end_matches(['\r', '\n']), &[])?;
+            let hash = portal_crypto::Argon2Hasher::new().hash(&password).await?;
+            println!("{}", hash.0);
             Ok(())
         }
         Command::Demo => {

@@ -109,6 +109,59 @@ impl Db {
     }
 }
 
+/// Support agents from the configuration.
+#[derive(Debug)]
+pub struct ConfigAgents(Vec<portal_core::ports::AgentRecord>);
+
+#[async_trait::async_trait]
+impl portal_core::ports::AgentDirectory for ConfigAgents {
+    async fn agent(
+        &self,
+        username: String,
+    ) -> Result<Option<portal_core::ports::AgentRecord>, portal_core::ports::StoreError> {
+        Ok(self
+            .0
+            .iter()
+            .find(|a| a.username.eq_ignore_ascii_case(&username))
+            .cloned())
+    }
+}
+
+/// The demo agent's login, created when no agent is configured.
+pub const DEMO_AGENT: (&str, &str) = ("agent", "Support-desk-sample-2027");
+
+async fn agents(config: &Config, hasher: &Argon2Hasher) -> anyhow::Result<ConfigAgents> {
+    use portal_core::ports::{AgentRecord, PasswordHasher};
+    if config.agents.is_empty() {
+        let password = portal_core::password::Password::new(DEMO_AGENT.1, &[])?;
+        return Ok(ConfigAgents(vec![AgentRecord {
+            id: portal_core::ids::AgentId(uuid::Uuid::from_u128(1)),
+            username: DEMO_AGENT.0.into(),
+            name: "Demo Agent".into(),
+            password_hash: hasher.hash(&password).await?,
+        }]));
+    }
+    let list = config
+        .agents
+        .iter()
+        .map(|a| {
+            if !a.password_hash.starts_with("$argon2id$") {
+                anyhow::bail!(
+                    "agent {}: password_hash must be an Argon2id hash (portal-app hash-password)",
+                    a.username
+                );
+            }
+            Ok(AgentRecord {
+                id: portal_core::ids::AgentId(a.id),
+                username: a.username.to_ascii_lowercase(),
+                name: a.name.clone(),
+                password_hash: portal_core::account::PasswordHash(a.password_hash.clone()),
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(ConfigAgents(list))
+}
+
 /// Everything a running portal holds.
 #[derive(Debug)]
 pub struct App {
@@ -203,6 +256,8 @@ pub async fn build(
             .context("the sealing key must be 64 hexadecimal characters")?,
     );
     let store = db.store();
+    let hasher = Argon2Hasher::new();
+    let agents = Arc::new(agents(config, &hasher).await?);
     let portal = Portal::new(
         Deps {
             store: store.clone(),
@@ -210,9 +265,10 @@ pub async fn build(
             clock: clock.clone(),
             ids: Arc::new(RandomIds),
             sealer: sealer.clone(),
-            hasher: Arc::new(Argon2Hasher::new()),
+            hasher: Arc::new(hasher),
             identity: Arc::new(RecordMatchVerifier::new(store, sealer)),
             work: db.work(),
+            agents,
         },
         PortalConfig {
             worker_id: worker_id(),

@@ -444,6 +444,27 @@ pub trait PasswordHasher: Send + Sync {
     async fn verify(&self, candidate: &str, hash: Option<PasswordHash>) -> Result<bool, HashError>;
 }
 
+/// A support agent as the directory knows them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentRecord {
+    /// Id used in the audit log.
+    pub id: crate::ids::AgentId,
+    /// Login name.
+    pub username: String,
+    /// Display name.
+    pub name: String,
+    /// Argon2id hash of the agent's password.
+    pub password_hash: PasswordHash,
+}
+
+/// Where support agents come from (configuration, a staff directory, SSO).
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait AgentDirectory: Send + Sync {
+    /// The agent with this login name (case-insensitive), if any.
+    async fn agent(&self, username: String) -> Result<Option<AgentRecord>, StoreError>;
+}
+
 /// What identity proofing is asked.
 #[derive(Debug, Clone)]
 pub struct IdentityClaim {

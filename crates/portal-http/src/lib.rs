@@ -9,6 +9,7 @@
 mod more;
 pub mod problem;
 mod routes;
+mod support;
 
 pub use routes::openapi;
 
@@ -443,7 +444,7 @@ async fn complete_reset(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-fn summary_json(s: &AccountSummary) -> Value {
+pub(crate) fn summary_json(s: &AccountSummary) -> Value {
     json!({
         "amount_due": s.amount_due,
         "open_total": s.open_total,

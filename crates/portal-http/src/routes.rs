@@ -1,7 +1,7 @@
 //! The route table: every endpoint once, with its handler and its documentation. The router and
 //! the OpenAPI 3.1 document are both built from it, so they cannot disagree.
 
-use crate::{AppState, more};
+use crate::{AppState, more, support};
 use axum::routing::{MethodRouter, delete, get, patch, post, put};
 use serde_json::{Map, Value, json};
 
@@ -45,6 +45,7 @@ const fn flag(name: &'static str, doc: &'static str) -> Field {
 pub(crate) enum Access {
     Public,
     Member,
+    Agent,
     Gateway,
 }
 
@@ -124,6 +125,17 @@ const GUEST_PAY: &[Field] = &[
     opt("amount", "default: the amount due"),
 ];
 
+const AMOUNT: &[Field] = &[req("amount", "\"25.00\"")];
+const OFFLINE: &[Field] = &[
+    req("amount", "\"125.50\""),
+    req("kind", "check, money_order or bank_bill_pay"),
+    opt("document_number", "check or money-order number"),
+    req("received_on", "YYYY-MM-DD; counts as the payment date"),
+];
+const SEARCH_QUERY: &[Field] = &[req(
+    "q",
+    "name, email, username, account number or payment reference",
+)];
 const CONFIRM: &[Field] = &[req("code", "the code from the email")];
 const LOGIN: &[Field] = &[req("username", "username"), req("password", "password")];
 const RESET_REQUEST: &[Field] = &[req("identifier", "username or email")];
@@ -151,7 +163,7 @@ const HISTORY_QUERY: &[Field] = &[
 
 /// Every endpoint under `/api/v1`.
 pub(crate) fn endpoints() -> Vec<Endpoint> {
-    use Access::{Gateway, Member, Public};
+    use Access::{Agent, Gateway, Member, Public};
     let e = |method, path, summary, tag, access, body, ok, handler| Endpoint {
         method,
         path,
@@ -506,6 +518,102 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
         )
     });
     v.push(e(
+        "post",
+        "/support/sessions",
+        "Log in as a support agent",
+        "Support",
+        Public,
+        LOGIN,
+        201,
+        || post(support::login),
+    ));
+    v.push(Endpoint {
+        query: SEARCH_QUERY,
+        ..e(
+            "get",
+            "/support/accounts",
+            "Find members by name, email, username, account number or reference",
+            "Support",
+            Agent,
+            &[],
+            200,
+            || get(support::search),
+        )
+    });
+    v.push(e(
+        "get",
+        "/support/accounts/{id}",
+        "An account: summary, bills and payments",
+        "Support",
+        Agent,
+        &[],
+        200,
+        || get(support::account),
+    ));
+    v.push(e(
+        "get",
+        "/support/accounts/{id}/timeline",
+        "Every recorded change of an account",
+        "Support",
+        Agent,
+        &[],
+        200,
+        || get(support::timeline),
+    ));
+    v.push(e(
+        "get",
+        "/support/payments/by-reference/{reference}",
+        "A payment and its account by reference number",
+        "Support",
+        Agent,
+        &[],
+        200,
+        || get(support::by_reference),
+    ));
+    v.push(e(
+        "post",
+        "/support/accounts/{id}/payments/{payment}/refund",
+        "Refund an overpayment",
+        "Support",
+        Agent,
+        AMOUNT,
+        200,
+        || post(support::refund),
+    ));
+    v.push(e(
+        "post",
+        "/support/accounts/{id}/payments/{payment}/receipt",
+        "Email the receipt again",
+        "Support",
+        Agent,
+        &[],
+        202,
+        || post(support::resend_receipt),
+    ));
+    v.push(e(
+        "post",
+        "/support/accounts/{id}/payment-plans",
+        "Set up a payment plan for a member",
+        "Support",
+        Agent,
+        PLAN,
+        201,
+        || post(support::plan),
+    ));
+    v.push(Endpoint {
+        idempotency_key: true,
+        ..e(
+            "post",
+            "/support/accounts/{id}/offline-payments",
+            "Record a check, money order or bank bill-pay",
+            "Support",
+            Agent,
+            OFFLINE,
+            201,
+            || post(support::offline_payment),
+        )
+    });
+    v.push(e(
         "get",
         "/openapi.json",
         "This document",
@@ -578,7 +686,7 @@ pub fn openapi() -> Value {
             op.insert("requestBody".into(), json!({ "required": true, "content": { "application/json": { "schema": field_schema(e.body) } } }));
         }
         match e.access {
-            Access::Member => {
+            Access::Member | Access::Agent => {
                 op.insert(
                     "security".into(),
                     json!([{ "bearer": [] }, { "sessionCookie": [], "csrfHeader": [] }]),
@@ -596,7 +704,7 @@ pub fn openapi() -> Value {
         };
         responses.insert(e.ok.to_string(), ok);
         let mut errors = vec![400, 422, 429, 503];
-        if e.access == Access::Member {
+        if matches!(e.access, Access::Member | Access::Agent) {
             errors.extend([401, 403, 404]);
         }
         if e.idempotency_key {

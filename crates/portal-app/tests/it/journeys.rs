@@ -625,3 +625,110 @@ async fn account_birth(app: &TestApp, token: &str) -> String {
         .unwrap();
     a.holder.date_of_birth.to_string()
 }
+
+pub async fn a_support_agent_finds_the_member_and_fixes_things(app: &TestApp) {
+    let member = app.login(DEMO_USER, DEMO_PASSWORD).await;
+    let card = app.card("4242424242424242").await;
+    let (_, paid) = app
+        .pay(&member, "support-1", json!({ "token": card }))
+        .await;
+    let reference = paid["reference"].as_str().unwrap().to_owned();
+    let (agent_user, agent_password) = portal_app::wiring::DEMO_AGENT;
+    let (status, session) = app
+        .post(
+            "/support/sessions",
+            None,
+            json!({ "username": agent_user, "password": agent_password }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{session}");
+    let agent = session["token"].as_str().unwrap().to_owned();
+    // Roles do not mix.
+    assert_eq!(app.get("/account", &agent).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(
+        app.get("/support/accounts?q=rivera", &member).await.0,
+        StatusCode::FORBIDDEN
+    );
+    let (status, found) = app.get("/support/accounts?q=rivera", &agent).await;
+    assert_eq!(status, StatusCode::OK, "{found}");
+    let account = found["accounts"][0]["account_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (_, by_ref) = app
+        .get(
+            &format!("/support/payments/by-reference/{reference}"),
+            &agent,
+        )
+        .await;
+    assert_eq!(by_ref["account_id"], account.as_str());
+    let (_, detail) = app
+        .get(&format!("/support/accounts/{account}"), &agent)
+        .await;
+    assert_eq!(detail["ssn"], "***-**-6789");
+    // A check arrives for more than is owed: record it, then refund the overpayment.
+    let today = chrono::Utc::now().date_naive().to_string();
+    let check = json!({ "amount": "100.00", "kind": "check", "document_number": "1042", "received_on": today });
+    let (status, recorded) = app
+        .send(
+            Method::POST,
+            &format!("/support/accounts/{account}/offline-payments"),
+            Some(&agent),
+            Some(check.to_string()),
+            Some("check-1042"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{recorded}");
+    assert_eq!(recorded["method"], "Check");
+    let (_, after) = app.get("/account", &member).await;
+    assert_eq!(after["summary"]["credit"], "100.00");
+    let pid = recorded["id"].as_str().unwrap();
+    let (status, too_much) = app
+        .post(
+            &format!("/support/accounts/{account}/payments/{pid}/refund"),
+            Some(&agent),
+            json!({ "amount": "100.01" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{too_much}");
+    let (status, refunded) = app
+        .post(
+            &format!("/support/accounts/{account}/payments/{pid}/refund"),
+            Some(&agent),
+            json!({ "amount": "100.00" }),
+        )
+        .await;
+    assert_eq!(
+        (status, refunded["status"].clone()),
+        (StatusCode::OK, json!("refunded"))
+    );
+    let pay_id = paid["id"].as_str().unwrap();
+    let (status, _) = app
+        .post(
+            &format!("/support/accounts/{account}/payments/{pay_id}/receipt"),
+            Some(&agent),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (_, timeline) = app
+        .get(&format!("/support/accounts/{account}/timeline"), &agent)
+        .await;
+    let actions: Vec<&str> = timeline["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    for a in ["payment.succeeded", "payment.refunded", "receipt.resent"] {
+        assert!(actions.contains(&a), "{a} in {actions:?}");
+    }
+    let (status, _) = app
+        .post(
+            "/support/sessions",
+            None,
+            json!({ "username": agent_user, "password": "wrong" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}

@@ -267,4 +267,5 @@ on_both_stores!(
     another_members_resources_answer_not_found,
     bad_input_is_refused_with_the_field_named_and_nothing_written,
     automatic_payments_guest_pay_and_preferences,
+    a_support_agent_finds_the_member_and_fixes_things,
 );

@@ -34,6 +34,70 @@ pub enum LoginOutcome {
 const MAX_KEY: usize = 64;
 
 impl Portal {
+    /// Checks a password for a login key under the throttle: the same answers and the same
+    /// work whether or not the login exists. `Ok` only for the right password.
+    async fn check_password(
+        &self,
+        key: &str,
+        hash: Option<crate::account::PasswordHash>,
+        password: &str,
+        account: Option<&crate::account::Account>,
+    ) -> Result<Option<LoginThrottle>, ServiceError> {
+        let now = self.now();
+        let store = &self.deps.store;
+        let policy = &self.config.auth;
+        let throttle = store.login_throttle(key.to_owned()).await?;
+        if let Some(until) = throttle
+            .as_ref()
+            .and_then(|t| t.locked_until)
+            .filter(|u| *u > now)
+        {
+            return Err(ServiceError::Locked { until });
+        }
+        let known = hash.is_some();
+        let ok = self.deps.hasher.verify(password, hash).await? && known;
+        if ok {
+            return Ok(throttle);
+        }
+        let mut t = throttle.unwrap_or(LoginThrottle {
+            key: key.to_owned(),
+            failures: 0,
+            window_started_at: now,
+            locked_until: None,
+        });
+        if now - t.window_started_at > policy.failure_window || t.locked_until.is_some() {
+            t.failures = 0;
+            t.window_started_at = now;
+            t.locked_until = None;
+        }
+        t.failures += 1;
+        let locked = t.failures >= policy.max_failures;
+        if locked {
+            t.locked_until = Some(now + policy.lockout);
+        }
+        let until = t.locked_until;
+        let mut changes = Changes::default();
+        changes.put_throttles.push(t);
+        if let Some(a) = account {
+            changes.audit.push(a.audit(
+                now,
+                Actor::Member,
+                "account",
+                if locked {
+                    "login.locked"
+                } else {
+                    "login.failed"
+                },
+                "",
+            ));
+        }
+        store.commit(changes).await?;
+        Err(match until {
+            Some(until) => ServiceError::Locked { until },
+            None => ServiceError::InvalidCredentials,
+        })
+    }
+
     /// Logs a member in. Every failure answers `InvalidCredentials` or `Locked`, the same for
     /// unknown usernames, so the response never tells whether a username exists.
     pub async fn login(
@@ -49,15 +113,6 @@ impl Portal {
             .take(MAX_KEY)
             .collect();
         let store = &self.deps.store;
-        let policy = &self.config.auth;
-        let throttle = store.login_throttle(key.clone()).await?;
-        if let Some(until) = throttle
-            .as_ref()
-            .and_then(|t| t.locked_until)
-            .filter(|u| *u > now)
-        {
-            return Err(ServiceError::Locked { until });
-        }
         let account_id = store
             .find_account(AccountLookup::Username(key.clone()))
             .await?;
@@ -69,47 +124,9 @@ impl Portal {
             .as_ref()
             .and_then(|a| a.member.as_ref())
             .map(|m| m.password_hash.clone());
-        let ok = self.deps.hasher.verify(password, hash).await?;
-        let member_ok = ok && account.as_ref().and_then(|a| a.member.as_ref()).is_some();
-        if !member_ok {
-            let mut t = throttle.unwrap_or(LoginThrottle {
-                key: key.clone(),
-                failures: 0,
-                window_started_at: now,
-                locked_until: None,
-            });
-            if now - t.window_started_at > policy.failure_window || t.locked_until.is_some() {
-                t.failures = 0;
-                t.window_started_at = now;
-                t.locked_until = None;
-            }
-            t.failures += 1;
-            let locked = t.failures >= policy.max_failures;
-            if locked {
-                t.locked_until = Some(now + policy.lockout);
-            }
-            let until = t.locked_until;
-            let mut changes = Changes::default();
-            changes.put_throttles.push(t);
-            if let Some(a) = &account {
-                changes.audit.push(a.audit(
-                    now,
-                    Actor::Member,
-                    "account",
-                    if locked {
-                        "login.locked"
-                    } else {
-                        "login.failed"
-                    },
-                    "",
-                ));
-            }
-            store.commit(changes).await?;
-            return match until {
-                Some(until) => Err(ServiceError::Locked { until }),
-                None => Err(ServiceError::InvalidCredentials),
-            };
-        }
+        let throttle = self
+            .check_password(&key, hash, password, account.as_ref())
+            .await?;
         let Some(account) = account else {
             return Err(ServiceError::InvalidCredentials);
         };
@@ -142,6 +159,45 @@ impl Portal {
         );
         store.commit(changes).await?;
         Ok(LoginOutcome::LoggedIn(grant))
+    }
+
+    /// Logs a support agent in, with the same throttling and lockout as members.
+    pub async fn agent_login(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<SessionGrant, ServiceError> {
+        let name: String = username
+            .trim()
+            .to_ascii_lowercase()
+            .chars()
+            .take(MAX_KEY)
+            .collect();
+        let agent = self.deps.agents.agent(name.clone()).await?;
+        let key = format!("agent:{name}");
+        let throttle = self
+            .check_password(
+                &key,
+                agent.as_ref().map(|a| a.password_hash.clone()),
+                password,
+                None,
+            )
+            .await?;
+        let Some(agent) = agent else {
+            return Err(ServiceError::InvalidCredentials);
+        };
+        let mut changes = Changes::default();
+        if throttle.is_some() {
+            changes.put_throttles.push(LoginThrottle {
+                key,
+                failures: 0,
+                window_started_at: self.now(),
+                locked_until: None,
+            });
+        }
+        let grant = self.new_session(Principal::Agent { agent_id: agent.id }, &mut changes);
+        self.deps.store.commit(changes).await?;
+        Ok(grant)
     }
 
     fn new_session(&self, principal: Principal, changes: &mut Changes) -> SessionGrant {

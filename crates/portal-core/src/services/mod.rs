@@ -57,6 +57,8 @@ pub struct Deps {
     pub identity: Arc<dyn IdentityVerifier>,
     /// Work claiming for batch jobs.
     pub work: Arc<dyn WorkQueue>,
+    /// Support agents.
+    pub agents: Arc<dyn crate::ports::AgentDirectory>,
 }
 
 impl std::fmt::Debug for Deps {

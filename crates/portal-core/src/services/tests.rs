@@ -101,6 +101,20 @@ impl Harness {
             hasher: Arc::new(TestHasher),
             identity: Arc::new(RecordMatchVerifier::new(store.clone(), sealer.clone())),
             work: store.clone(),
+            agents: Arc::new(crate::testing::StaticAgents(vec![
+                crate::ports::AgentRecord {
+                    id: AgentId(Uuid::from_u128(77)),
+                    username: "pat".into(),
+                    name: "Pat Agent".into(),
+                    password_hash: crate::account::PasswordHash(format!("test${}", {
+                        use sha2::Digest as _;
+                        sha2::Sha256::digest(b"support desk passphrase")
+                            .iter()
+                            .map(|b| format!("{b:02x}"))
+                            .collect::<String>()
+                    })),
+                },
+            ])),
         };
         let portal = Portal::new(deps, config);
         let enrollment_id = EnrollmentId(Uuid::from_u128(900_001));
@@ -1532,4 +1546,45 @@ async fn members_change_language_and_reminders() {
     h.portal.run_billing().await.unwrap();
     h.portal.run_reminders().await.unwrap();
     assert_eq!(h.count(NoticeKind::DueDateReminder), 0, "reminders are off");
+}
+
+#[tokio::test]
+async fn agents_log_in_separately_and_are_locked_like_members() {
+    let h = Harness::new().await;
+    let grant = h
+        .portal
+        .agent_login("PAT", "support desk passphrase")
+        .await
+        .unwrap();
+    assert_eq!(
+        h.portal.authenticate(grant.token.expose()).await.unwrap(),
+        Principal::Agent {
+            agent_id: AgentId(Uuid::from_u128(77))
+        }
+    );
+    assert!(matches!(
+        Portal::member_account(&Principal::Agent {
+            agent_id: AgentId(Uuid::from_u128(77))
+        }),
+        Err(ServiceError::NotFound(_))
+    ));
+    for _ in 0..4 {
+        assert!(matches!(
+            h.portal.agent_login("pat", "wrong").await,
+            Err(ServiceError::InvalidCredentials)
+        ));
+    }
+    assert!(matches!(
+        h.portal.agent_login("pat", "wrong").await,
+        Err(ServiceError::Locked { .. })
+    ));
+    assert!(matches!(
+        h.portal.agent_login("nobody", "x").await,
+        Err(ServiceError::InvalidCredentials)
+    ));
+    // A member with the same name is a different login.
+    assert!(matches!(
+        h.portal.login("pat", "support desk passphrase").await,
+        Err(ServiceError::InvalidCredentials)
+    ));
 }

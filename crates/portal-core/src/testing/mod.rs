@@ -487,6 +487,24 @@ impl Outbox for InMemoryStore {
     }
 }
 
+/// A fixed list of support agents.
+#[derive(Debug, Default)]
+pub struct StaticAgents(pub Vec<crate::ports::AgentRecord>);
+
+#[async_trait]
+impl crate::ports::AgentDirectory for StaticAgents {
+    async fn agent(
+        &self,
+        username: String,
+    ) -> Result<Option<crate::ports::AgentRecord>, StoreError> {
+        Ok(self
+            .0
+            .iter()
+            .find(|a| a.username.eq_ignore_ascii_case(&username))
+            .cloned())
+    }
+}
+
 /// A notifier that records deliveries and fails on request.
 #[derive(Default)]
 pub struct RecordingNotifier {

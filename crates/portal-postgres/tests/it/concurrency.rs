@@ -42,6 +42,7 @@ async fn fifty_concurrent_payments_with_one_key_make_one_payment() {
             hasher: Arc::new(TestHasher),
             identity: Arc::new(RecordMatchVerifier::new(store.clone(), sealer)),
             work: store.clone(),
+            agents: Arc::new(portal_core::testing::StaticAgents::default()),
         },
         PortalConfig::default(),
     );

@@ -133,6 +133,7 @@ async fn raw_tables_hold_no_plain_ssn_password_or_card_number() {
             hasher: Arc::new(Argon2Hasher::new()),
             identity: Arc::new(RecordMatchVerifier::new(store.clone(), sealer.clone())),
             work: store.clone(),
+            agents: Arc::new(portal_core::testing::StaticAgents::default()),
         },
         PortalConfig::default(),
     );

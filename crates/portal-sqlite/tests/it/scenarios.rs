@@ -24,6 +24,7 @@ fn portal(store: Arc<SqliteStore>, gateway: Arc<FakeGateway>, sealer: Arc<AesGcm
             hasher: Arc::new(TestHasher),
             identity: Arc::new(RecordMatchVerifier::new(store.clone(), sealer)),
             work: store,
+            agents: Arc::new(portal_core::testing::StaticAgents::default()),
         },
         PortalConfig::default(),
     )
