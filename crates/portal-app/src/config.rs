@@ -45,6 +45,9 @@ pub struct Config {
     pub secure_cookies: bool,
     /// Support agents (`[[agents]]` in the file). None configured: a demo agent is created.
     pub agents: Vec<AgentConfig>,
+    /// Login, registration, reset and guest-pay requests per client address per minute.
+    /// Default 20. (`PORTAL_RATE_LIMIT_PER_MINUTE`)
+    pub rate_limit_per_minute: u32,
 }
 
 /// A support agent in the configuration file.
@@ -91,6 +94,7 @@ struct FileConfig {
     timezone: Option<String>,
     worker_interval_secs: Option<u64>,
     secure_cookies: Option<bool>,
+    rate_limit_per_minute: Option<u32>,
     gateway: Option<GatewayFile>,
     email: Option<EmailFile>,
     support: Option<SupportFile>,
@@ -246,6 +250,12 @@ impl Config {
                 .or(file.secure_cookies.map(|b| b.to_string()))
                 .is_some_and(|v| v == "true" || v == "1"),
             agents: file.agents,
+            rate_limit_per_minute: match env("PORTAL_RATE_LIMIT_PER_MINUTE") {
+                Some(v) => v
+                    .parse()
+                    .context("PORTAL_RATE_LIMIT_PER_MINUTE must be a number")?,
+                None => file.rate_limit_per_minute.unwrap_or(20),
+            },
         })
     }
 }

@@ -154,6 +154,7 @@ pub async fn start(
         HttpConfig {
             secure_cookies: config.secure_cookies,
             client_config,
+            auth_attempts_per_minute: config.rate_limit_per_minute,
             ..HttpConfig::default()
         },
     );

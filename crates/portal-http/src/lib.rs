@@ -883,3 +883,43 @@ pub async fn serve(
     .with_graceful_shutdown(shutdown)
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rate_limiter_counts_per_route_and_address() {
+        let limiter = RateLimiter::new(3);
+        let a: IpAddr = [10, 0, 0, 1].into();
+        let b: IpAddr = [10, 0, 0, 2].into();
+        for _ in 0..3 {
+            assert!(limiter.check("login", a).is_ok());
+        }
+        assert!(
+            limiter.check("login", a).is_err(),
+            "the fourth in a minute is refused"
+        );
+        assert!(
+            limiter.check("login", b).is_ok(),
+            "other addresses are not affected"
+        );
+        assert!(
+            limiter.check("reset", a).is_ok(),
+            "other routes are counted apart"
+        );
+    }
+
+    #[test]
+    fn csrf_tokens_belong_to_their_session() {
+        assert_eq!(csrf_for("abc"), csrf_for("abc"));
+        assert_ne!(csrf_for("abc"), csrf_for("abd"));
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; portal_session=tok; b=2"),
+        );
+        assert_eq!(cookie(&h, SESSION_COOKIE).as_deref(), Some("tok"));
+        assert_eq!(cookie(&h, "missing"), None);
+    }
+}

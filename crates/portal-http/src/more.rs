@@ -54,13 +54,21 @@ fn autopay_form(b: &Body, extra: &[&str], v: &mut Validator) -> Option<AutopayFo
     b.only(&allowed, v);
     let method = b.str("payment_method_id", v);
     let method_id = uuid_field(method, "payment_method_id", v).map(MethodId);
+    // Read (and type-check) the fixed amount whatever the rule, so a bad one is always reported.
+    let fixed = b
+        .opt_str("fixed_amount", v)
+        .and_then(|a| v.check("fixed_amount", Money::parse_positive(&a)));
     let rule = match b.str("amount_rule", v).as_deref() {
         Some("amount_due") => Some(AmountRule::AmountDue),
         Some("fixed") => {
-            let amount = b
-                .str("fixed_amount", v)
-                .and_then(|a| v.check("fixed_amount", Money::parse_positive(&a)));
-            amount.map(|amount| AmountRule::Fixed { amount })
+            if !b_has(b, "fixed_amount") {
+                v.push(FieldError::new(
+                    "fixed_amount",
+                    "required",
+                    "a fixed amount is required with amount_rule fixed",
+                ));
+            }
+            fixed.map(|amount| AmountRule::Fixed { amount })
         }
         Some(_) => {
             v.push(FieldError::new(

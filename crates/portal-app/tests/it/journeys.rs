@@ -732,3 +732,115 @@ pub async fn a_support_agent_finds_the_member_and_fixes_things(app: &TestApp) {
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
+
+/// Every endpoint with a body, from the OpenAPI document: malformed JSON, a wrong type in each
+/// field, an overlong value in each string field, an unknown field. Each answers 400 or 422 with
+/// the field named, never 5xx, and nothing is written.
+pub async fn every_endpoint_refuses_bad_bodies_naming_the_field(app: &TestApp) {
+    let member = app.login(DEMO_USER, DEMO_PASSWORD).await;
+    let (agent_user, agent_password) = portal_app::wiring::DEMO_AGENT;
+    let (_, s) = app
+        .post(
+            "/support/sessions",
+            None,
+            json!({ "username": agent_user, "password": agent_password }),
+        )
+        .await;
+    let agent = s["token"].as_str().unwrap().to_owned();
+    let doc: Value = app
+        .http
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (_, before) = app.get("/payments", &member).await;
+    let id = uuid::Uuid::now_v7().to_string();
+    let mut checked = 0;
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            let Some(schema) = op.pointer("/requestBody/content/application~1json/schema") else {
+                continue;
+            };
+            let token = match op["tags"][0].as_str() {
+                Some("Support") if !path.ends_with("/sessions") => Some(agent.as_str()),
+                _ if op["security"].as_array().is_some_and(|s| !s.is_empty()) => {
+                    Some(member.as_str())
+                }
+                _ => None,
+            };
+            let path = path
+                .trim_start_matches("/api/v1")
+                .replace("{id}", &id)
+                .replace("{payment}", &id)
+                .replace("{reference}", "7KQM-2XTH-9RB4");
+            let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let send = |body: String| app.send(m.clone(), &path, token, Some(body), Some("matrix"));
+            let (status, answer) = send("{\"broken\":".into()).await;
+            assert_eq!(
+                status,
+                StatusCode::BAD_REQUEST,
+                "{method} {path} malformed: {answer}"
+            );
+            let fields = schema["properties"].as_object().unwrap();
+            for (field, spec) in fields {
+                let wrong = if spec["type"] == "boolean" {
+                    json!("yes")
+                } else {
+                    json!(12345)
+                };
+                let (status, answer) = send(json!({ field: wrong }).to_string()).await;
+                assert_eq!(
+                    status,
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "{method} {path} {field}: {answer}"
+                );
+                assert!(
+                    answer["errors"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|e| e["field"] == field.as_str()),
+                    "{method} {path}: {field} not named in {answer}"
+                );
+                if spec["type"] == "string" {
+                    let (status, answer) =
+                        send(json!({ field: "x".repeat(1001) }).to_string()).await;
+                    assert_eq!(
+                        status,
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "{method} {path} long {field}: {answer}"
+                    );
+                    assert!(
+                        answer["errors"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .any(|e| e["field"] == field.as_str()),
+                        "{method} {path}: long {field} not named in {answer}"
+                    );
+                }
+            }
+            let (status, answer) = send(json!({ "unexpected_field": true }).to_string()).await;
+            assert_eq!(
+                status,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "{method} {path} unknown field: {answer}"
+            );
+            assert!(
+                answer["errors"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|e| e["field"] == "unexpected_field"),
+                "{method} {path}: {answer}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 20, "only {checked} endpoints with bodies");
+    let (_, after) = app.get("/payments", &member).await;
+    assert_eq!(before, after, "nothing written");
+}
