@@ -11,6 +11,7 @@
 
 mod journeys;
 mod logs;
+mod processes;
 
 use portal_app::Running;
 use portal_app::config::{Config, Email};
@@ -41,7 +42,7 @@ pub struct TestApp {
     pub running: Running,
 }
 
-async fn fresh_postgres() -> Option<String> {
+pub async fn fresh_postgres() -> Option<String> {
     let Ok(url) = std::env::var("PORTAL_TEST_DATABASE_URL") else {
         if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
             panic!("PostgreSQL HTTP tests must run in CI, but PORTAL_TEST_DATABASE_URL is not set");
