@@ -136,6 +136,12 @@ fn env(key: &str) -> Option<String> {
 }
 
 impl Config {
+    /// Demo mode: no gateway configured, so the sandbox runs in-process. Only then are demo
+    /// households seeded, a demo support agent created and a demo sealing key generated.
+    pub fn demo_mode(&self) -> bool {
+        self.gateway_url.is_none()
+    }
+
     /// Loads the file (if given or named by `PORTAL_CONFIG`), then the environment.
     pub fn load(path: Option<PathBuf>) -> anyhow::Result<Config> {
         let path = path.or_else(|| env("PORTAL_CONFIG").map(PathBuf::from));

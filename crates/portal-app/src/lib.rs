@@ -132,7 +132,7 @@ pub async fn start(
         .local_addr()
         .context("the listener has no address")?;
     let app = Arc::new(wiring::build(&config, Arc::new(SystemClock(config.timezone)), true).await?);
-    if demo::seed(&app.portal).await? {
+    if config.demo_mode() && demo::seed(&app.portal).await? {
         tracing::info!("seeded the demo households");
     }
     let gateway = app.gateway.clone();

@@ -124,11 +124,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot listen on {}", config.listen))?;
             let public_url = config.public_url.clone();
+            let demo_mode = config.demo_mode();
             let running = portal_app::start(config, listener, !no_worker).await?;
-            println!(
-                "{}",
-                demo::banner(&public_url, running.app.sandbox_url.as_deref())
-            );
+            if demo_mode {
+                println!(
+                    "{}",
+                    demo::banner(&public_url, running.app.sandbox_url.as_deref())
+                );
+            } else {
+                println!("Health Connector Payment Portal is running at {public_url}");
+            }
             shutdown_signal().await;
             tracing::info!("shutting down: finishing in-flight requests and jobs");
             running.shutdown().await

@@ -132,7 +132,7 @@ pub const DEMO_AGENT: (&str, &str) = ("agent", "Support-desk-sample-2027");
 
 async fn agents(config: &Config, hasher: &Argon2Hasher) -> anyhow::Result<ConfigAgents> {
     use portal_core::ports::{AgentRecord, PasswordHasher};
-    if config.agents.is_empty() {
+    if config.agents.is_empty() && config.demo_mode() {
         let password = portal_core::password::Password::new(DEMO_AGENT.1, &[])?;
         return Ok(ConfigAgents(vec![AgentRecord {
             id: portal_core::ids::AgentId(uuid::Uuid::from_u128(1)),
@@ -140,6 +140,9 @@ async fn agents(config: &Config, hasher: &Argon2Hasher) -> anyhow::Result<Config
             name: "Demo Agent".into(),
             password_hash: hasher.hash(&password).await?,
         }]));
+    }
+    if config.agents.is_empty() {
+        tracing::warn!("no support agents configured ([[agents]] in the configuration file)");
     }
     let list = config
         .agents
@@ -183,6 +186,11 @@ pub struct App {
 fn sealing_key(config: &Config) -> anyhow::Result<String> {
     if let Some(k) = &config.sealing_key {
         return Ok(k.clone());
+    }
+    if !config.demo_mode() {
+        bail!(
+            "PORTAL_SEALING_KEY must be set (64 hexadecimal characters) when a real gateway is configured"
+        );
     }
     let path = config.data_dir.join("sealing.key");
     if let Ok(k) = std::fs::read_to_string(&path) {
