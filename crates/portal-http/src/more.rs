@@ -19,7 +19,8 @@ use std::net::SocketAddr;
 
 type Result<T, E = Problem> = std::result::Result<T, E>;
 
-fn date_field(b: &Body, field: &str, v: &mut Validator) -> Option<NaiveDate> {
+/// An optional `YYYY-MM-DD` field.
+pub(crate) fn date_field(b: &Body, field: &str, v: &mut Validator) -> Option<NaiveDate> {
     b.opt_str(field, v)
         .and_then(|d| match NaiveDate::parse_from_str(d.trim(), "%Y-%m-%d") {
             Ok(x) => Some(x),
@@ -300,9 +301,32 @@ pub(crate) async fn request_plan(
     let id = member(&s, &method, &headers).await?;
     let b = Body::parse(&body)?;
     let mut v = Validator::new();
-    b.only(&["installments", "first_due"], &mut v);
+    let request = plan_request(&b, &mut v);
+    let (n, first_due) = v.finish(request)?;
+    let p = s
+        .portal
+        .set_up_payment_plan(id, n, first_due, Actor::Member)
+        .await?;
+    Ok((StatusCode::CREATED, axum::Json(json!({ "id": p.id, "total": p.total, "installments": p.installments.len(), "status": p.status }))).into_response())
+}
+
+/// A required `YYYY-MM-DD` field.
+pub(crate) fn required_date(b: &Body, field: &str, v: &mut Validator) -> Option<NaiveDate> {
+    b.str(field, v)
+        .and_then(|d| match NaiveDate::parse_from_str(d.trim(), "%Y-%m-%d") {
+            Ok(x) => Some(x),
+            Err(_) => {
+                v.push(FieldError::new(field, "format", "use YYYY-MM-DD"));
+                None
+            }
+        })
+}
+
+/// The body of a payment-plan request: `installments` (2-12, as a string) and `first_due`.
+pub(crate) fn plan_request(b: &Body, v: &mut Validator) -> Option<(u32, Option<NaiveDate>)> {
+    b.only(&["installments", "first_due"], v);
     let n = b
-        .str("installments", &mut v)
+        .str("installments", v)
         .and_then(|n| match n.trim().parse::<u32>() {
             Ok(x) => Some(x),
             Err(_) => {
@@ -314,13 +338,8 @@ pub(crate) async fn request_plan(
                 None
             }
         });
-    let first_due = date_field(&b, "first_due", &mut v);
-    let n = v.finish(n)?;
-    let p = s
-        .portal
-        .set_up_payment_plan(id, n, first_due, Actor::Member)
-        .await?;
-    Ok((StatusCode::CREATED, axum::Json(json!({ "id": p.id, "total": p.total, "installments": p.installments.len(), "status": p.status }))).into_response())
+    let first_due = date_field(b, "first_due", v);
+    n.map(|n| (n, first_due))
 }
 
 fn enrollment_id(raw: &str) -> Result<EnrollmentId> {

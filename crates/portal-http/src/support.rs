@@ -193,30 +193,8 @@ pub(crate) async fn plan(
     let agent_id = agent(&s, &method, &headers).await?;
     let b = Body::parse(&body)?;
     let mut v = Validator::new();
-    b.only(&["installments", "first_due"], &mut v);
-    let n = b
-        .str("installments", &mut v)
-        .and_then(|n| match n.trim().parse::<u32>() {
-            Ok(x) => Some(x),
-            Err(_) => {
-                v.push(FieldError::new(
-                    "installments",
-                    "format",
-                    "send the number of installments, 2 to 12, as a string",
-                ));
-                None
-            }
-        });
-    let first_due = b.opt_str("first_due", &mut v).and_then(|d| {
-        match chrono::NaiveDate::parse_from_str(d.trim(), "%Y-%m-%d") {
-            Ok(x) => Some(x),
-            Err(_) => {
-                v.push(FieldError::new("first_due", "format", "use YYYY-MM-DD"));
-                None
-            }
-        }
-    });
-    let n = v.finish(n)?;
+    let request = crate::more::plan_request(&b, &mut v);
+    let (n, first_due) = v.finish(request)?;
     let p = s
         .portal
         .set_up_payment_plan(
@@ -276,15 +254,7 @@ pub(crate) async fn offline_payment(
         None => None,
     };
     let document_number = b.opt_str("document_number", &mut v);
-    let received_on = b.str("received_on", &mut v).and_then(|d| {
-        match chrono::NaiveDate::parse_from_str(d.trim(), "%Y-%m-%d") {
-            Ok(x) => Some(x),
-            Err(_) => {
-                v.push(FieldError::new("received_on", "format", "use YYYY-MM-DD"));
-                None
-            }
-        }
-    });
+    let received_on = crate::more::required_date(&b, "received_on", &mut v);
     let form = (|| {
         Some(OfflinePaymentForm {
             amount: amount?,
