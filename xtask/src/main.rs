@@ -12,7 +12,10 @@ tasks:
   bench-gateway
          card payments through the gateway client against the sandbox, 1 and 16 callers
   openapi
-         regenerate docs/openapi.json from the route table";
+         regenerate docs/openapi.json from the route table
+  bench-api
+         POST /api/v1/payments at 1, 8, 32 clients next to pgbench of the same SQL
+         (needs PORTAL_TEST_DATABASE_URL and pgbench)";
 
 fn main() -> ExitCode {
     let task = std::env::args().nth(1);
@@ -29,6 +32,10 @@ fn main() -> ExitCode {
                 "the_committed_openapi_document_is_current",
             ],
             &[("UPDATE_OPENAPI", "1")],
+        ),
+        Some("bench-api") => step(
+            "bench-api",
+            &["bench", "-p", "portal-app", "--bench", "api"],
         ),
         Some("bench-gateway") => step(
             "bench-gateway",

@@ -3,16 +3,14 @@
 //! - [`AesGcmSealer`] — `SecretSealer`: AES-256-GCM with a random 96-bit nonce per value, and
 //!   HMAC-SHA256 lookup digests under a key derived from the same master key;
 //! - [`Argon2Hasher`] — `PasswordHasher`: Argon2id with at least OWASP's minimum parameters
-//!   (m = 19456 KiB, t = 2, p = 1), run off the async workers;
+//!   (m = 19456 KiB, t = 2, p = 1), on a few dedicated threads that bound its memory;
 //! - [`RandomIds`] — `IdGenerator`: UUIDv7 ids, payment references, 256-bit tokens and numeric
 //!   codes from the operating system's randomness.
 
 use aes_gcm::aead::{Aead, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce};
-use argon2::password_hash::{
-    PasswordHash as Phc, PasswordHasher as _, PasswordVerifier as _, SaltString,
-};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::password_hash::{Output, ParamsString, PasswordHash as Phc, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use async_trait::async_trait;
 use hmac::{Hmac, Mac};
 use portal_core::account::{LookupDigest, PasswordHash, SealedSecret, SecretToken};
@@ -120,21 +118,83 @@ fn to_hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// `PasswordHasher` with Argon2id.
+/// A job for the hashing threads.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A few dedicated threads for Argon2. Each hash needs 19 MiB; bounding the threads bounds the
+/// memory (and CPU) password hashing can take, however many logins arrive at once, instead of
+/// letting every blocking-pool thread keep its own 19 MiB.
+#[derive(Debug)]
+struct HashPool {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+impl HashPool {
+    fn new(threads: usize) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+        for i in 0..threads.max(1) {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("argon2-{i}"))
+                .spawn(move || {
+                    loop {
+                        let job = match rx.lock() {
+                            Ok(guard) => guard.recv(),
+                            Err(_) => return,
+                        };
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
+                    }
+                });
+            if spawned.is_err() {
+                break;
+            }
+        }
+        Self { jobs: tx }
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, HashError> {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = done.send(f());
+        });
+        self.jobs
+            .send(job)
+            .map_err(|_| HashError("the hashing threads stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| HashError("a hashing thread failed".into()))
+    }
+}
+
+/// `PasswordHasher` with Argon2id, on a small pool of dedicated threads.
 #[derive(Debug, Clone)]
 pub struct Argon2Hasher {
     params: Params,
+    pool: std::sync::Arc<HashPool>,
 }
 
 impl Argon2Hasher {
-    /// Argon2id with OWASP's minimum: m = 19456 KiB, t = 2, p = 1.
+    /// Argon2id with OWASP's minimum: m = 19456 KiB, t = 2, p = 1, one thread per core.
     pub fn new() -> Self {
         Self::with_params(Params::default())
     }
 
     /// Argon2id with explicit parameters (never below the minimum in production).
     pub fn with_params(params: Params) -> Self {
-        Self { params }
+        let threads = std::thread::available_parallelism()
+            .map_or(2, std::num::NonZeroUsize::get)
+            .min(4);
+        Self {
+            params,
+            pool: std::sync::Arc::new(HashPool::new(threads)),
+        }
     }
 
     fn argon(&self) -> Argon2<'static> {
@@ -148,38 +208,102 @@ impl Default for Argon2Hasher {
     }
 }
 
-fn hash_with_fresh_salt(argon: &Argon2<'_>, secret: &[u8]) -> Result<PasswordHash, HashError> {
-    let salt =
-        SaltString::encode_b64(&random_bytes::<16>()).map_err(|e| HashError(e.to_string()))?;
-    argon
-        .hash_password(secret, &salt)
-        .map(|h| PasswordHash(h.to_string()))
-        .map_err(|e| HashError(e.to_string()))
+thread_local! {
+    /// The Argon2 working memory of a hashing thread, kept for the thread's life: allocating
+    /// 19 MiB per hash and freeing it leaves the allocator holding far more than 19 MiB.
+    static BLOCKS: std::cell::RefCell<Vec<Block>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn hash_err(e: impl std::fmt::Display) -> HashError {
+    HashError(e.to_string())
+}
+
+/// Runs Argon2 into `out` with this thread's reusable working memory.
+fn argon2_into(
+    argon: &Argon2<'_>,
+    blocks_needed: usize,
+    secret: &[u8],
+    salt: &[u8],
+    out: &mut [u8],
+) -> Result<(), HashError> {
+    BLOCKS.with(|cell| {
+        let mut blocks = cell.borrow_mut();
+        if blocks.len() < blocks_needed {
+            blocks.resize(blocks_needed, Block::default());
+        }
+        let memory = blocks
+            .get_mut(..blocks_needed)
+            .ok_or_else(|| hash_err("working memory"))?;
+        argon
+            .hash_password_into_with_memory(secret, salt, out, memory)
+            .map_err(hash_err)
+    })
+}
+
+fn hash_with_fresh_salt(
+    argon: &Argon2<'_>,
+    params: &Params,
+    secret: &[u8],
+) -> Result<PasswordHash, HashError> {
+    let salt = SaltString::encode_b64(&random_bytes::<16>()).map_err(hash_err)?;
+    let mut salt_buf = [0u8; 64];
+    let salt_bytes = salt.as_salt().decode_b64(&mut salt_buf).map_err(hash_err)?;
+    let output = Output::init_with(Params::DEFAULT_OUTPUT_LEN, |out| {
+        argon2_into(argon, params.block_count(), secret, salt_bytes, out)
+            .map_err(|_| argon2::password_hash::Error::Crypto)
+    })
+    .map_err(hash_err)?;
+    let phc = Phc {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(params).map_err(hash_err)?,
+        salt: Some(salt.as_salt()),
+        hash: Some(output),
+    };
+    Ok(PasswordHash(phc.to_string()))
+}
+
+fn verify_phc(phc: &str, secret: &[u8]) -> Result<bool, HashError> {
+    let parsed = Phc::new(phc).map_err(hash_err)?;
+    if parsed.algorithm != Algorithm::Argon2id.ident() {
+        return Err(hash_err("not an Argon2id hash"));
+    }
+    let params = Params::try_from(&parsed).map_err(hash_err)?;
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+        return Err(hash_err("the hash has no salt or output"));
+    };
+    let mut salt_buf = [0u8; 64];
+    let salt_bytes = salt.decode_b64(&mut salt_buf).map_err(hash_err)?;
+    let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
+    let computed = Output::init_with(expected.len(), |out| {
+        argon2_into(&argon, params.block_count(), secret, salt_bytes, out)
+            .map_err(|_| argon2::password_hash::Error::Crypto)
+    })
+    .map_err(hash_err)?;
+    // Output's equality is constant time.
+    Ok(computed == expected)
 }
 
 #[async_trait]
 impl PasswordHasher for Argon2Hasher {
     async fn hash(&self, password: &Password) -> Result<PasswordHash, HashError> {
         let secret = Zeroizing::new(password.expose().as_bytes().to_vec());
-        let argon = self.argon();
-        tokio::task::spawn_blocking(move || hash_with_fresh_salt(&argon, &secret))
-            .await
-            .map_err(|e| HashError(e.to_string()))?
+        let (argon, params) = (self.argon(), self.params.clone());
+        self.pool
+            .run(move || hash_with_fresh_salt(&argon, &params, &secret))
+            .await?
     }
 
     async fn verify(&self, candidate: &str, hash: Option<PasswordHash>) -> Result<bool, HashError> {
         let secret = Zeroizing::new(candidate.as_bytes().to_vec());
-        let argon = self.argon();
-        tokio::task::spawn_blocking(move || match hash {
-            Some(h) => {
-                let parsed = Phc::new(&h.0).map_err(|e| HashError(e.to_string()))?;
-                Ok(argon.verify_password(&secret, &parsed).is_ok())
-            }
-            // Unknown user: spend the same work, then fail.
-            None => hash_with_fresh_salt(&argon, &secret).map(|_| false),
-        })
-        .await
-        .map_err(|e| HashError(e.to_string()))?
+        let (argon, params) = (self.argon(), self.params.clone());
+        self.pool
+            .run(move || match hash {
+                Some(h) => verify_phc(&h.0, &secret),
+                // Unknown user: spend the same work, then fail.
+                None => hash_with_fresh_salt(&argon, &params, &secret).map(|_| false),
+            })
+            .await?
     }
 }
 
@@ -321,6 +445,45 @@ mod tests {
             !h.verify("correct horse battery staple", None)
                 .await
                 .unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn hashes_interoperate_with_the_reference_argon2_implementation() {
+        use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
+        let h = Argon2Hasher::new();
+        let ours = h
+            .hash(&Password::new("correct horse battery staple", &[]).unwrap())
+            .await
+            .unwrap();
+        let reference = Argon2::default();
+        assert!(
+            reference
+                .verify_password(b"correct horse battery staple", &Phc::new(&ours.0).unwrap())
+                .is_ok()
+        );
+        let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
+        let theirs = reference
+            .hash_password(b"another long passphrase", &salt)
+            .unwrap()
+            .to_string();
+        assert!(
+            h.verify(
+                "another long passphrase",
+                Some(PasswordHash(theirs.clone()))
+            )
+            .await
+            .unwrap()
+        );
+        assert!(
+            !h.verify("another long passphrase!", Some(PasswordHash(theirs)))
+                .await
+                .unwrap()
+        );
+        assert!(
+            h.verify("x", Some(PasswordHash("not a hash".into())))
+                .await
+                .is_err()
         );
     }
 
