@@ -844,3 +844,100 @@ pub async fn every_endpoint_refuses_bad_bodies_naming_the_field(app: &TestApp) {
     let (_, after) = app.get("/payments", &member).await;
     assert_eq!(before, after, "nothing written");
 }
+
+pub async fn browsers_use_an_http_only_cookie_and_a_csrf_header(app: &TestApp) {
+    let resp = app
+        .http
+        .post(app.url("/sessions"))
+        .json(&json!({ "username": DEMO_USER, "password": DEMO_PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let cookies: Vec<String> = resp
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    let session = cookies
+        .iter()
+        .find(|c| c.starts_with("portal_session="))
+        .unwrap();
+    assert!(
+        session.contains("HttpOnly")
+            && session.contains("SameSite=Lax")
+            && session.contains("Path=/"),
+        "{session}"
+    );
+    assert!(!session.contains("Secure"), "not Secure over plain HTTP");
+    let body: Value = resp.json().await.unwrap();
+    let csrf = body["csrf_token"].as_str().unwrap().to_owned();
+    let jar = cookies
+        .iter()
+        .map(|c| c.split(';').next().unwrap())
+        .collect::<Vec<_>>()
+        .join("; ");
+    // Reading needs only the cookie.
+    let r = app
+        .http
+        .get(app.url("/account"))
+        .header("cookie", &jar)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // Changing anything needs the CSRF header too.
+    let r = app
+        .http
+        .delete(app.url("/sessions/current"))
+        .header("cookie", &jar)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = app
+        .http
+        .delete(app.url("/sessions/current"))
+        .header("cookie", &jar)
+        .header("x-csrf-token", "forged")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = app
+        .http
+        .delete(app.url("/sessions/current"))
+        .header("cookie", &jar)
+        .header("x-csrf-token", &csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = app
+        .http
+        .get(app.url("/account"))
+        .header("cookie", &jar)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "logged out");
+    // Security headers on every answer.
+    let h = app
+        .http
+        .get(format!("{}/healthz", app.base))
+        .send()
+        .await
+        .unwrap();
+    for (name, value) in [
+        ("x-content-type-options", "nosniff"),
+        ("x-frame-options", "DENY"),
+        ("cache-control", "no-store"),
+    ] {
+        assert_eq!(
+            h.headers().get(name).and_then(|v| v.to_str().ok()),
+            Some(value),
+            "{name}"
+        );
+    }
+}
