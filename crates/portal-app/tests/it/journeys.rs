@@ -9,7 +9,7 @@ use std::time::Duration;
 fn registration(username: &str) -> Value {
     json!({
         "account_number": "HC1000002", "first_name": "María", "last_name": "López",
-        "date_of_birth": "1980-05-17", "ssn": "234-56-7890", "email": format!("{username}@example.com"),
+        "date_of_birth": "1980-05-17", "ssn": "234-56-7890", "email": format!("{username}.o'neil+drop--table@example.com"),
         "username": username, "password": "a long and happy passphrase", "language": "es",
     })
 }
@@ -62,6 +62,10 @@ pub async fn the_member_guide_journey(app: &TestApp) {
     let maria = register_second(app).await;
     let (_, me) = app.get("/account", &maria).await;
     assert_eq!(me["language"], "es");
+    assert_eq!(
+        me["email"], "maria.o'neil+drop--table@example.com",
+        "stored and returned verbatim"
+    );
     assert_eq!(me["ssn"], "***-**-7890");
     // Log in, see what is due on the dashboard.
     let token = app.login(DEMO_USER, DEMO_PASSWORD).await;
@@ -345,7 +349,84 @@ pub async fn another_members_resources_answer_not_found(app: &TestApp) {
         .as_str()
         .unwrap()
         .to_owned();
+    let start = (chrono::Utc::now().date_naive() + chrono::Days::new(10)).to_string();
+    let form = json!({ "payment_method_id": method_id, "amount_rule": "amount_due", "frequency": "monthly", "start_date": start });
+    let (_, review) = app
+        .post("/autopay/preview", Some(&dana), form.clone())
+        .await;
+    let mut accept = form.clone();
+    accept["authorization_text"] = review["authorization_text"].clone();
+    let (status, mandate) = app.post("/autopay", Some(&dana), accept.clone()).await;
+    assert_eq!(status, StatusCode::CREATED, "{mandate}");
+    let mandate_id = mandate["id"].as_str().unwrap().to_owned();
+    let (_, dana_account) = app.get("/account", &dana).await;
+    let enrollment = dana_account["summary"]["enrollments"][0]["enrollment_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let maria = register_second(app).await;
+    assert_eq!(
+        app.post(
+            &format!("/autopay/{mandate_id}/pause"),
+            Some(&maria),
+            json!({})
+        )
+        .await
+        .0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        app.post(
+            &format!("/autopay/{mandate_id}/resume"),
+            Some(&maria),
+            json!({})
+        )
+        .await
+        .0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        app.send(
+            Method::DELETE,
+            &format!("/autopay/{mandate_id}"),
+            Some(&maria),
+            None,
+            None
+        )
+        .await
+        .0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        app.send(
+            Method::PUT,
+            &format!("/autopay/{mandate_id}"),
+            Some(&maria),
+            Some(accept.to_string()),
+            None
+        )
+        .await
+        .0,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "her own form check fails first: the method is not hers"
+    );
+    assert_eq!(
+        app.get(&format!("/enrollments/{enrollment}/reinstatement"), &maria)
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        app.post(
+            &format!("/enrollments/{enrollment}/reinstatement"),
+            Some(&maria),
+            json!({})
+        )
+        .await
+        .0,
+        StatusCode::NOT_FOUND
+    );
+    assert!(app.get("/autopay", &maria).await.1["autopay"].is_null());
     let id = p["id"].as_str().unwrap();
     let reference = p["reference"].as_str().unwrap();
     assert_eq!(
