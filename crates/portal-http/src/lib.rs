@@ -229,6 +229,23 @@ async fn member(
     }
 }
 
+/// The signed-in member, extracted from the request's session cookie or
+/// bearer token (CSRF-checked for unsafe methods). Agents get 403.
+pub(crate) struct Member(pub(crate) AccountId);
+
+impl axum::extract::FromRequestParts<AppState> for Member {
+    type Rejection = Problem;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, Problem> {
+        member(state, &parts.method, &parts.headers)
+            .await
+            .map(Member)
+    }
+}
+
 fn session_response(
     state: &AppState,
     grant: &SessionGrant,
@@ -457,12 +474,7 @@ pub(crate) fn summary_json(s: &AccountSummary) -> Value {
     })
 }
 
-async fn account(
-    State(s): State<AppState>,
-    method: Method,
-    headers: HeaderMap,
-) -> Result<Response> {
-    let id = member(&s, &method, &headers).await?;
+async fn account(State(s): State<AppState>, Member(id): Member) -> Result<Response> {
     let a = s.portal.account(id).await?;
     let summary = a.summary(
         &s.portal.config().delinquency,
@@ -482,8 +494,7 @@ async fn account(
     .into_response())
 }
 
-async fn bills(State(s): State<AppState>, method: Method, headers: HeaderMap) -> Result<Response> {
-    let id = member(&s, &method, &headers).await?;
+async fn bills(State(s): State<AppState>, Member(id): Member) -> Result<Response> {
     let a = s.portal.account(id).await?;
     let list: Vec<Value> = a
         .bill_statuses()
@@ -499,12 +510,7 @@ async fn bills(State(s): State<AppState>, method: Method, headers: HeaderMap) ->
     Ok(axum::Json(json!({ "bills": list })).into_response())
 }
 
-async fn methods(
-    State(s): State<AppState>,
-    method: Method,
-    headers: HeaderMap,
-) -> Result<Response> {
-    let id = member(&s, &method, &headers).await?;
+async fn methods(State(s): State<AppState>, Member(id): Member) -> Result<Response> {
     let a = s.portal.account(id).await?;
     let list: Vec<Value> = a
         .methods
@@ -521,11 +527,9 @@ pub(crate) fn token_field(raw: Option<String>, v: &mut Validator) -> Option<Gate
 
 async fn add_method(
     State(s): State<AppState>,
-    method: Method,
-    headers: HeaderMap,
+    Member(id): Member,
     body: Bytes,
 ) -> Result<Response> {
-    let id = member(&s, &method, &headers).await?;
     let b = Body::parse(&body)?;
     let mut v = Validator::new();
     b.only(&["token"], &mut v);
@@ -542,11 +546,9 @@ async fn add_method(
 
 async fn remove_method(
     State(s): State<AppState>,
-    method: Method,
-    headers: HeaderMap,
+    Member(id): Member,
     Path(mid): Path<String>,
 ) -> Result<Response> {
-    let id = member(&s, &method, &headers).await?;
     let mid = uuid::Uuid::parse_str(&mid)
         .map(MethodId)
         .map_err(|_| Problem::not_found("payment method"))?;
@@ -620,11 +622,9 @@ pub(crate) fn payment_json(p: &Payment) -> Value {
 
 async fn preview_payment(
     State(s): State<AppState>,
-    method: Method,
-    headers: HeaderMap,
+    Member(id): Member,
     body: Bytes,
 ) -> Result<Response> {
-    let id = member(&s, &method, &headers).await?;
     let (amount, with) = payment_body(&Body::parse(&body)?)?;
     let p = s.portal.preview_payment(id, amount, &with).await?;
     Ok(axum::Json(json!({
@@ -636,11 +636,10 @@ async fn preview_payment(
 
 async fn make_payment(
     State(s): State<AppState>,
-    method: Method,
+    Member(id): Member,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response> {
-    let id = member(&s, &method, &headers).await?;
     let key = headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
@@ -678,11 +677,9 @@ async fn make_payment(
 
 async fn get_payment(
     State(s): State<AppState>,
-    method: Method,
-    headers: HeaderMap,
+    Member(id): Member,
     Path(pid): Path<String>,
 ) -> Result<Response> {
-    let id = member(&s, &method, &headers).await?;
     let pid = uuid::Uuid::parse_str(&pid)
         .map(PaymentId)
         .map_err(|_| Problem::not_found("payment"))?;
@@ -691,11 +688,9 @@ async fn get_payment(
 
 async fn payment_by_reference(
     State(s): State<AppState>,
-    method: Method,
-    headers: HeaderMap,
+    Member(id): Member,
     Path(r): Path<String>,
 ) -> Result<Response> {
-    let id = member(&s, &method, &headers).await?;
     let reference = PaymentReference::parse(&r)
         .map_err(|e| Problem::invalid(ValidationErrors::one(FieldError::from(e))))?;
     let (owner, p) = s.portal.payment_by_reference(&reference).await?;
@@ -716,11 +711,9 @@ struct ListQuery {
 
 async fn list_payments(
     State(s): State<AppState>,
-    method: Method,
-    headers: HeaderMap,
+    Member(id): Member,
     Query(q): Query<ListQuery>,
 ) -> Result<Response> {
-    let id = member(&s, &method, &headers).await?;
     let mut v = Validator::new();
     let date = |field: &str, raw: &Option<String>, v: &mut Validator| {
         raw.as_ref()

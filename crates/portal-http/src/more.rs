@@ -1,10 +1,10 @@
 //! Automatic payments, payment plans, reinstatement, preferences and guest pay.
 
 use crate::problem::{Body, Problem};
-use crate::{AppState, member, payment_json, token_field};
+use crate::{AppState, Member, payment_json, token_field};
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::NaiveDate;
 use portal_core::audit::Actor;
@@ -127,12 +127,7 @@ fn mandate_json(m: &Mandate, today: NaiveDate) -> Value {
     })
 }
 
-pub(crate) async fn get_autopay(
-    State(s): State<AppState>,
-    method: Method,
-    headers: HeaderMap,
-) -> Result<Response> {
-    let id = member(&s, &method, &headers).await?;
+pub(crate) async fn get_autopay(State(s): State<AppState>, Member(id): Member) -> Result<Response> {
     let a = s.portal.account(id).await?;
     let today = s.portal.deps().clock.today();
     Ok(
@@ -143,11 +138,9 @@ pub(crate) async fn get_autopay(
 
 pub(crate) async fn preview_autopay(
     State(s): State<AppState>,
-    method: Method,
-    headers: HeaderMap,
+    Member(id): Member,
     body: Bytes,
 ) -> Result<Response> {
-    let id = member(&s, &method, &headers).await?;
     let b = Body::parse(&body)?;
     let mut v = Validator::new();
     let form = autopay_form(&b, &[], &mut v);
@@ -176,11 +169,9 @@ fn accepted(b: &Body, v: &mut Validator) -> Option<(String, ConsentSource)> {
 
 pub(crate) async fn create_autopay(
     State(s): State<AppState>,
-    method: Method,
-    headers: HeaderMap,
+    Member(id): Member,
     body: Bytes,
 ) -> Result<Response> {
-    let id = member(&s, &method, &headers).await?;
     let b = Body::parse(&body)?;
     let mut v = Validator::new();
     let form = autopay_form(&b, &["authorization_text", "source"], &mut v);
@@ -202,12 +193,10 @@ fn mandate_id(raw: &str) -> Result<MandateId> {
 
 pub(crate) async fn change_autopay(
     State(s): State<AppState>,
-    method: Method,
-    headers: HeaderMap,
+    Member(id): Member,
     Path(mid): Path<String>,
     body: Bytes,
 ) -> Result<Response> {
-    let id = member(&s, &method, &headers).await?;
     let mid = mandate_id(&mid)?;
     let b = Body::parse(&body)?;
     let mut v = Validator::new();
@@ -223,12 +212,10 @@ pub(crate) async fn change_autopay(
 
 pub(crate) async fn pause_autopay(
     State(s): State<AppState>,
-    method: Method,
-    headers: HeaderMap,
+    Member(id): Member,
     Path(mid): Path<String>,
     body: Bytes,
 ) -> Result<Response> {
-    let id = member(&s, &method, &headers).await?;
     let mid = mandate_id(&mid)?;
     let b = Body::parse(&body)?;
     let mut v = Validator::new();
@@ -244,11 +231,9 @@ pub(crate) async fn pause_autopay(
 
 pub(crate) async fn resume_autopay(
     State(s): State<AppState>,
-    method: Method,
-    headers: HeaderMap,
+    Member(id): Member,
     Path(mid): Path<String>,
 ) -> Result<Response> {
-    let id = member(&s, &method, &headers).await?;
     let m = s
         .portal
         .set_autopay_status(id, mandate_id(&mid)?, MandateStatus::Active)
@@ -258,23 +243,16 @@ pub(crate) async fn resume_autopay(
 
 pub(crate) async fn cancel_autopay(
     State(s): State<AppState>,
-    method: Method,
-    headers: HeaderMap,
+    Member(id): Member,
     Path(mid): Path<String>,
 ) -> Result<Response> {
-    let id = member(&s, &method, &headers).await?;
     s.portal
         .set_autopay_status(id, mandate_id(&mid)?, MandateStatus::Cancelled)
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-pub(crate) async fn plans(
-    State(s): State<AppState>,
-    method: Method,
-    headers: HeaderMap,
-) -> Result<Response> {
-    let id = member(&s, &method, &headers).await?;
+pub(crate) async fn plans(State(s): State<AppState>, Member(id): Member) -> Result<Response> {
     let a = s.portal.account(id).await?;
     let list: Vec<Value> = a
         .plans
@@ -294,11 +272,9 @@ pub(crate) async fn plans(
 
 pub(crate) async fn request_plan(
     State(s): State<AppState>,
-    method: Method,
-    headers: HeaderMap,
+    Member(id): Member,
     body: Bytes,
 ) -> Result<Response> {
-    let id = member(&s, &method, &headers).await?;
     let b = Body::parse(&body)?;
     let mut v = Validator::new();
     let request = plan_request(&b, &mut v);
@@ -350,11 +326,9 @@ fn enrollment_id(raw: &str) -> Result<EnrollmentId> {
 
 pub(crate) async fn reinstatement_quote(
     State(s): State<AppState>,
-    method: Method,
-    headers: HeaderMap,
+    Member(id): Member,
     Path(e): Path<String>,
 ) -> Result<Response> {
-    let id = member(&s, &method, &headers).await?;
     let q = s.portal.reinstatement_quote(id, enrollment_id(&e)?).await?;
     Ok(axum::Json(
         json!({ "required": q.required, "credit": q.credit, "to_pay": q.to_pay, "until": q.until }),
@@ -364,11 +338,9 @@ pub(crate) async fn reinstatement_quote(
 
 pub(crate) async fn reinstate(
     State(s): State<AppState>,
-    method: Method,
-    headers: HeaderMap,
+    Member(id): Member,
     Path(e): Path<String>,
 ) -> Result<Response> {
-    let id = member(&s, &method, &headers).await?;
     s.portal
         .reinstate(id, enrollment_id(&e)?, Actor::Member)
         .await?;
@@ -377,11 +349,9 @@ pub(crate) async fn reinstate(
 
 pub(crate) async fn preferences(
     State(s): State<AppState>,
-    method: Method,
-    headers: HeaderMap,
+    Member(id): Member,
     body: Bytes,
 ) -> Result<Response> {
-    let id = member(&s, &method, &headers).await?;
     let b = Body::parse(&body)?;
     let mut v = Validator::new();
     b.only(&["language", "due_date_reminders"], &mut v);
