@@ -182,6 +182,16 @@ pub trait Store: Send + Sync {
     async fn reset_token(&self, digest: TokenDigest) -> Result<Option<ResetToken>, StoreError>;
     /// A login throttle by username key.
     async fn login_throttle(&self, key: String) -> Result<Option<LoginThrottle>, StoreError>;
+    /// Loads several accounts at once (batch jobs); missing ids are left out. The result is in
+    /// id order.
+    async fn load_accounts(&self, ids: Vec<AccountId>) -> Result<Vec<Account>, StoreError>;
+    /// The ids of the accounts in a chunk of job work, in id order.
+    async fn account_ids_in(&self, chunk: WorkChunk) -> Result<Vec<AccountId>, StoreError>;
+    /// Appends newly issued bills to many accounts in one transaction, with their audit entries
+    /// and notices (a duplicate notice is skipped). Each account is checked against the version
+    /// it was loaded at and its version bumped, exactly as [`Store::commit`] does; if any
+    /// account moved, nothing is written and the result is `Conflict`.
+    async fn issue_bills(&self, batch: Vec<IssuedBills>) -> Result<(), StoreError>;
     /// Account ids in id order after `after`, for batch jobs.
     async fn account_ids(
         &self,
@@ -209,16 +219,43 @@ pub struct JobRun {
     pub period: String,
 }
 
+/// The unit of batch-job work: the accounts whose ids lie between `first` and `last`,
+/// inclusive. A run is planned as chunks of consecutive accounts, so a million accounts are a
+/// few thousand work items, not a million.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WorkChunk {
+    /// The first account id of the chunk.
+    pub first: AccountId,
+    /// The last account id of the chunk.
+    pub last: AccountId,
+}
+
+/// Bills issued on one account by a batch job, for [`Store::issue_bills`].
+#[derive(Debug, Clone)]
+pub struct IssuedBills {
+    /// The account.
+    pub account: AccountId,
+    /// The version the account was loaded at.
+    pub version: u64,
+    /// The new bills with their positions in the account's ledger.
+    pub bills: Vec<(usize, crate::billing::Bill)>,
+    /// Audit entries to append.
+    pub audit: Vec<AuditEvent>,
+    /// Notices for the outbox.
+    pub outbox: Vec<Notice>,
+}
+
 /// Work claiming for batch jobs, so any number of instances can run the same job at once and
-/// every item is worked by one of them.
+/// every chunk of accounts is worked by one of them.
 #[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
 #[async_trait]
 pub trait WorkQueue: Send + Sync {
-    /// Adds every account as an item of the run; items already there are left alone.
-    /// Returns how many were added.
-    async fn plan_run(&self, run: JobRun) -> Result<u64, StoreError>;
-    /// Claims up to `limit` unfinished items that no live lease holds, leasing them to
-    /// `worker` until `lease_until`. An item whose lease ran out (a crashed worker) can be
+    /// Splits the accounts into chunks of `chunk_size` consecutive ids and adds them as the
+    /// run's items, once: a run already planned (by this or another instance) is left alone.
+    /// Returns how many chunks were added.
+    async fn plan_run(&self, run: JobRun, chunk_size: u32) -> Result<u64, StoreError>;
+    /// Claims up to `limit` unfinished chunks that no live lease holds, leasing them to
+    /// `worker` until `lease_until`. A chunk whose lease ran out (a crashed worker) can be
     /// claimed again; a finished one never.
     async fn claim(
         &self,
@@ -227,12 +264,12 @@ pub trait WorkQueue: Send + Sync {
         limit: u32,
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
-    ) -> Result<Vec<AccountId>, StoreError>;
-    /// Marks items finished.
+    ) -> Result<Vec<WorkChunk>, StoreError>;
+    /// Marks chunks finished.
     async fn finish(
         &self,
         run: JobRun,
-        items: Vec<AccountId>,
+        chunks: Vec<WorkChunk>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError>;
 }

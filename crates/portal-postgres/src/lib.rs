@@ -30,8 +30,8 @@ use portal_core::payment::{
 };
 use portal_core::plan::PaymentPlan;
 use portal_core::ports::{
-    AccountLookup, Changes, JobRun, Outbox, OutboxMessage, PaymentLookup, Store, StoreError,
-    Unique, WorkQueue,
+    AccountLookup, Changes, IssuedBills, JobRun, Outbox, OutboxMessage, PaymentLookup, Store,
+    StoreError, Unique, WorkChunk, WorkQueue,
 };
 use portal_core::reference::PaymentReference;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -209,112 +209,323 @@ fn member_from(row: &PgRow) -> Result<Member, StoreError> {
     })
 }
 
-async fn collection<T: DeserializeOwned>(
+/// One per-account collection of many accounts, grouped by account, each in position order.
+async fn collections<T: DeserializeOwned>(
     tx: &mut Transaction<'_, Postgres>,
     table: &str,
-    id: Uuid,
-) -> Result<Vec<T>, StoreError> {
-    let sql = format!("SELECT data FROM {table} WHERE account_id = $1 ORDER BY position");
-    sqlx::query(&sql)
-        .bind(id)
+    ids: &[Uuid],
+) -> Result<BTreeMap<Uuid, Vec<T>>, StoreError> {
+    let sql = format!(
+        "SELECT account_id, data FROM {table} WHERE account_id = ANY($1) ORDER BY account_id, position"
+    );
+    let mut out: BTreeMap<Uuid, Vec<T>> = BTreeMap::new();
+    for r in sqlx::query(&sql)
+        .bind(ids)
         .fetch_all(&mut **tx)
         .await
         .map_err(db_err)?
-        .iter()
-        .map(|r| json(r, "data"))
-        .collect()
+    {
+        out.entry(get(&r, "account_id")?)
+            .or_default()
+            .push(json(&r, "data")?);
+    }
+    Ok(out)
 }
 
-async fn load_account(
+/// Loads accounts whole, a handful of queries for any number of them; in id order.
+async fn load_accounts(
     tx: &mut Transaction<'_, Postgres>,
-    id: AccountId,
-) -> Result<Option<Account>, StoreError> {
-    let Some(row) = sqlx::query(
+    ids: &[Uuid],
+) -> Result<Vec<Account>, StoreError> {
+    let headers = sqlx::query(
         "SELECT a.*, m.username, m.email, m.ssn_digest AS m_ssn_digest, m.ssn_sealed, m.password_hash,
                 m.language, m.email_verified_at, m.email_code, m.password_changed_at,
                 m.created_at AS m_created_at, m.account_id AS member_of
-         FROM accounts a LEFT JOIN members m ON m.account_id = a.id WHERE a.id = $1",
+         FROM accounts a LEFT JOIN members m ON m.account_id = a.id WHERE a.id = ANY($1)
+         ORDER BY a.id",
     )
-    .bind(id.uuid())
-    .fetch_optional(&mut **tx)
+    .bind(ids)
+    .fetch_all(&mut **tx)
     .await
-    .map_err(db_err)?
-    else {
-        return Ok(None);
-    };
-    let member = match get::<Option<Uuid>>(&row, "member_of")? {
-        Some(_) => Some(member_from(&row)?),
-        None => None,
-    };
-    let number: String = get(&row, "number")?;
-    let first: String = get(&row, "holder_first_name")?;
-    let last: String = get(&row, "holder_last_name")?;
-    let contact: Option<String> = get(&row, "contact_email")?;
-    let version: i64 = get(&row, "version")?;
-    let enrollments: Vec<Enrollment> = collection(tx, "enrollments", id.uuid()).await?;
-    let methods: Vec<PaymentMethod> = collection(tx, "payment_methods", id.uuid()).await?;
-    let mandates: Vec<Mandate> = collection(tx, "mandates", id.uuid()).await?;
-    let plans: Vec<PaymentPlan> = collection(tx, "plans", id.uuid()).await?;
-    let bills = sqlx::query("SELECT * FROM bills WHERE account_id = $1 ORDER BY position")
-        .bind(id.uuid())
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(db_err)?
-        .iter()
-        .map(bill_from)
-        .collect::<Result<Vec<_>, _>>()?;
+    .map_err(db_err)?;
+    if headers.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut enrollments = collections::<Enrollment>(tx, "enrollments", ids).await?;
+    let mut methods = collections::<PaymentMethod>(tx, "payment_methods", ids).await?;
+    let mut mandates = collections::<Mandate>(tx, "mandates", ids).await?;
+    let mut plans = collections::<PaymentPlan>(tx, "plans", ids).await?;
+    let mut bills: BTreeMap<Uuid, Vec<Bill>> = BTreeMap::new();
+    for r in
+        sqlx::query("SELECT * FROM bills WHERE account_id = ANY($1) ORDER BY account_id, position")
+            .bind(ids)
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(db_err)?
+    {
+        bills
+            .entry(get(&r, "account_id")?)
+            .or_default()
+            .push(bill_from(&r)?);
+    }
     let mut allocations: BTreeMap<Uuid, Vec<Allocation>> = BTreeMap::new();
     for r in sqlx::query(
         "SELECT al.payment_id, al.bill_id, al.amount_cents FROM allocations al
-         JOIN payments p ON p.id = al.payment_id WHERE p.account_id = $1 ORDER BY al.payment_id, al.position",
+         JOIN payments p ON p.id = al.payment_id WHERE p.account_id = ANY($1)
+         ORDER BY al.payment_id, al.position",
     )
-    .bind(id.uuid())
+    .bind(ids)
     .fetch_all(&mut **tx)
     .await
     .map_err(db_err)?
     {
-        allocations.entry(get(&r, "payment_id")?).or_default().push(Allocation {
-            bill_id: BillId(get(&r, "bill_id")?),
-            amount: Money::from_cents(get(&r, "amount_cents")?),
+        allocations
+            .entry(get(&r, "payment_id")?)
+            .or_default()
+            .push(Allocation {
+                bill_id: BillId(get(&r, "bill_id")?),
+                amount: Money::from_cents(get(&r, "amount_cents")?),
+            });
+    }
+    let mut payments: BTreeMap<Uuid, Vec<Payment>> = BTreeMap::new();
+    for r in sqlx::query(
+        "SELECT * FROM payments WHERE account_id = ANY($1) ORDER BY account_id, position",
+    )
+    .bind(ids)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db_err)?
+    {
+        let pid: Uuid = get(&r, "id")?;
+        payments
+            .entry(get(&r, "account_id")?)
+            .or_default()
+            .push(payment_from(
+                &r,
+                allocations.remove(&pid).unwrap_or_default(),
+            )?);
+    }
+    let mut out = Vec::with_capacity(headers.len());
+    for row in &headers {
+        let id: Uuid = get(row, "id")?;
+        let member = match get::<Option<Uuid>>(row, "member_of")? {
+            Some(_) => Some(member_from(row)?),
+            None => None,
+        };
+        let number: String = get(row, "number")?;
+        let first: String = get(row, "holder_first_name")?;
+        let last: String = get(row, "holder_last_name")?;
+        let contact: Option<String> = get(row, "contact_email")?;
+        let version: i64 = get(row, "version")?;
+        let Json(reminders): Json<ReminderPreferences> = row
+            .try_get("reminders")
+            .map_err(|e| corrupt("reminders", e))?;
+        out.push(Account {
+            id: AccountId(id),
+            version: u64::try_from(version).map_err(|e| corrupt("version", e))?,
+            number: AccountNumber::parse(&number).map_err(|e| corrupt("number", e))?,
+            holder: Holder {
+                first_name: PersonName::parse(&first)
+                    .map_err(|e| corrupt("holder_first_name", e))?,
+                last_name: PersonName::parse(&last).map_err(|e| corrupt("holder_last_name", e))?,
+                date_of_birth: get(row, "date_of_birth")?,
+                ssn_digest: LookupDigest(get(row, "ssn_digest")?),
+                ssn_last4: get(row, "ssn_last4")?,
+            },
+            contact_email: contact
+                .map(|c| Email::parse(&c).map_err(|e| corrupt("contact_email", e)))
+                .transpose()?,
+            enrollments: enrollments.remove(&id).unwrap_or_default(),
+            ledger: Ledger::new(
+                bills.remove(&id).unwrap_or_default(),
+                payments.remove(&id).unwrap_or_default(),
+            ),
+            methods: methods.remove(&id).unwrap_or_default(),
+            mandates: mandates.remove(&id).unwrap_or_default(),
+            plans: plans.remove(&id).unwrap_or_default(),
+            member,
+            reminders,
+            created_at: get(row, "created_at")?,
         });
     }
-    let payments = sqlx::query("SELECT * FROM payments WHERE account_id = $1 ORDER BY position")
-        .bind(id.uuid())
-        .fetch_all(&mut **tx)
+    Ok(out)
+}
+
+fn to_json(what: &str, v: &impl Serialize) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| corrupt(what, e))
+}
+
+/// Bills as columns, written in one statement however many there are.
+#[derive(Default)]
+struct BillColumns {
+    id: Vec<Uuid>,
+    account: Vec<Uuid>,
+    position: Vec<i64>,
+    enrollment: Vec<Uuid>,
+    kind_name: Vec<&'static str>,
+    kind: Vec<String>,
+    month: Vec<NaiveDate>,
+    amount: Vec<i64>,
+    allocated: Vec<i64>,
+    transferred: Vec<i64>,
+    due: Vec<NaiveDate>,
+    issued: Vec<NaiveDate>,
+    void: Vec<bool>,
+    notices: Vec<String>,
+    late_fee: Vec<bool>,
+}
+
+impl BillColumns {
+    fn push(&mut self, account: Uuid, position: usize, b: &Bill) -> Result<(), StoreError> {
+        self.id.push(b.id.uuid());
+        self.account.push(account);
+        self.position
+            .push(i64::try_from(position).map_err(|e| corrupt("position", e))?);
+        self.enrollment.push(b.enrollment_id.uuid());
+        self.kind_name.push(kind_name(&b.kind));
+        self.kind.push(to_json("kind", &b.kind)?);
+        self.month.push(month_date(b.coverage_month));
+        self.amount.push(b.amount.cents());
+        self.allocated.push(b.allocated.cents());
+        self.transferred.push(b.transferred.cents());
+        self.due.push(b.due_date);
+        self.issued.push(b.issued_on);
+        self.void.push(b.void);
+        self.notices.push(to_json("notices", &b.notices)?);
+        self.late_fee.push(b.late_fee_assessed);
+        Ok(())
+    }
+
+    /// Inserts new bills and updates known ones (of the same account only).
+    async fn write(self, tx: &mut Transaction<'_, Postgres>) -> Result<(), StoreError> {
+        if self.id.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO bills (id, account_id, position, enrollment_id, kind_name, kind, coverage_month,
+                 amount_cents, allocated_cents, transferred_cents, due_date, issued_on, void, notices,
+                 late_fee_assessed)
+             SELECT u.id, u.account_id, u.position, u.enrollment_id, u.kind_name, u.kind::jsonb,
+                 u.coverage_month, u.amount, u.allocated, u.transferred, u.due_date, u.issued_on,
+                 u.void, u.notices::jsonb, u.late_fee
+             FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::uuid[], $5::text[], $6::text[],
+                 $7::date[], $8::bigint[], $9::bigint[], $10::bigint[], $11::date[], $12::date[],
+                 $13::bool[], $14::text[], $15::bool[])
+                 AS u(id, account_id, position, enrollment_id, kind_name, kind, coverage_month, amount,
+                      allocated, transferred, due_date, issued_on, void, notices, late_fee)
+             ON CONFLICT (id) DO UPDATE SET position = EXCLUDED.position,
+                 enrollment_id = EXCLUDED.enrollment_id, kind_name = EXCLUDED.kind_name,
+                 kind = EXCLUDED.kind, coverage_month = EXCLUDED.coverage_month,
+                 amount_cents = EXCLUDED.amount_cents, allocated_cents = EXCLUDED.allocated_cents,
+                 transferred_cents = EXCLUDED.transferred_cents, due_date = EXCLUDED.due_date,
+                 issued_on = EXCLUDED.issued_on, void = EXCLUDED.void, notices = EXCLUDED.notices,
+                 late_fee_assessed = EXCLUDED.late_fee_assessed
+             WHERE bills.account_id = EXCLUDED.account_id",
+        )
+        .bind(self.id)
+        .bind(self.account)
+        .bind(self.position)
+        .bind(self.enrollment)
+        .bind(self.kind_name)
+        .bind(self.kind)
+        .bind(self.month)
+        .bind(self.amount)
+        .bind(self.allocated)
+        .bind(self.transferred)
+        .bind(self.due)
+        .bind(self.issued)
+        .bind(self.void)
+        .bind(self.notices)
+        .bind(self.late_fee)
+        .execute(&mut **tx)
         .await
-        .map_err(db_err)?
-        .iter()
-        .map(|r| {
-            let pid: Uuid = get(r, "id")?;
-            payment_from(r, allocations.remove(&pid).unwrap_or_default())
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let Json(reminders): Json<ReminderPreferences> = row
-        .try_get("reminders")
-        .map_err(|e| corrupt("reminders", e))?;
-    Ok(Some(Account {
-        id,
-        version: u64::try_from(version).map_err(|e| corrupt("version", e))?,
-        number: AccountNumber::parse(&number).map_err(|e| corrupt("number", e))?,
-        holder: Holder {
-            first_name: PersonName::parse(&first).map_err(|e| corrupt("holder_first_name", e))?,
-            last_name: PersonName::parse(&last).map_err(|e| corrupt("holder_last_name", e))?,
-            date_of_birth: get(&row, "date_of_birth")?,
-            ssn_digest: LookupDigest(get(&row, "ssn_digest")?),
-            ssn_last4: get(&row, "ssn_last4")?,
-        },
-        contact_email: contact
-            .map(|c| Email::parse(&c).map_err(|e| corrupt("contact_email", e)))
-            .transpose()?,
-        enrollments,
-        ledger: Ledger::new(bills, payments),
-        methods,
-        mandates,
-        plans,
-        member,
-        reminders,
-        created_at: get(&row, "created_at")?,
-    }))
+        .map_err(db_err)?;
+        Ok(())
+    }
+}
+
+/// Audit entries as columns, appended in one statement.
+#[derive(Default)]
+struct AuditColumns {
+    account: Vec<Uuid>,
+    at: Vec<DateTime<Utc>>,
+    actor: Vec<String>,
+    entity: Vec<String>,
+    action: Vec<String>,
+    detail: Vec<String>,
+}
+
+impl AuditColumns {
+    fn push(&mut self, e: &AuditEvent) -> Result<(), StoreError> {
+        self.account.push(e.account_id.uuid());
+        self.at.push(e.at);
+        self.actor.push(to_json("actor", &e.actor)?);
+        self.entity.push(e.entity.clone());
+        self.action.push(e.action.clone());
+        self.detail.push(e.detail.clone());
+        Ok(())
+    }
+
+    async fn write(self, tx: &mut Transaction<'_, Postgres>) -> Result<(), StoreError> {
+        if self.account.is_empty() {
+            return Ok(());
+        }
+        // WITH ORDINALITY keeps the entries' order in the log's sequence.
+        sqlx::query(
+            "INSERT INTO audit_log (account_id, at, actor, entity, action, detail)
+             SELECT u.account_id, u.at, u.actor::jsonb, u.entity, u.action, u.detail
+             FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[])
+                 WITH ORDINALITY AS u(account_id, at, actor, entity, action, detail, n)
+             ORDER BY u.n",
+        )
+        .bind(self.account)
+        .bind(self.at)
+        .bind(self.actor)
+        .bind(self.entity)
+        .bind(self.action)
+        .bind(self.detail)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+}
+
+/// Notices as columns, queued in one statement; a notice already queued is skipped.
+#[derive(Default)]
+struct OutboxColumns {
+    key: Vec<String>,
+    account: Vec<Uuid>,
+    notice: Vec<String>,
+}
+
+impl OutboxColumns {
+    fn push(&mut self, n: &Notice) -> Result<(), StoreError> {
+        self.key.push(n.dedupe_key.clone());
+        self.account.push(n.account_id.uuid());
+        self.notice.push(to_json("notice", n)?);
+        Ok(())
+    }
+
+    async fn write(self, tx: &mut Transaction<'_, Postgres>) -> Result<(), StoreError> {
+        if self.key.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO outbox (dedupe_key, account_id, notice)
+             SELECT u.key, u.account_id, u.notice::jsonb
+             FROM unnest($1::text[], $2::uuid[], $3::text[]) WITH ORDINALITY AS u(key, account_id, notice, n)
+             ORDER BY u.n
+             ON CONFLICT (dedupe_key) DO NOTHING",
+        )
+        .bind(self.key)
+        .bind(self.account)
+        .bind(self.notice)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
 }
 
 fn holder_search(a: &Account) -> String {
@@ -443,37 +654,11 @@ async fn write_account(tx: &mut Transaction<'_, Postgres>, a: &Account) -> Resul
         .enumerate()
         .map(|(i, b)| (b.id, i))
         .collect();
+    let mut columns = BillColumns::default();
     for b in bills {
-        let pos = i64::try_from(bill_pos.get(&b.id).copied().unwrap_or(0)).unwrap_or(0);
-        sqlx::query(
-            "INSERT INTO bills (id, account_id, position, enrollment_id, kind_name, kind, coverage_month,
-                 amount_cents, allocated_cents, transferred_cents, due_date, issued_on, void, notices,
-                 late_fee_assessed)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
-             ON CONFLICT (id) DO UPDATE SET position = $3, enrollment_id = $4, kind_name = $5, kind = $6,
-                 coverage_month = $7, amount_cents = $8, allocated_cents = $9, transferred_cents = $10,
-                 due_date = $11, issued_on = $12, void = $13, notices = $14, late_fee_assessed = $15
-             WHERE bills.account_id = $2",
-        )
-        .bind(b.id.uuid())
-        .bind(id)
-        .bind(pos)
-        .bind(b.enrollment_id.uuid())
-        .bind(kind_name(&b.kind))
-        .bind(Json(b.kind))
-        .bind(month_date(b.coverage_month))
-        .bind(b.amount.cents())
-        .bind(b.allocated.cents())
-        .bind(b.transferred.cents())
-        .bind(b.due_date)
-        .bind(b.issued_on)
-        .bind(b.void)
-        .bind(Json(&b.notices))
-        .bind(b.late_fee_assessed)
-        .execute(&mut **tx)
-        .await
-        .map_err(db_err)?;
+        columns.push(id, bill_pos.get(&b.id).copied().unwrap_or(0), b)?;
     }
+    columns.write(tx).await?;
     let pay_pos: BTreeMap<PaymentId, usize> = a
         .ledger
         .payments
@@ -589,14 +774,72 @@ fn outbox_from(row: &PgRow) -> Result<OutboxMessage, StoreError> {
 #[async_trait]
 impl Store for PgStore {
     async fn load_account(&self, id: AccountId) -> Result<Option<Account>, StoreError> {
+        Ok(self.load_accounts(vec![id]).await?.pop())
+    }
+
+    async fn load_accounts(&self, ids: Vec<AccountId>) -> Result<Vec<Account>, StoreError> {
+        let ids: Vec<Uuid> = ids.into_iter().map(AccountId::uuid).collect();
         let mut tx = self.pool.begin().await.map_err(db_err)?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
-        let account = load_account(&mut tx, id).await?;
+        let accounts = load_accounts(&mut tx, &ids).await?;
         tx.commit().await.map_err(db_err)?;
-        Ok(account)
+        Ok(accounts)
+    }
+
+    async fn account_ids_in(&self, chunk: WorkChunk) -> Result<Vec<AccountId>, StoreError> {
+        let rows = sqlx::query("SELECT id FROM accounts WHERE id BETWEEN $1 AND $2 ORDER BY id")
+            .bind(chunk.first.uuid())
+            .bind(chunk.last.uuid())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        rows.iter().map(|r| get(r, "id").map(AccountId)).collect()
+    }
+
+    async fn issue_bills(&self, batch: Vec<IssuedBills>) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let ids: Vec<Uuid> = batch.iter().map(|b| b.account.uuid()).collect();
+        let versions = batch
+            .iter()
+            .map(|b| i64::try_from(b.version).map_err(|e| corrupt("version", e)))
+            .collect::<Result<Vec<i64>, _>>()?;
+        let bumped = sqlx::query(
+            "UPDATE accounts a SET version = a.version + 1
+             FROM unnest($1::uuid[], $2::bigint[]) AS u(id, version)
+             WHERE a.id = u.id AND a.version = u.version",
+        )
+        .bind(&ids)
+        .bind(&versions)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        if usize::try_from(bumped.rows_affected()).ok() != Some(batch.len()) {
+            return Err(StoreError::Conflict);
+        }
+        let mut rows = BillColumns::default();
+        let mut audit = AuditColumns::default();
+        let mut outbox = OutboxColumns::default();
+        for b in &batch {
+            for (pos, bill) in &b.bills {
+                rows.push(b.account.uuid(), *pos, bill)?;
+            }
+            for e in &b.audit {
+                audit.push(e)?;
+            }
+            for n in &b.outbox {
+                outbox.push(n)?;
+            }
+        }
+        rows.write(&mut tx).await?;
+        audit.write(&mut tx).await?;
+        outbox.write(&mut tx).await?;
+        tx.commit().await.map_err(db_err)
     }
 
     async fn find_account(&self, by: AccountLookup) -> Result<Option<AccountId>, StoreError> {
@@ -872,48 +1115,45 @@ impl Store for PgStore {
             .await
             .map_err(db_err)?;
         }
+        let mut audit = AuditColumns::default();
         for e in &changes.audit {
-            sqlx::query(
-                "INSERT INTO audit_log (account_id, at, actor, entity, action, detail) VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(e.account_id.uuid())
-            .bind(e.at)
-            .bind(Json(&e.actor))
-            .bind(e.entity.clone())
-            .bind(e.action.clone())
-            .bind(e.detail.clone())
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
+            audit.push(e)?;
         }
+        audit.write(&mut tx).await?;
+        let mut outbox = OutboxColumns::default();
         for n in &changes.outbox {
-            sqlx::query(
-                "INSERT INTO outbox (dedupe_key, account_id, notice) VALUES ($1, $2, $3)
-                 ON CONFLICT (dedupe_key) DO NOTHING",
-            )
-            .bind(n.dedupe_key.clone())
-            .bind(n.account_id.uuid())
-            .bind(Json(n))
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
+            outbox.push(n)?;
         }
+        outbox.write(&mut tx).await?;
         tx.commit().await.map_err(db_err)
     }
 }
 
 #[async_trait]
 impl WorkQueue for PgStore {
-    async fn plan_run(&self, run: JobRun) -> Result<u64, StoreError> {
+    async fn plan_run(&self, run: JobRun, chunk_size: u32) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        // One planner per run at a time; the second finds the run planned.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 0))")
+            .bind(&run.job)
+            .bind(&run.period)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
         let done = sqlx::query(
-            "INSERT INTO work_items (job, period, account_id) SELECT $1, $2, id FROM accounts
-             ON CONFLICT DO NOTHING",
+            "INSERT INTO work_items (job, period, account_id, last_account_id)
+             SELECT $1, $2, min(id::text)::uuid, max(id::text)::uuid -- (no min(uuid) before 16)
+             FROM (SELECT id, (row_number() OVER (ORDER BY id) - 1) / $3 AS chunk FROM accounts) c
+             WHERE NOT EXISTS (SELECT 1 FROM work_items WHERE job = $1 AND period = $2)
+             GROUP BY chunk",
         )
-        .bind(run.job)
-        .bind(run.period)
-        .execute(&self.pool)
+        .bind(&run.job)
+        .bind(&run.period)
+        .bind(i64::from(chunk_size.max(1)))
+        .execute(&mut *tx)
         .await
         .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
         Ok(done.rows_affected())
     }
 
@@ -924,7 +1164,7 @@ impl WorkQueue for PgStore {
         limit: u32,
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
-    ) -> Result<Vec<AccountId>, StoreError> {
+    ) -> Result<Vec<WorkChunk>, StoreError> {
         let rows = sqlx::query(
             // MATERIALIZED: the selection must run once; a subquery in UPDATE .. FROM can be
             // re-run per row and, after the first rows are leased, pick more than LIMIT.
@@ -935,7 +1175,7 @@ impl WorkQueue for PgStore {
                  ORDER BY account_id LIMIT $6 FOR UPDATE SKIP LOCKED)
              UPDATE work_items w SET leased_by = $3, leased_until = $5
              FROM c WHERE w.job = $1 AND w.period = $2 AND w.account_id = c.account_id
-             RETURNING w.account_id",
+             RETURNING w.account_id, w.last_account_id",
         )
         .bind(run.job)
         .bind(run.period)
@@ -946,21 +1186,26 @@ impl WorkQueue for PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db_err)?;
-        let mut ids = rows
+        let mut chunks = rows
             .iter()
-            .map(|r| get(r, "account_id").map(AccountId))
-            .collect::<Result<Vec<_>, _>>()?;
-        ids.sort();
-        Ok(ids)
+            .map(|r| {
+                Ok(WorkChunk {
+                    first: AccountId(get(r, "account_id")?),
+                    last: AccountId(get(r, "last_account_id")?),
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        chunks.sort();
+        Ok(chunks)
     }
 
     async fn finish(
         &self,
         run: JobRun,
-        items: Vec<AccountId>,
+        chunks: Vec<WorkChunk>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let ids: Vec<Uuid> = items.into_iter().map(AccountId::uuid).collect();
+        let ids: Vec<Uuid> = chunks.into_iter().map(|c| c.first.uuid()).collect();
         sqlx::query(
             "UPDATE work_items SET finished_at = $3, leased_until = NULL
              WHERE job = $1 AND period = $2 AND account_id = ANY($4)",

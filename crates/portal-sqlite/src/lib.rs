@@ -32,8 +32,8 @@ use portal_core::payment::{
 };
 use portal_core::plan::PaymentPlan;
 use portal_core::ports::{
-    AccountLookup, Changes, JobRun, Outbox, OutboxMessage, PaymentLookup, Store, StoreError,
-    Unique, WorkQueue,
+    AccountLookup, Changes, IssuedBills, JobRun, Outbox, OutboxMessage, PaymentLookup, Store,
+    StoreError, Unique, WorkChunk, WorkQueue,
 };
 use portal_core::reference::PaymentReference;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -351,6 +351,77 @@ fn bind_header<'q>(q: SqlQuery<'q>, a: &Account) -> SqlQuery<'q> {
         .bind(a.created_at)
 }
 
+/// Inserts a bill, or updates it if the account already has it.
+async fn write_bill(
+    tx: &mut Transaction<'_, Sqlite>,
+    account: Uuid,
+    position: usize,
+    b: &Bill,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO bills (id, account_id, position, enrollment_id, kind_name, kind, coverage_month,
+             amount_cents, allocated_cents, transferred_cents, due_date, issued_on, void, notices,
+             late_fee_assessed)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+         ON CONFLICT (id) DO UPDATE SET position = $3, enrollment_id = $4, kind_name = $5, kind = $6,
+             coverage_month = $7, amount_cents = $8, allocated_cents = $9, transferred_cents = $10,
+             due_date = $11, issued_on = $12, void = $13, notices = $14, late_fee_assessed = $15
+         WHERE bills.account_id = $2",
+    )
+    .bind(b.id.uuid())
+    .bind(account)
+    .bind(i64::try_from(position).map_err(|e| corrupt("position", e))?)
+    .bind(b.enrollment_id.uuid())
+    .bind(kind_name(&b.kind))
+    .bind(Json(b.kind))
+    .bind(month_date(b.coverage_month))
+    .bind(b.amount.cents())
+    .bind(b.allocated.cents())
+    .bind(b.transferred.cents())
+    .bind(b.due_date)
+    .bind(b.issued_on)
+    .bind(b.void)
+    .bind(Json(&b.notices))
+    .bind(b.late_fee_assessed)
+    .execute(&mut **tx)
+    .await
+    .map_err(db_err)?;
+    Ok(())
+}
+
+async fn append_audit(tx: &mut Transaction<'_, Sqlite>, e: &AuditEvent) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO audit_log (account_id, at, actor, entity, action, detail) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(e.account_id.uuid())
+    .bind(e.at)
+    .bind(Json(&e.actor))
+    .bind(e.entity.clone())
+    .bind(e.action.clone())
+    .bind(e.detail.clone())
+    .execute(&mut **tx)
+    .await
+    .map_err(db_err)?;
+    Ok(())
+}
+
+/// Queues a notice unless one with its dedupe key was queued before.
+async fn queue_notice(tx: &mut Transaction<'_, Sqlite>, n: &Notice) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO outbox (id, dedupe_key, account_id, notice, created_at)
+         VALUES ($4, $1, $2, $3, $5) ON CONFLICT (dedupe_key) DO NOTHING",
+    )
+    .bind(n.dedupe_key.clone())
+    .bind(n.account_id.uuid())
+    .bind(Json(n))
+    .bind(Uuid::now_v7())
+    .bind(Utc::now())
+    .execute(&mut **tx)
+    .await
+    .map_err(db_err)?;
+    Ok(())
+}
+
 async fn write_account(tx: &mut Transaction<'_, Sqlite>, a: &Account) -> Result<(), StoreError> {
     let id = a.id.uuid();
     let version = i64::try_from(a.version).map_err(|e| corrupt("version", e))?;
@@ -458,35 +529,7 @@ async fn write_account(tx: &mut Transaction<'_, Sqlite>, a: &Account) -> Result<
         .map(|(i, b)| (b.id, i))
         .collect();
     for b in bills {
-        let pos = i64::try_from(bill_pos.get(&b.id).copied().unwrap_or(0)).unwrap_or(0);
-        sqlx::query(
-            "INSERT INTO bills (id, account_id, position, enrollment_id, kind_name, kind, coverage_month,
-                 amount_cents, allocated_cents, transferred_cents, due_date, issued_on, void, notices,
-                 late_fee_assessed)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
-             ON CONFLICT (id) DO UPDATE SET position = $3, enrollment_id = $4, kind_name = $5, kind = $6,
-                 coverage_month = $7, amount_cents = $8, allocated_cents = $9, transferred_cents = $10,
-                 due_date = $11, issued_on = $12, void = $13, notices = $14, late_fee_assessed = $15
-             WHERE bills.account_id = $2",
-        )
-        .bind(b.id.uuid())
-        .bind(id)
-        .bind(pos)
-        .bind(b.enrollment_id.uuid())
-        .bind(kind_name(&b.kind))
-        .bind(Json(b.kind))
-        .bind(month_date(b.coverage_month))
-        .bind(b.amount.cents())
-        .bind(b.allocated.cents())
-        .bind(b.transferred.cents())
-        .bind(b.due_date)
-        .bind(b.issued_on)
-        .bind(b.void)
-        .bind(Json(&b.notices))
-        .bind(b.late_fee_assessed)
-        .execute(&mut **tx)
-        .await
-        .map_err(db_err)?;
+        write_bill(tx, id, bill_pos.get(&b.id).copied().unwrap_or(0), b).await?;
     }
     let pay_pos: BTreeMap<PaymentId, usize> = a
         .ledger
@@ -602,6 +645,59 @@ impl Store for SqliteStore {
         let account = load_account(&mut tx, id).await?;
         tx.commit().await.map_err(db_err)?;
         Ok(account)
+    }
+
+    async fn load_accounts(&self, mut ids: Vec<AccountId>) -> Result<Vec<Account>, StoreError> {
+        // Queries are calls into the same process here: one account at a time is cheap.
+        ids.sort();
+        ids.dedup();
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(a) = load_account(&mut tx, id).await? {
+                out.push(a);
+            }
+        }
+        tx.commit().await.map_err(db_err)?;
+        Ok(out)
+    }
+
+    async fn account_ids_in(&self, chunk: WorkChunk) -> Result<Vec<AccountId>, StoreError> {
+        let rows = sqlx::query("SELECT id FROM accounts WHERE id BETWEEN $1 AND $2 ORDER BY id")
+            .bind(chunk.first.uuid())
+            .bind(chunk.last.uuid())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        rows.iter().map(|r| get(r, "id").map(AccountId)).collect()
+    }
+
+    async fn issue_bills(&self, batch: Vec<IssuedBills>) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        for b in &batch {
+            let version = i64::try_from(b.version).map_err(|e| corrupt("version", e))?;
+            let done = sqlx::query(
+                "UPDATE accounts SET version = version + 1 WHERE id = $1 AND version = $2",
+            )
+            .bind(b.account.uuid())
+            .bind(version)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+            if done.rows_affected() != 1 {
+                return Err(StoreError::Conflict);
+            }
+            for (pos, bill) in &b.bills {
+                write_bill(&mut tx, b.account.uuid(), *pos, bill).await?;
+            }
+            for e in &b.audit {
+                append_audit(&mut tx, e).await?;
+            }
+            for n in &b.outbox {
+                queue_notice(&mut tx, n).await?;
+            }
+        }
+        tx.commit().await.map_err(db_err)
     }
 
     async fn find_account(&self, by: AccountLookup) -> Result<Option<AccountId>, StoreError> {
@@ -878,32 +974,10 @@ impl Store for SqliteStore {
             .map_err(db_err)?;
         }
         for e in &changes.audit {
-            sqlx::query(
-                "INSERT INTO audit_log (account_id, at, actor, entity, action, detail) VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(e.account_id.uuid())
-            .bind(e.at)
-            .bind(Json(&e.actor))
-            .bind(e.entity.clone())
-            .bind(e.action.clone())
-            .bind(e.detail.clone())
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
+            append_audit(&mut tx, e).await?;
         }
         for n in &changes.outbox {
-            sqlx::query(
-                "INSERT INTO outbox (id, dedupe_key, account_id, notice, created_at)
-                 VALUES ($4, $1, $2, $3, $5) ON CONFLICT (dedupe_key) DO NOTHING",
-            )
-            .bind(n.dedupe_key.clone())
-            .bind(n.account_id.uuid())
-            .bind(Json(n))
-            .bind(Uuid::now_v7())
-            .bind(Utc::now())
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
+            queue_notice(&mut tx, n).await?;
         }
         tx.commit().await.map_err(db_err)
     }
@@ -911,14 +985,19 @@ impl Store for SqliteStore {
 
 #[async_trait]
 impl WorkQueue for SqliteStore {
-    async fn plan_run(&self, run: JobRun) -> Result<u64, StoreError> {
+    async fn plan_run(&self, run: JobRun, chunk_size: u32) -> Result<u64, StoreError> {
+        // One statement, and SQLite runs one writer at a time: a second planner finds the run
+        // planned.
         let done = sqlx::query(
-            // `WHERE true` tells SQLite's parser the ON CONFLICT is the upsert clause.
-            "INSERT INTO work_items (job, period, account_id) SELECT $1, $2, id FROM accounts WHERE true
-             ON CONFLICT DO NOTHING",
+            "INSERT INTO work_items (job, period, account_id, last_account_id)
+             SELECT $1, $2, min(id), max(id)
+             FROM (SELECT id, (row_number() OVER (ORDER BY id) - 1) / $3 AS chunk FROM accounts)
+             WHERE NOT EXISTS (SELECT 1 FROM work_items WHERE job = $1 AND period = $2)
+             GROUP BY chunk",
         )
         .bind(run.job)
         .bind(run.period)
+        .bind(i64::from(chunk_size.max(1)))
         .execute(&self.pool)
         .await
         .map_err(db_err)?;
@@ -932,7 +1011,7 @@ impl WorkQueue for SqliteStore {
         limit: u32,
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
-    ) -> Result<Vec<AccountId>, StoreError> {
+    ) -> Result<Vec<WorkChunk>, StoreError> {
         let rows = sqlx::query(
             // One statement: atomic, and SQLite runs one writer at a time.
             "UPDATE work_items SET leased_by = $3, leased_until = $5
@@ -940,7 +1019,7 @@ impl WorkQueue for SqliteStore {
                              WHERE job = $1 AND period = $2 AND finished_at IS NULL
                                AND (leased_until IS NULL OR leased_until <= $4)
                              ORDER BY account_id LIMIT $6)
-             RETURNING account_id",
+             RETURNING account_id, last_account_id",
         )
         .bind(run.job)
         .bind(run.period)
@@ -951,22 +1030,27 @@ impl WorkQueue for SqliteStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db_err)?;
-        let mut ids = rows
+        let mut chunks = rows
             .iter()
-            .map(|r| get(r, "account_id").map(AccountId))
-            .collect::<Result<Vec<_>, _>>()?;
-        ids.sort();
-        Ok(ids)
+            .map(|r| {
+                Ok(WorkChunk {
+                    first: AccountId(get(r, "account_id")?),
+                    last: AccountId(get(r, "last_account_id")?),
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        chunks.sort();
+        Ok(chunks)
     }
 
     async fn finish(
         &self,
         run: JobRun,
-        items: Vec<AccountId>,
+        chunks: Vec<WorkChunk>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(db_err)?;
-        for id in items {
+        for c in chunks {
             sqlx::query(
                 "UPDATE work_items SET finished_at = $3, leased_until = NULL
                  WHERE job = $1 AND period = $2 AND account_id = $4",
@@ -974,7 +1058,7 @@ impl WorkQueue for SqliteStore {
             .bind(run.job.clone())
             .bind(run.period.clone())
             .bind(now)
-            .bind(id.uuid())
+            .bind(c.first.uuid())
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;

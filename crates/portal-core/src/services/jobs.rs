@@ -16,7 +16,7 @@ use crate::money::Money;
 use crate::notice::NoticeBody;
 use crate::payment::{PaymentStatus, PendingStage};
 use crate::plan::PlanStatus;
-use crate::ports::{Changes, JobRun};
+use crate::ports::{Changes, IssuedBills, JobRun, StoreError};
 use chrono::NaiveDate;
 use std::future::Future;
 
@@ -40,156 +40,286 @@ pub struct JobReport {
     pub failures: Vec<(AccountId, String)>,
 }
 
-/// Items claimed at a time.
-const CLAIM_BATCH: u32 = 100;
+impl JobReport {
+    fn add(&mut self, other: JobReport) {
+        self.summary.done += other.summary.done;
+        self.summary.skipped += other.summary.skipped;
+        self.summary.failed += other.summary.failed;
+        self.failures.extend(other.failures);
+    }
+
+    fn record(&mut self, id: AccountId, outcome: Result<u32, ServiceError>) {
+        match outcome {
+            Ok(0) => self.summary.skipped += 1,
+            Ok(n) => self.summary.done += u64::from(n),
+            Err(e) => {
+                self.summary.failed += 1;
+                self.failures.push((id, e.to_string()));
+            }
+        }
+    }
+}
+
+/// Progress of a job run, reported after each chunk of accounts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobProgress {
+    /// Chunks this instance has worked so far in this run.
+    pub chunks_done: u64,
+    /// Chunks in the run (all instances).
+    pub chunks_planned: u64,
+    /// Counts so far, this instance.
+    pub summary: JobSummary,
+}
+
+/// Receives progress of job runs (a progress bar, log lines, nothing).
+pub type ProgressFn = dyn Fn(JobProgress) + Send + Sync;
+
+#[derive(Clone)]
+pub(crate) struct Progress(pub(crate) std::sync::Arc<ProgressFn>);
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Progress")
+    }
+}
 
 impl Portal {
-    /// Runs `work` once for every account, as one run of `job` for `period`: items are claimed in
-    /// batches through the work queue, so several instances share the run and none works an
-    /// item another holds. Failed items stay unfinished and are retried when their lease ends.
-    async fn for_each_account<F, Fut>(
+    /// Runs `work` once for every chunk of accounts, as one run of `job` for `period`: chunks
+    /// are claimed one at a time through the work queue, so several instances share the run
+    /// and none works a chunk another holds. A chunk with a failure stays unfinished and is
+    /// worked again when its lease ends; the work is idempotent, so what succeeded is skipped.
+    async fn for_each_chunk<F, Fut>(
         &self,
         job: &str,
         period: String,
         mut work: F,
     ) -> Result<JobReport, ServiceError>
     where
-        F: FnMut(AccountId) -> Fut,
-        Fut: Future<Output = Result<u32, ServiceError>>,
+        F: FnMut(Vec<AccountId>) -> Fut,
+        Fut: Future<Output = Result<JobReport, ServiceError>>,
     {
         let queue = &self.deps.work;
         let run = JobRun {
             job: job.to_owned(),
             period,
         };
-        queue.plan_run(run.clone()).await?;
+        let planned = queue.plan_run(run.clone(), self.config.job_chunk).await?;
         let mut report = JobReport::default();
+        let mut chunks_done = 0;
         loop {
             let now = self.now();
-            let ids = queue
+            let chunks = queue
                 .claim(
                     run.clone(),
                     self.config.worker_id.clone(),
-                    CLAIM_BATCH,
+                    1,
                     now,
                     now + self.config.job_lease,
                 )
                 .await?;
-            if ids.is_empty() {
+            if chunks.is_empty() {
                 break;
             }
-            let mut finished = Vec::with_capacity(ids.len());
-            for id in ids {
-                match work(id).await {
-                    Ok(n) => {
-                        if n == 0 {
-                            report.summary.skipped += 1;
-                        } else {
-                            report.summary.done += u64::from(n);
-                        }
-                        finished.push(id);
-                    }
-                    Err(e) => {
-                        report.summary.failed += 1;
-                        report.failures.push((id, e.to_string()));
-                    }
+            for chunk in chunks {
+                let ids = self.deps.store.account_ids_in(chunk).await?;
+                let r = work(ids).await?;
+                let clean = r.summary.failed == 0;
+                report.add(r);
+                if clean {
+                    queue.finish(run.clone(), vec![chunk], self.now()).await?;
+                }
+                chunks_done += 1;
+                if let Some(Progress(progress)) = &self.progress {
+                    progress(JobProgress {
+                        chunks_done,
+                        chunks_planned: planned,
+                        summary: report.summary,
+                    });
                 }
             }
-            queue.finish(run.clone(), finished, self.now()).await?;
         }
         Ok(report)
     }
 
-    /// Issues every bill whose issue date has come, for every account.
-    pub async fn run_billing(&self) -> Result<JobReport, ServiceError> {
-        self.for_each_account("billing", self.today().to_string(), |id| {
-            self.bill_account(id)
+    /// Runs `work` once for every account, chunk by chunk (see `for_each_chunk`).
+    async fn for_each_account<F, Fut>(
+        &self,
+        job: &str,
+        period: String,
+        work: F,
+    ) -> Result<JobReport, ServiceError>
+    where
+        F: Fn(AccountId) -> Fut,
+        Fut: Future<Output = Result<u32, ServiceError>>,
+    {
+        let work = &work;
+        self.for_each_chunk(job, period, |ids| async move {
+            let mut report = JobReport::default();
+            for id in ids {
+                report.record(id, work(id).await);
+            }
+            Ok(report)
         })
         .await
     }
 
+    /// Issues every bill whose issue date has come, for every account. A chunk of accounts is
+    /// loaded at once and its new bills written in one transaction; an account whose billing
+    /// also moves money (credit applied to a new bill) or that changed meanwhile is committed
+    /// on its own.
+    pub async fn run_billing(&self) -> Result<JobReport, ServiceError> {
+        self.for_each_chunk("billing", self.today().to_string(), |ids| {
+            self.bill_accounts(ids)
+        })
+        .await
+    }
+
+    /// Bills a chunk of accounts.
+    async fn bill_accounts(&self, ids: Vec<AccountId>) -> Result<JobReport, ServiceError> {
+        let mut report = JobReport::default();
+        let accounts = self.deps.store.load_accounts(ids).await?;
+        let mut batch = Vec::new();
+        let mut on_their_own = Vec::new();
+        for mut account in accounts {
+            let mut changes = Changes::default();
+            let before = account.ledger.bills.len();
+            let issued = self.issue_due_bills(&mut account, &mut changes);
+            if issued == 0 {
+                report.summary.skipped += 1;
+                continue;
+            }
+            let (bills, payments) = account.ledger.changed();
+            let new_bills: Vec<(usize, Bill)> = account
+                .ledger
+                .bills
+                .iter()
+                .enumerate()
+                .skip(before)
+                .map(|(i, b)| (i, b.clone()))
+                .collect();
+            if payments.is_empty() && new_bills.len() == bills.len() {
+                batch.push((
+                    issued,
+                    IssuedBills {
+                        account: account.id,
+                        version: account.version,
+                        bills: new_bills,
+                        audit: changes.audit,
+                        outbox: changes.outbox,
+                    },
+                ));
+            } else {
+                on_their_own.push(account.id);
+            }
+        }
+        let ids: Vec<AccountId> = batch.iter().map(|(_, b)| b.account).collect();
+        let issued: Vec<u32> = batch.iter().map(|(n, _)| *n).collect();
+        match self
+            .deps
+            .store
+            .issue_bills(batch.into_iter().map(|(_, b)| b).collect())
+            .await
+        {
+            Ok(()) => report.summary.done += issued.iter().map(|n| u64::from(*n)).sum::<u64>(),
+            // Someone changed an account meanwhile: bill each on its own, with retries.
+            Err(StoreError::Conflict) => on_their_own.extend(ids),
+            Err(e) => return Err(e.into()),
+        }
+        for id in on_their_own {
+            report.record(id, self.bill_account(id).await);
+        }
+        Ok(report)
+    }
+
     /// Issues the account's due bills; returns how many.
     pub async fn bill_account(&self, id: AccountId) -> Result<u32, ServiceError> {
-        let today = self.today();
-        let now = self.now();
-        let billing = self.config.billing.clone();
         self.update_account(id, |account, changes| {
-            let mut issued = 0u32;
-            let autopay_on = account
-                .current_mandate()
-                .filter(|m| m.status == MandateStatus::Active)
-                .and_then(|m| m.next_debit_on(today));
-            for e in account.enrollments.clone() {
-                if e.termination.is_some() {
-                    continue;
-                }
-                let first_billed = account
-                    .ledger
-                    .bills
-                    .iter()
-                    .any(|b| b.enrollment_id == e.id && b.kind.is_premium());
-                for (i, month) in billing
-                    .months_to_bill(e.coverage_start, e.coverage_end, today)
-                    .into_iter()
-                    .enumerate()
-                {
-                    let exists = account.ledger.bills.iter().any(|b| {
-                        b.enrollment_id == e.id && b.coverage_month == month && b.kind.is_premium()
-                    });
-                    if exists {
-                        continue;
-                    }
-                    let binder = !first_billed && i == 0;
-                    // A bill is never due before it is issued (a household that enrolled late).
-                    let due_date = billing.due_date(month).max(today);
-                    let bill = Bill {
-                        id: BillId(self.deps.ids.new_id()),
-                        enrollment_id: e.id,
-                        kind: if binder {
-                            BillKind::Binder
-                        } else {
-                            BillKind::Premium
-                        },
-                        coverage_month: month,
-                        amount: e.premium_share(),
-                        allocated: Money::ZERO,
-                        transferred: Money::ZERO,
-                        due_date,
-                        issued_on: today,
-                        void: false,
-                        notices: vec![BillNotice::Issued],
-                        late_fee_assessed: false,
-                    };
-                    changes.audit.push(account.audit(
-                        now,
-                        Actor::System {
-                            job: "billing".into(),
-                        },
-                        format!("bill:{}", bill.id),
-                        "bill.issued",
-                        format!(
-                            "{} {} ${} due {}",
-                            e.plan_name, month, bill.amount, due_date
-                        ),
-                    ));
-                    changes.notify([account.notice(
-                        format!("bill-issued:{}:{month}", e.id),
-                        NoticeBody::BillIssued {
-                            coverage_month: month,
-                            plan_name: e.plan_name.clone(),
-                            amount: bill.amount,
-                            due_date,
-                            binder,
-                            autopay_on,
-                        },
-                    )]);
-                    account.ledger.add_bill(bill);
-                    issued += 1;
-                }
-            }
+            let issued = self.issue_due_bills(account, changes);
             Ok((issued > 0).then_some(issued))
         })
         .await
+    }
+
+    /// Adds the bills whose issue date has come to `account`, with their audit entries and
+    /// notices in `changes`; returns how many.
+    fn issue_due_bills(&self, account: &mut Account, changes: &mut Changes) -> u32 {
+        let today = self.today();
+        let now = self.now();
+        let billing = &self.config.billing;
+        let mut issued = 0u32;
+        let autopay_on = account
+            .current_mandate()
+            .filter(|m| m.status == MandateStatus::Active)
+            .and_then(|m| m.next_debit_on(today));
+        for e in account.enrollments.clone() {
+            if e.termination.is_some() {
+                continue;
+            }
+            let first_billed = account
+                .ledger
+                .bills
+                .iter()
+                .any(|b| b.enrollment_id == e.id && b.kind.is_premium());
+            for (i, month) in billing
+                .months_to_bill(e.coverage_start, e.coverage_end, today)
+                .into_iter()
+                .enumerate()
+            {
+                let exists = account.ledger.bills.iter().any(|b| {
+                    b.enrollment_id == e.id && b.coverage_month == month && b.kind.is_premium()
+                });
+                if exists {
+                    continue;
+                }
+                let binder = !first_billed && i == 0;
+                // A bill is never due before it is issued (a household that enrolled late).
+                let due_date = billing.due_date(month).max(today);
+                let bill = Bill {
+                    id: BillId(self.deps.ids.new_id()),
+                    enrollment_id: e.id,
+                    kind: if binder {
+                        BillKind::Binder
+                    } else {
+                        BillKind::Premium
+                    },
+                    coverage_month: month,
+                    amount: e.premium_share(),
+                    allocated: Money::ZERO,
+                    transferred: Money::ZERO,
+                    due_date,
+                    issued_on: today,
+                    void: false,
+                    notices: vec![BillNotice::Issued],
+                    late_fee_assessed: false,
+                };
+                changes.audit.push(account.audit(
+                    now,
+                    Actor::System {
+                        job: "billing".into(),
+                    },
+                    format!("bill:{}", bill.id),
+                    "bill.issued",
+                    format!(
+                        "{} {} ${} due {}",
+                        e.plan_name, month, bill.amount, due_date
+                    ),
+                ));
+                changes.notify([account.notice(
+                    format!("bill-issued:{}:{month}", e.id),
+                    NoticeBody::BillIssued {
+                        coverage_month: month,
+                        plan_name: e.plan_name.clone(),
+                        amount: bill.amount,
+                        due_date,
+                        binder,
+                        autopay_on,
+                    },
+                )]);
+                account.ledger.add_bill(bill);
+                issued += 1;
+            }
+        }
+        issued
     }
 
     /// Sends due-date reminders (by the policy's days before) for bills autopay will not pay.

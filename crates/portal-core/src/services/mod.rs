@@ -13,7 +13,7 @@ mod support;
 
 pub use auth::{LoginOutcome, SessionGrant};
 pub use autopay::{AutopayForm, AutopayPreview};
-pub use jobs::{JobReport, JobSummary};
+pub use jobs::{JobProgress, JobReport, JobSummary, ProgressFn};
 pub use payments::{
     GuestMatch, GuestPayForm, MakePayment, OfflinePaymentForm, PayWith, PaymentPreview,
     PaymentReceipt,
@@ -153,6 +153,8 @@ pub struct PortalConfig {
     /// How long a claimed batch of job items stays with this instance before others may take
     /// it over (a crashed instance's items come back after this).
     pub job_lease: Duration,
+    /// Accounts per work item of a batch job (and per write of the billing run).
+    pub job_chunk: u32,
 }
 
 impl Default for PortalConfig {
@@ -167,6 +169,7 @@ impl Default for PortalConfig {
             reconcile_after: Duration::minutes(10),
             worker_id: "worker".to_owned(),
             job_lease: Duration::minutes(5),
+            job_chunk: 500,
         }
     }
 }
@@ -294,12 +297,23 @@ const MAX_ATTEMPTS: u32 = 8;
 pub struct Portal {
     deps: Deps,
     config: PortalConfig,
+    progress: Option<jobs::Progress>,
 }
 
 impl Portal {
     /// A portal over `deps` with `config`.
     pub fn new(deps: Deps, config: PortalConfig) -> Portal {
-        Portal { deps, config }
+        Portal {
+            deps,
+            config,
+            progress: None,
+        }
+    }
+
+    /// Reports the progress of batch job runs to `progress`, after each chunk of accounts.
+    pub fn with_progress(mut self, progress: Arc<jobs::ProgressFn>) -> Portal {
+        self.progress = Some(jobs::Progress(progress));
+        self
     }
 
     /// The configuration.

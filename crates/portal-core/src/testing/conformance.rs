@@ -33,7 +33,8 @@ use crate::payment::{
 };
 use crate::plan::{PaymentPlan, PlanStatus};
 use crate::ports::{
-    AccountLookup, Changes, JobRun, Outbox, PaymentLookup, Store, StoreError, Unique, WorkQueue,
+    AccountLookup, Changes, IssuedBills, JobRun, Outbox, PaymentLookup, Store, StoreError, Unique,
+    WorkQueue,
 };
 use crate::reference::PaymentReference;
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
@@ -1065,53 +1066,64 @@ pub async fn sessions_tokens_and_throttles(store: &dyn StoreUnderTest, seed: u32
     );
 }
 
-/// Work items are planned once, claimed by one worker at a time, and never again once finished.
+/// Work is planned once as chunks of accounts, each chunk claimed by one worker at a time and
+/// never again once finished, and the chunks cover every account exactly once. (It counts
+/// every account in the store, so it needs a store no other check writes to meanwhile.)
 pub async fn work_is_claimed_once(store: &dyn StoreUnderTest, seed: u32) {
+    let mut ours = Vec::new();
     for n in 0..5 {
         let mut b = bare_account(seed + n);
         b.member = None;
+        ours.push(b.id);
         insert(store, b).await;
     }
+    let everyone = store.account_ids(None, 1_000_000).await.unwrap_or_default();
     let run = JobRun {
         job: format!("conformance-{seed}"),
         period: "2027-01-05".into(),
     };
-    let planned = store.plan_run(run.clone()).await.unwrap_or_default();
-    assert!(planned >= 5);
+    let planned = store.plan_run(run.clone(), 2).await.unwrap_or_default();
     assert_eq!(
-        store.plan_run(run.clone()).await,
+        planned,
+        u64::try_from(everyone.len().div_ceil(2)).unwrap_or(0),
+        "chunks of two accounts"
+    );
+    assert_eq!(
+        store.plan_run(run.clone(), 2).await,
         Ok(0),
         "planning twice adds nothing"
     );
     let now = at(5, 12);
     let lease = now + Duration::minutes(5);
-    let mut all = Vec::new();
     let first = store
-        .claim(run.clone(), "w1".into(), 3, now, lease)
+        .claim(run.clone(), "w1".into(), 2, now, lease)
         .await
         .unwrap_or_default();
-    assert_eq!(first.len(), 3);
+    assert_eq!(first.len(), 2);
     let second = store
         .claim(run.clone(), "w2".into(), 100_000, now, lease)
         .await
         .unwrap_or_default();
     assert!(
-        first.iter().all(|i| !second.contains(i)),
-        "no item is claimed by two workers"
+        first.iter().all(|c| !second.contains(c)),
+        "no chunk is claimed by two workers"
     );
-    all.extend(first.iter().copied());
-    all.extend(second.iter().copied());
-    all.sort();
-    let n_all = all.len();
-    all.dedup();
-    assert_eq!(all.len(), n_all);
-    assert_eq!(u64::try_from(all.len()).unwrap_or(0), planned);
+    let mut covered = Vec::new();
+    for c in first.iter().chain(&second) {
+        assert!(c.first <= c.last);
+        let ids = store.account_ids_in(*c).await.unwrap_or_default();
+        assert!(!ids.is_empty() && ids.len() <= 2, "{c:?} holds {ids:?}");
+        covered.extend(ids);
+    }
+    covered.sort();
+    assert_eq!(covered, everyone, "the chunks cover every account once");
+    assert!(ours.iter().all(|id| covered.contains(id)));
     assert_eq!(
         store.claim(run.clone(), "w3".into(), 100, now, lease).await,
         Ok(vec![])
     );
     assert_eq!(store.finish(run.clone(), second.clone(), now).await, Ok(()));
-    // w1 crashed: after its lease its items come back; finished ones never do.
+    // w1 crashed: after its lease its chunks come back; finished ones never do.
     let later = lease + Duration::seconds(1);
     let mut back = store
         .claim(
@@ -1139,9 +1151,101 @@ pub async fn work_is_claimed_once(store: &dyn StoreUnderTest, seed: u32) {
         period: "2027-01-06".into(),
         ..run
     };
-    assert!(
-        store.plan_run(other_period).await.unwrap_or_default() >= 5,
+    assert_eq!(
+        store.plan_run(other_period, 1000).await,
+        Ok(1),
         "each period is its own run"
+    );
+}
+
+/// Several accounts load at once, in id order, and bills issued to many accounts are written
+/// in one go, checked against each account's version.
+pub async fn bills_are_issued_in_batches(store: &dyn StoreUnderTest, seed: u32) {
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let mut b = bare_account(seed + n);
+        b.member = None;
+        ids.push(b.id);
+        insert(store, b).await;
+    }
+    let mut asked = ids.clone();
+    asked.reverse();
+    asked.push(AccountId(Uuid::from_u128(u128::from(seed) << 64 | 0xdead)));
+    let loaded = store.load_accounts(asked).await.unwrap_or_default();
+    let ids = &ids;
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(
+        loaded.iter().map(|a| a.id).collect::<Vec<_>>(),
+        sorted,
+        "every existing account, in id order; unknown ids left out"
+    );
+    let issue = |a: &Account, m: u32| {
+        let n = ids.iter().position(|x| *x == a.id).unwrap_or(0);
+        let n = u32::try_from(n).unwrap_or(0);
+        let bill = Bill {
+            id: BillId(id(seed + n, 100 + m)),
+            enrollment_id: EnrollmentId(id(seed + n, 2)),
+            kind: BillKind::Premium,
+            coverage_month: month(2027, m),
+            amount: cents(30_000),
+            allocated: Money::ZERO,
+            transferred: Money::ZERO,
+            due_date: date(2027, m - 1, 23),
+            issued_on: date(2027, m - 1, 5),
+            void: false,
+            notices: vec![BillNotice::Issued],
+            late_fee_assessed: false,
+        };
+        IssuedBills {
+            account: a.id,
+            version: a.version,
+            bills: vec![(a.ledger.bills.len(), bill)],
+            audit: vec![audit(a, "bill.issued", 12)],
+            outbox: vec![notice(a, &format!("batch-{seed}-{n}-{m}"))],
+        }
+    };
+    let batch: Vec<IssuedBills> = loaded.iter().map(|a| issue(a, 3)).collect();
+    assert_eq!(store.issue_bills(batch.clone()).await, Ok(()));
+    for (a, b) in loaded.iter().zip(&batch) {
+        let now = load(store, a.id).await;
+        assert_eq!(now.version, a.version + 1);
+        assert_eq!(
+            now.ledger.bills,
+            b.bills.iter().map(|(_, b)| b.clone()).collect::<Vec<_>>()
+        );
+    }
+    let trail = store.audit_trail(sorted.first().copied().unwrap_or(AccountId(Uuid::nil()))).await.unwrap_or_default();
+    assert!(trail.iter().any(|e| e.action == "bill.issued"));
+    let queued = store.pending_messages(10_000).await.unwrap_or_default();
+    for n in 0..3 {
+        let key = format!("batch-{seed}-{n}-3");
+        assert_eq!(
+            queued.iter().filter(|m| m.notice.dedupe_key == key).count(),
+            1,
+            "{key} queued once"
+        );
+    }
+    // The same batch again: every account moved, so nothing is written.
+    assert_eq!(store.issue_bills(batch).await, Err(StoreError::Conflict));
+    // One stale account spoils the batch: the others get nothing either.
+    let fresh = store.load_accounts(ids.clone()).await.unwrap_or_default();
+    let mut mixed: Vec<IssuedBills> = fresh.iter().map(|a| issue(a, 4)).collect();
+    if let Some(m) = mixed.first_mut() {
+        m.version -= 1;
+    }
+    assert_eq!(store.issue_bills(mixed).await, Err(StoreError::Conflict));
+    for a in &fresh {
+        let now = store.load_account(a.id).await.ok().flatten();
+        assert_eq!(now.map(|n| n.version), Some(a.version), "nothing written");
+    }
+    let queued = store.pending_messages(10_000).await.unwrap_or_default();
+    assert!(
+        !queued.iter().any(
+            |m| m.notice.dedupe_key.starts_with(&format!("batch-{seed}-"))
+                && m.notice.dedupe_key.ends_with("-4")
+        ),
+        "no notice of the failed batch"
     );
 }
 
@@ -1164,6 +1268,7 @@ macro_rules! store_conformance_tests {
             lookups_find_accounts_and_payments,
             sessions_tokens_and_throttles,
             work_is_claimed_once,
+            bills_are_issued_in_batches,
         );
     };
     (@each $make:expr; $($check:ident),+ $(,)?) => {

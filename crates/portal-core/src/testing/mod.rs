@@ -14,8 +14,9 @@ use crate::password::Password;
 use crate::payment::DeclineReason;
 use crate::ports::{
     AccountLookup, Changes, ChargeOutcome, ChargeRequest, ChargeStatus, Clock, GatewayError,
-    HashError, IdGenerator, JobRun, Outbox, OutboxMessage, PasswordHasher, PaymentGateway,
-    PaymentLookup, RefundRequest, SealError, SecretSealer, Store, StoreError, Unique, WorkQueue,
+    HashError, IdGenerator, IssuedBills, JobRun, Outbox, OutboxMessage, PasswordHasher,
+    PaymentGateway, PaymentLookup, RefundRequest, SealError, SecretSealer, Store, StoreError,
+    Unique, WorkChunk, WorkQueue,
 };
 use crate::reference::PaymentReference;
 use async_trait::async_trait;
@@ -46,6 +47,7 @@ struct State {
     dedupe: HashSet<String>,
     next_message: u128,
     work: BTreeMap<(String, String, AccountId), WorkItem>,
+    planned: HashSet<(String, String)>,
 }
 
 struct QueuedMessage {
@@ -58,6 +60,7 @@ struct QueuedMessage {
 
 #[derive(Default)]
 struct WorkItem {
+    last: Option<AccountId>,
     leased_until: Option<DateTime<Utc>>,
     finished: bool,
 }
@@ -105,6 +108,27 @@ impl InMemoryStore {
     /// Number of sessions stored.
     pub fn session_count(&self) -> usize {
         lock(&self.state).sessions.len()
+    }
+}
+
+/// Queues a notice unless one with its dedupe key was queued before.
+fn enqueue(s: &mut State, n: Notice) {
+    if s.dedupe.insert(n.dedupe_key.clone()) {
+        s.next_message += 1;
+        let id = MessageId(Uuid::from_u128(s.next_message));
+        let created_at = DateTime::<Utc>::UNIX_EPOCH;
+        s.outbox.push(QueuedMessage {
+            message: OutboxMessage {
+                id,
+                notice: n,
+                created_at,
+                attempts: 0,
+            },
+            due_at: None,
+            leased_until: None,
+            sent: None,
+            dead: false,
+        });
     }
 }
 
@@ -189,6 +213,62 @@ impl Store for InMemoryStore {
 
     async fn login_throttle(&self, key: String) -> Result<Option<LoginThrottle>, StoreError> {
         Ok(lock(&self.state).throttles.get(&key).cloned())
+    }
+
+    async fn load_accounts(&self, ids: Vec<AccountId>) -> Result<Vec<Account>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(a) = self.load_account(id).await? {
+                out.push(a);
+            }
+        }
+        out.sort_by_key(|a| a.id);
+        Ok(out)
+    }
+
+    async fn account_ids_in(&self, chunk: WorkChunk) -> Result<Vec<AccountId>, StoreError> {
+        let s = lock(&self.state);
+        Ok(s.accounts
+            .range(chunk.first..=chunk.last)
+            .map(|(id, _)| *id)
+            .collect())
+    }
+
+    async fn issue_bills(&self, batch: Vec<IssuedBills>) -> Result<(), StoreError> {
+        let mut s = lock(&self.state);
+        for b in &batch {
+            let Some(stored) = s.accounts.get(&b.account) else {
+                return Err(StoreError::Conflict);
+            };
+            if stored.version != b.version {
+                return Err(StoreError::Conflict);
+            }
+            for (_, bill) in &b.bills {
+                if bill.kind.is_premium()
+                    && stored.ledger.bills.iter().any(|o| {
+                        o.kind.is_premium()
+                            && o.enrollment_id == bill.enrollment_id
+                            && o.coverage_month == bill.coverage_month
+                    })
+                {
+                    return Err(StoreError::Duplicate(Unique::Bill));
+                }
+            }
+        }
+        for b in batch {
+            if let Some(a) = s.accounts.get_mut(&b.account) {
+                // Written as they are, as a database would: the job applied any credit.
+                a.ledger
+                    .bills
+                    .extend(b.bills.into_iter().map(|(_, bill)| bill));
+                a.version += 1;
+            }
+            s.audit.extend(b.audit);
+            for n in b.outbox {
+                enqueue(&mut s, n);
+            }
+        }
+        Ok(())
     }
 
     async fn account_ids(
@@ -312,23 +392,7 @@ impl Store for InMemoryStore {
         }
         s.audit.extend(changes.audit);
         for n in changes.outbox {
-            if s.dedupe.insert(n.dedupe_key.clone()) {
-                s.next_message += 1;
-                let id = MessageId(Uuid::from_u128(s.next_message));
-                let created_at = DateTime::<Utc>::UNIX_EPOCH;
-                s.outbox.push(QueuedMessage {
-                    message: OutboxMessage {
-                        id,
-                        notice: n,
-                        created_at,
-                        attempts: 0,
-                    },
-                    due_at: None,
-                    leased_until: None,
-                    sent: None,
-                    dead: false,
-                });
-            }
+            enqueue(&mut s, n);
         }
         Ok(())
     }
@@ -336,14 +400,22 @@ impl Store for InMemoryStore {
 
 #[async_trait]
 impl WorkQueue for InMemoryStore {
-    async fn plan_run(&self, run: JobRun) -> Result<u64, StoreError> {
+    async fn plan_run(&self, run: JobRun, chunk_size: u32) -> Result<u64, StoreError> {
         let mut s = lock(&self.state);
+        if !s.planned.insert((run.job.clone(), run.period.clone())) {
+            return Ok(0);
+        }
         let ids: Vec<AccountId> = s.accounts.keys().copied().collect();
         let mut added = 0;
-        for id in ids {
-            let key = (run.job.clone(), run.period.clone(), id);
-            if let std::collections::btree_map::Entry::Vacant(slot) = s.work.entry(key) {
-                slot.insert(WorkItem::default());
+        for chunk in ids.chunks(chunk_size.max(1) as usize) {
+            if let (Some(first), Some(last)) = (chunk.first(), chunk.last()) {
+                s.work.insert(
+                    (run.job.clone(), run.period.clone(), *first),
+                    WorkItem {
+                        last: Some(*last),
+                        ..WorkItem::default()
+                    },
+                );
                 added += 1;
             }
         }
@@ -357,10 +429,10 @@ impl WorkQueue for InMemoryStore {
         limit: u32,
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
-    ) -> Result<Vec<AccountId>, StoreError> {
+    ) -> Result<Vec<WorkChunk>, StoreError> {
         let mut s = lock(&self.state);
         let mut out = Vec::new();
-        for ((job, period, id), item) in s.work.iter_mut() {
+        for ((job, period, first), item) in s.work.iter_mut() {
             if out.len() >= limit as usize {
                 break;
             }
@@ -370,7 +442,10 @@ impl WorkQueue for InMemoryStore {
                 && item.leased_until.is_none_or(|u| u <= now)
             {
                 item.leased_until = Some(lease_until);
-                out.push(*id);
+                out.push(WorkChunk {
+                    first: *first,
+                    last: item.last.unwrap_or(*first),
+                });
             }
         }
         Ok(out)
@@ -379,12 +454,15 @@ impl WorkQueue for InMemoryStore {
     async fn finish(
         &self,
         run: JobRun,
-        items: Vec<AccountId>,
+        chunks: Vec<WorkChunk>,
         _now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let mut s = lock(&self.state);
-        for id in items {
-            if let Some(item) = s.work.get_mut(&(run.job.clone(), run.period.clone(), id)) {
+        for c in chunks {
+            if let Some(item) = s
+                .work
+                .get_mut(&(run.job.clone(), run.period.clone(), c.first))
+            {
                 item.finished = true;
             }
         }

@@ -99,7 +99,7 @@ async fn fifty_concurrent_payments_with_one_key_make_one_payment() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn four_runners_claim_ten_thousand_items_exactly_once() {
+async fn four_runners_plan_and_claim_ten_thousand_accounts_exactly_once() {
     let Some(pool) = support::pool().await else {
         return;
     };
@@ -119,12 +119,13 @@ async fn four_runners_claim_ten_thousand_items_exactly_once() {
         job: "autopay".into(),
         period: "2027-01-20".into(),
     };
-    assert_eq!(store.plan_run(run.clone()).await.unwrap(), 10_000);
     let runners: Vec<_> = (0..4)
         .map(|w| {
             let store = store.clone();
             let run = run.clone();
             tokio::spawn(async move {
+                // Every runner plans, as every instance does; one of them plans the run.
+                let planned = store.plan_run(run.clone(), 10).await.unwrap();
                 let mut mine: Vec<AccountId> = Vec::new();
                 loop {
                     let now = Utc::now();
@@ -132,35 +133,40 @@ async fn four_runners_claim_ten_thousand_items_exactly_once() {
                         .claim(
                             run.clone(),
                             format!("runner-{w}"),
-                            50,
+                            5,
                             now,
                             now + Duration::minutes(10),
                         )
                         .await
                         .unwrap();
                     if batch.is_empty() {
-                        break mine;
+                        break (planned, mine);
                     }
-                    store.finish(run.clone(), batch.clone(), now).await.unwrap();
-                    mine.extend(batch);
+                    for chunk in &batch {
+                        mine.extend(store.account_ids_in(*chunk).await.unwrap());
+                    }
+                    store.finish(run.clone(), batch, now).await.unwrap();
                 }
             })
         })
         .collect();
     let mut all = Vec::new();
     let mut per_runner = Vec::new();
+    let mut planned = 0;
     for r in runners {
-        let mine = r.await.unwrap();
+        let (p, mine) = r.await.unwrap();
+        planned += p;
         per_runner.push(mine.len());
         all.extend(mine);
     }
+    assert_eq!(planned, 1_000, "planned once, in chunks of ten");
     let distinct: HashSet<_> = all.iter().collect();
     assert_eq!(
         all.len(),
         10_000,
-        "every item claimed once ({per_runner:?})"
+        "every account worked once ({per_runner:?})"
     );
-    assert_eq!(distinct.len(), 10_000, "no item claimed twice");
+    assert_eq!(distinct.len(), 10_000, "no account worked twice");
     assert!(
         per_runner.iter().filter(|n| **n > 0).count() >= 2,
         "the work was shared: {per_runner:?}"

@@ -230,7 +230,7 @@ async fn twenty_concurrent_payments_with_one_key_make_one_payment() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_runners_claim_each_item_once() {
+async fn concurrent_runners_plan_once_and_work_each_account_once() {
     let (pool, _) = crate::pool().await;
     sqlx::query(
         "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)
@@ -247,11 +247,11 @@ async fn concurrent_runners_claim_each_item_once() {
         job: "billing".into(),
         period: "2027-01-05".into(),
     };
-    assert_eq!(store.plan_run(run.clone()).await.unwrap(), 2000);
     let runners: Vec<_> = (0..4)
         .map(|w| {
             let (store, run) = (store.clone(), run.clone());
             tokio::spawn(async move {
+                let planned = store.plan_run(run.clone(), 8).await.unwrap();
                 let mut mine = Vec::new();
                 loop {
                     let now = Utc::now();
@@ -259,25 +259,31 @@ async fn concurrent_runners_claim_each_item_once() {
                         .claim(
                             run.clone(),
                             format!("r{w}"),
-                            25,
+                            3,
                             now,
                             now + Duration::minutes(10),
                         )
                         .await
                         .unwrap();
                     if batch.is_empty() {
-                        break mine;
+                        break (planned, mine);
                     }
-                    store.finish(run.clone(), batch.clone(), now).await.unwrap();
-                    mine.extend(batch);
+                    for chunk in &batch {
+                        mine.extend(store.account_ids_in(*chunk).await.unwrap());
+                    }
+                    store.finish(run.clone(), batch, now).await.unwrap();
                 }
             })
         })
         .collect();
     let mut all = Vec::new();
+    let mut planned = 0;
     for r in runners {
-        all.extend(r.await.unwrap());
+        let (p, mine) = r.await.unwrap();
+        planned += p;
+        all.extend(mine);
     }
+    assert_eq!(planned, 250, "planned once, in chunks of eight");
     let distinct: HashSet<_> = all.iter().collect();
     assert_eq!((all.len(), distinct.len()), (2000, 2000));
 }
