@@ -38,6 +38,10 @@ pub struct Config {
     pub support_email: String,
     /// Seconds between background worker passes. Default 30.
     pub worker_interval_secs: u64,
+    /// Accounts per work item of a batch job: instances claim this many at a time, and the
+    /// billing run writes this many accounts' bills per transaction. Default 500.
+    /// (`PORTAL_JOB_CHUNK`)
+    pub job_chunk: u32,
     /// 64 hex characters sealing SSNs (`PORTAL_SEALING_KEY`, environment only). Without it,
     /// a demo key is generated under `data_dir`.
     pub sealing_key: Option<String>,
@@ -93,6 +97,7 @@ struct FileConfig {
     database_url: Option<String>,
     timezone: Option<String>,
     worker_interval_secs: Option<u64>,
+    job_chunk: Option<u32>,
     secure_cookies: Option<bool>,
     rate_limit_per_minute: Option<u32>,
     gateway: Option<GatewayFile>,
@@ -222,6 +227,15 @@ impl Config {
         if !(1..=86_400).contains(&worker_interval_secs) {
             bail!("worker_interval_secs must be 1 to 86400");
         }
+        let job_chunk = match env("PORTAL_JOB_CHUNK") {
+            Some(v) => v
+                .parse()
+                .context("PORTAL_JOB_CHUNK must be a number of accounts")?,
+            None => file.job_chunk.unwrap_or(500),
+        };
+        if !(1..=10_000).contains(&job_chunk) {
+            bail!("job_chunk must be 1 to 10000");
+        }
         Ok(Config {
             public_url: env("PORTAL_PUBLIC_URL")
                 .or(file.public_url)
@@ -251,6 +265,7 @@ impl Config {
                 .or(support.email)
                 .unwrap_or_else(|| "support@health-connector.example".into()),
             worker_interval_secs,
+            job_chunk,
             sealing_key: env("PORTAL_SEALING_KEY"),
             secure_cookies: env("PORTAL_SECURE_COOKIES")
                 .or(file.secure_cookies.map(|b| b.to_string()))

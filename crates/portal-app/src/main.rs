@@ -8,7 +8,8 @@ use portal_app::wiring::{self, DateClock, SystemClock};
 use portal_app::{demo, redact, shutdown_signal, worker_loop, worker_pass};
 use portal_core::ids::MessageId;
 use portal_core::ports::Clock;
-use portal_core::services::{JobReport, Portal};
+use portal_core::services::{JobProgress, JobReport, Portal};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -255,7 +256,11 @@ async fn job(
 ) -> anyhow::Result<()> {
     let clock = clock_for(config, date);
     let day = clock.today();
-    let app = wiring::build(config, clock, false).await?;
+    let mut app = wiring::build(config, clock, false).await?;
+    app.portal = app
+        .portal
+        .clone()
+        .with_progress(progress_reporter(format!("{name} {day}")));
     let started = Instant::now();
     let report = f(&app.portal)
         .await
@@ -264,8 +269,11 @@ async fn job(
         eprintln!("  failed: account {account}: {why}");
     }
     let s = report.summary;
+    let peak = peak_rss_kib()
+        .map(|k| format!(", peak memory {}.{} MiB", k / 1024, k % 1024 * 10 / 1024))
+        .unwrap_or_default();
     println!(
-        "{name} {day}: {} done, {} skipped, {} failed in {:.1}s",
+        "{name} {day}: {} done, {} skipped, {} failed in {:.1}s{peak}",
         s.done,
         s.skipped,
         s.failed,
@@ -278,4 +286,60 @@ async fn job(
         );
     }
     Ok(())
+}
+
+/// Progress of a job run: a bar redrawn in place on a terminal, a line every few seconds
+/// otherwise (logs, CI, cron mail).
+fn progress_reporter(title: String) -> Arc<portal_core::services::ProgressFn> {
+    let tty = std::io::stderr().is_terminal();
+    let started = Instant::now();
+    let last_line = std::sync::Mutex::new(started);
+    Arc::new(move |p: JobProgress| {
+        let s = p.summary;
+        let secs = started.elapsed().as_secs_f64();
+        let counts = format!(
+            "{} done, {} skipped, {} failed, {secs:.0}s",
+            s.done, s.skipped, s.failed
+        );
+        let of = if p.chunks_planned > 0 {
+            format!("{}/{}", p.chunks_done, p.chunks_planned)
+        } else {
+            p.chunks_done.to_string()
+        };
+        if tty {
+            let width = 30u64;
+            let filled = (p.chunks_done * width)
+                .checked_div(p.chunks_planned)
+                .unwrap_or(0)
+                .min(width);
+            let bar: String = (0..width)
+                .map(|i| if i < filled { '#' } else { '.' })
+                .collect();
+            eprint!("\r{title} [{bar}] {of} chunks, {counts}\x1b[K");
+            if p.chunks_planned > 0 && p.chunks_done >= p.chunks_planned {
+                eprintln!();
+            }
+        } else {
+            let mut last = last_line
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if last.elapsed() >= std::time::Duration::from_secs(5) {
+                *last = Instant::now();
+                eprintln!("{title}: {of} chunks, {counts}");
+            }
+        }
+    })
+}
+
+/// This process's peak resident memory in KiB (Linux), for the job summary.
+fn peak_rss_kib() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u32 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kib)
 }

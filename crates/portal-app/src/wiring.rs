@@ -280,6 +280,7 @@ pub async fn build(
         },
         PortalConfig {
             worker_id: worker_id(),
+            job_chunk: config.job_chunk,
             ..PortalConfig::default()
         },
     );
