@@ -15,6 +15,10 @@ tasks:
          regenerate docs/openapi.json from the route table
   bench-api
          POST /api/v1/payments at 1, 8, 32 clients next to pgbench of the same SQL
+         (needs PORTAL_TEST_DATABASE_URL and pgbench)
+  bench-jobs
+         the billing run for 1,000,000 members and the autopay run for 10,000 mandates on
+         PostgreSQL, next to raw-insert and pgbench baselines, with peak RSS
          (needs PORTAL_TEST_DATABASE_URL and pgbench)";
 
 fn main() -> ExitCode {
@@ -36,6 +40,10 @@ fn main() -> ExitCode {
         Some("bench-api") => step(
             "bench-api",
             &["bench", "-p", "portal-app", "--bench", "api"],
+        ),
+        Some("bench-jobs") => step(
+            "bench-jobs",
+            &["bench", "-p", "portal-app", "--bench", "jobs"],
         ),
         Some("bench-gateway") => step(
             "bench-gateway",

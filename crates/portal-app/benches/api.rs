@@ -26,10 +26,14 @@ use portal_core::password::Password;
 use portal_core::ports::{Changes, PasswordHasher, SecretSealer, Store};
 use portal_crypto::{AesGcmSealer, Argon2Hasher};
 use portal_postgres::PgStore;
-use sqlx::{ConnectOptions, Connection, Executor};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+mod common;
+use common::{
+    LOAD_SQL, Run, WRITE_ACCOUNT_SQL, fresh_database, median, percentile, pgbench_run, rss_kib,
+};
 
 const MEMBERS: usize = 64;
 const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
@@ -39,37 +43,6 @@ const ROUNDS: usize = 3;
 struct Member1 {
     token: String,
     method: String,
-}
-
-fn rss_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    percentile(&v, 0.5)
-}
-
-/// Result of one load run: payments per second, p50 and p99 latency in ms, errors.
-struct Run {
-    tps: f64,
-    p50: f64,
-    p99: f64,
-    errors: usize,
 }
 
 async fn portal_run(
@@ -160,100 +133,13 @@ async fn portal_run(
     }
 }
 
-fn pgbench_run(url: &str, script: &std::path::Path, clients: usize, dir: &std::path::Path) -> Run {
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir).unwrap();
-    let prefix = dir.join("pgb");
-    let out = Command::new("pgbench")
-        .args([
-            "-n",
-            "-M",
-            "prepared",
-            "-c",
-            &clients.to_string(),
-            "-j",
-            &clients.min(2).to_string(),
-            "-T",
-            &SECONDS.to_string(),
-            "-l",
-        ])
-        .arg(format!("--log-prefix={}", prefix.display()))
-        .arg("-f")
-        .arg(script)
-        .arg(url)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .expect("pgbench must be installed");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "pgbench failed: {}\n{}",
-        text,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let tps = text
-        .lines()
-        .find(|l| l.starts_with("tps = "))
-        .and_then(|l| l.split_whitespace().nth(2))
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0);
-    let failed = text
-        .lines()
-        .find(|l| l.contains("number of failed transactions"))
-        .and_then(|l| l.split(':').nth(1))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(0);
-    let mut lat = Vec::new();
-    for f in std::fs::read_dir(dir).unwrap() {
-        for line in std::fs::read_to_string(f.unwrap().path())
-            .unwrap_or_default()
-            .lines()
-        {
-            if let Some(us) = line
-                .split_whitespace()
-                .nth(2)
-                .and_then(|v| v.parse::<f64>().ok())
-            {
-                lat.push(us / 1000.0);
-            }
-        }
-    }
-    lat.sort_by(f64::total_cmp);
-    Run {
-        tps,
-        p50: percentile(&lat, 0.5),
-        p99: percentile(&lat, 0.99),
-        errors: failed,
-    }
-}
-
 /// The SQL one saved-card payment performs in `PgStore`, in order: a load of the account, the
 /// idempotency lookup, a load and a commit creating the payment with its idempotency record and
 /// audit entry, a load and a commit recording the gateway's answer with its audit entry and
 /// outbox notice, and the load for the receipt.
 fn payment_script() -> String {
-    let load = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;
-SELECT a.*, m.username, m.email, m.ssn_digest AS m_ssn_digest, m.ssn_sealed, m.password_hash, m.language, m.email_verified_at, m.email_code, m.password_changed_at, m.created_at AS m_created_at, m.account_id AS member_of FROM accounts a LEFT JOIN members m ON m.account_id = a.id WHERE a.id = :aid;
-SELECT data FROM enrollments WHERE account_id = :aid ORDER BY position;
-SELECT data FROM payment_methods WHERE account_id = :aid ORDER BY position;
-SELECT data FROM mandates WHERE account_id = :aid ORDER BY position;
-SELECT data FROM plans WHERE account_id = :aid ORDER BY position;
-SELECT * FROM bills WHERE account_id = :aid ORDER BY position;
-SELECT al.payment_id, al.bill_id, al.amount_cents FROM allocations al JOIN payments p ON p.id = al.payment_id WHERE p.account_id = :aid ORDER BY al.payment_id, al.position;
-SELECT * FROM payments WHERE account_id = :aid ORDER BY position;
-COMMIT;
-";
-    let write_account = "UPDATE accounts SET version = version + 1, number = number, holder_first_name = holder_first_name, holder_last_name = holder_last_name, holder_search = holder_search, date_of_birth = date_of_birth, ssn_digest = ssn_digest, ssn_last4 = ssn_last4, contact_email = contact_email, reminders = reminders, created_at = created_at WHERE id = :aid;
-INSERT INTO members SELECT * FROM members WHERE account_id = :aid ON CONFLICT (account_id) DO UPDATE SET username = excluded.username, username_key = excluded.username_key, email = excluded.email, email_key = excluded.email_key, ssn_digest = excluded.ssn_digest, ssn_sealed = excluded.ssn_sealed, password_hash = excluded.password_hash, language = excluded.language, email_verified_at = excluded.email_verified_at, email_code = excluded.email_code, password_changed_at = excluded.password_changed_at, created_at = excluded.created_at;
-DELETE FROM enrollments WHERE account_id = :aid AND NOT (id = ANY(ARRAY(SELECT id FROM enrollments WHERE account_id = :aid)));
-INSERT INTO enrollments SELECT * FROM enrollments WHERE account_id = :aid ON CONFLICT (id) DO UPDATE SET position = excluded.position, data = excluded.data WHERE enrollments.account_id = excluded.account_id;
-DELETE FROM payment_methods WHERE account_id = :aid AND NOT (id = ANY(ARRAY(SELECT id FROM payment_methods WHERE account_id = :aid)));
-INSERT INTO payment_methods SELECT * FROM payment_methods WHERE account_id = :aid ON CONFLICT (id) DO UPDATE SET position = excluded.position, data = excluded.data WHERE payment_methods.account_id = excluded.account_id;
-DELETE FROM mandates WHERE account_id = :aid AND NOT (id = ANY(ARRAY(SELECT id FROM mandates WHERE account_id = :aid)));
-DELETE FROM plans WHERE account_id = :aid AND NOT (id = ANY(ARRAY(SELECT id FROM plans WHERE account_id = :aid)));
-";
+    let load = LOAD_SQL;
+    let write_account = WRITE_ACCOUNT_SQL;
     format!(
         "\\set n random(1, {MEMBERS})
 SELECT id AS aid FROM bench_members WHERE n = :n \\gset
@@ -275,23 +161,6 @@ COMMIT;
     )
 }
 
-async fn fresh_database(url: &str) -> String {
-    let opts: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
-    let mut admin = opts.connect().await.unwrap();
-    let name = format!("portal_bench_{}", std::process::id());
-    admin
-        .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
-        .await
-        .unwrap();
-    admin
-        .execute(format!("CREATE DATABASE {name}").as_str())
-        .await
-        .unwrap();
-    admin.close().await.unwrap();
-    let (head, _) = url.rsplit_once('/').unwrap();
-    format!("{head}/{name}")
-}
-
 fn main() {
     let Ok(base_url) = std::env::var("PORTAL_TEST_DATABASE_URL") else {
         eprintln!(
@@ -308,7 +177,7 @@ fn main() {
 }
 
 async fn run(base_url: String) {
-    let url = fresh_database(&base_url).await;
+    let url = fresh_database(&base_url, &format!("portal_bench_{}", std::process::id())).await;
     let pool = portal_postgres::connect(&url, 8).await.unwrap();
     portal_postgres::migrate(&pool).await.unwrap();
     let store = PgStore::new(pool.clone());
@@ -493,6 +362,7 @@ async fn run(base_url: String) {
                 &url,
                 &script,
                 clients,
+                SECONDS,
                 &data.join(format!("pgb-{clients}-{round}")),
             );
             let p = portal_run(&base, &members, clients, &next).await;

@@ -2,15 +2,12 @@
 //! mandate is charged exactly once, as the gateway's own record shows, and a rerun charges
 //! nothing. The gateway is a sandbox in this test process, so its totals are the ground truth.
 
-use chrono::{Days, Utc};
-use portal_core::account::{Account, Holder, LookupDigest, NewAccount};
-use portal_core::calendar::CoverageMonth;
-use portal_core::enrollment::{CoverageKind, Enrollment};
-use portal_core::identity::{AccountNumber, Email, PersonName};
-use portal_core::ids::{AccountId, EnrollmentId, MandateId, MethodId};
-use portal_core::instrument::{CardBrand, CardExpiry, GatewayToken, MethodDetails, PaymentMethod};
-use portal_core::mandate::{AmountRule, Consent, ConsentSource, Frequency, Mandate, MandateTerms};
-use portal_core::money::Money;
+#[path = "../../benches/common/mod.rs"]
+mod common;
+
+use chrono::Utc;
+use common::mandated_account;
+use portal_core::instrument::GatewayToken;
 use portal_core::ports::{Changes, Outbox, Store};
 use portal_postgres::PgStore;
 use std::process::Command;
@@ -18,74 +15,6 @@ use std::sync::Arc;
 
 const MEMBERS: u32 = 2000;
 const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
-
-fn account(n: u32, token: &GatewayToken, debit_day: chrono::NaiveDate) -> Account {
-    let id = AccountId(uuid::Uuid::now_v7());
-    let enrollment = Enrollment::new(
-        EnrollmentId(uuid::Uuid::now_v7()),
-        CoverageKind::Health,
-        "Plan",
-        Money::from_cents(30_000),
-        Money::ZERO,
-        CoverageMonth::of(debit_day),
-    )
-    .unwrap();
-    let mut a = Account::open(
-        id,
-        NewAccount {
-            number: AccountNumber::parse(&format!("HC{n:08}")).unwrap(),
-            holder: Holder {
-                first_name: PersonName::parse("Ana").unwrap(),
-                last_name: PersonName::parse("Silva").unwrap(),
-                date_of_birth: chrono::NaiveDate::from_ymd_opt(1980, 1, 1).unwrap(),
-                ssn_digest: LookupDigest(format!("digest-{n}")),
-                ssn_last4: "0001".into(),
-            },
-            contact_email: Some(Email::parse(&format!("member{n}@example.com")).unwrap()),
-            enrollments: vec![enrollment],
-        },
-        Utc::now(),
-    );
-    let method = PaymentMethod {
-        id: MethodId(uuid::Uuid::now_v7()),
-        account_id: id,
-        token: token.clone(),
-        details: MethodDetails::Card {
-            brand: CardBrand::Visa,
-            last4: "4242".into(),
-            expiry: CardExpiry {
-                month: 12,
-                year: 2034,
-            },
-        },
-        added_at: Utc::now(),
-        removed_at: None,
-    };
-    let mut mandate = Mandate::new(
-        MandateId(uuid::Uuid::now_v7()),
-        id,
-        MandateTerms {
-            method_id: method.id,
-            amount_rule: AmountRule::Fixed {
-                amount: Money::from_cents(5_000),
-            },
-            cap: None,
-            frequency: Frequency::Monthly,
-            start_date: debit_day,
-        },
-        Consent {
-            text: "I authorize".into(),
-            accepted_at: Utc::now(),
-            source: ConsentSource::Web,
-        },
-    )
-    .unwrap();
-    // The pre-debit notice went out three days ago, so today is the debit.
-    mandate.record_notice(0, Money::from_cents(5_000), debit_day - Days::new(3));
-    a.methods.push(method);
-    a.mandates.push(mandate);
-    a
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_worker_processes_charge_each_mandate_exactly_once() {
@@ -128,7 +57,7 @@ async fn three_worker_processes_charge_each_mandate_exactly_once() {
         seeders.push(tokio::spawn(async move {
             for n in (chunk..MEMBERS).step_by(8) {
                 store
-                    .commit(Changes::account(account(n, &token, today)))
+                    .commit(Changes::account(mandated_account(n, &token, today)))
                     .await
                     .unwrap();
             }
@@ -150,6 +79,8 @@ async fn three_worker_processes_charge_each_mandate_exactly_once() {
                     .env("PORTAL_WEBHOOK_SECRET", "whsec_sandbox")
                     .env("PORTAL_SEALING_KEY", KEY)
                     .env("PORTAL_DATA_DIR", &data)
+                    // Forty chunks, so the three processes share the run.
+                    .env("PORTAL_JOB_CHUNK", "50")
                     .env("RUST_LOG", "warn")
                     .spawn()
                     .unwrap()

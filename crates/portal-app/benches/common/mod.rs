@@ -1,0 +1,243 @@
+//! What the benchmarks (and the multi-process test) share: sample accounts, pgbench runs, the
+//! SQL `PgStore` performs, RSS, statistics.
+
+// A measuring tool: it may fail loudly, and its timing statistics are floats (money never is).
+#![allow(
+    clippy::float_arithmetic,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    dead_code
+)]
+
+use chrono::{Days, Utc};
+use portal_core::account::{Account, Holder, LookupDigest, NewAccount};
+use portal_core::calendar::CoverageMonth;
+use portal_core::enrollment::{CoverageKind, Enrollment};
+use portal_core::identity::{AccountNumber, Email, PersonName};
+use portal_core::ids::{AccountId, EnrollmentId, MandateId, MethodId};
+use portal_core::instrument::{CardBrand, CardExpiry, GatewayToken, MethodDetails, PaymentMethod};
+use portal_core::mandate::{AmountRule, Consent, ConsentSource, Frequency, Mandate, MandateTerms};
+use portal_core::money::Money;
+use sqlx::{ConnectOptions, Connection, Executor};
+use std::process::{Command, Stdio};
+
+/// How `PgStore` loads one account (`load_accounts` with one id), for pgbench scripts with
+/// the account's id in `:aid`.
+pub const LOAD_SQL: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;
+SELECT a.*, m.username, m.email, m.ssn_digest AS m_ssn_digest, m.ssn_sealed, m.password_hash, m.language, m.email_verified_at, m.email_code, m.password_changed_at, m.created_at AS m_created_at, m.account_id AS member_of FROM accounts a LEFT JOIN members m ON m.account_id = a.id WHERE a.id = ANY(ARRAY[:aid]::uuid[]) ORDER BY a.id;
+SELECT account_id, data FROM enrollments WHERE account_id = ANY(ARRAY[:aid]::uuid[]) ORDER BY account_id, position;
+SELECT account_id, data FROM payment_methods WHERE account_id = ANY(ARRAY[:aid]::uuid[]) ORDER BY account_id, position;
+SELECT account_id, data FROM mandates WHERE account_id = ANY(ARRAY[:aid]::uuid[]) ORDER BY account_id, position;
+SELECT account_id, data FROM plans WHERE account_id = ANY(ARRAY[:aid]::uuid[]) ORDER BY account_id, position;
+SELECT * FROM bills WHERE account_id = ANY(ARRAY[:aid]::uuid[]) ORDER BY account_id, position;
+SELECT al.payment_id, al.bill_id, al.amount_cents FROM allocations al JOIN payments p ON p.id = al.payment_id WHERE p.account_id = ANY(ARRAY[:aid]::uuid[]) ORDER BY al.payment_id, al.position;
+SELECT * FROM payments WHERE account_id = ANY(ARRAY[:aid]::uuid[]) ORDER BY account_id, position;
+COMMIT;
+";
+
+/// How `PgStore` writes an account's header and small collections in a commit.
+pub const WRITE_ACCOUNT_SQL: &str = "UPDATE accounts SET version = version + 1, number = number, holder_first_name = holder_first_name, holder_last_name = holder_last_name, holder_search = holder_search, date_of_birth = date_of_birth, ssn_digest = ssn_digest, ssn_last4 = ssn_last4, contact_email = contact_email, reminders = reminders, created_at = created_at WHERE id = :aid;
+INSERT INTO members SELECT * FROM members WHERE account_id = :aid ON CONFLICT (account_id) DO UPDATE SET username = excluded.username, username_key = excluded.username_key, email = excluded.email, email_key = excluded.email_key, ssn_digest = excluded.ssn_digest, ssn_sealed = excluded.ssn_sealed, password_hash = excluded.password_hash, language = excluded.language, email_verified_at = excluded.email_verified_at, email_code = excluded.email_code, password_changed_at = excluded.password_changed_at, created_at = excluded.created_at;
+DELETE FROM enrollments WHERE account_id = :aid AND NOT (id = ANY(ARRAY(SELECT id FROM enrollments WHERE account_id = :aid)));
+INSERT INTO enrollments SELECT * FROM enrollments WHERE account_id = :aid ON CONFLICT (id) DO UPDATE SET position = excluded.position, data = excluded.data WHERE enrollments.account_id = excluded.account_id;
+DELETE FROM payment_methods WHERE account_id = :aid AND NOT (id = ANY(ARRAY(SELECT id FROM payment_methods WHERE account_id = :aid)));
+INSERT INTO payment_methods SELECT * FROM payment_methods WHERE account_id = :aid ON CONFLICT (id) DO UPDATE SET position = excluded.position, data = excluded.data WHERE payment_methods.account_id = excluded.account_id;
+DELETE FROM mandates WHERE account_id = :aid AND NOT (id = ANY(ARRAY(SELECT id FROM mandates WHERE account_id = :aid)));
+DELETE FROM plans WHERE account_id = :aid AND NOT (id = ANY(ARRAY(SELECT id FROM plans WHERE account_id = :aid)));
+";
+
+pub fn rss_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    percentile(&v, 0.5)
+}
+
+/// Result of one load run: operations per second, p50 and p99 latency in ms, errors.
+pub struct Run {
+    pub tps: f64,
+    pub p50: f64,
+    pub p99: f64,
+    pub errors: usize,
+}
+
+/// pgbench of `script` with `clients` clients for `seconds`, prepared statements.
+pub fn pgbench_run(
+    url: &str,
+    script: &std::path::Path,
+    clients: usize,
+    seconds: u64,
+    dir: &std::path::Path,
+) -> Run {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).unwrap();
+    let prefix = dir.join("pgb");
+    let out = Command::new("pgbench")
+        .args([
+            "-n",
+            "-M",
+            "prepared",
+            "-c",
+            &clients.to_string(),
+            "-j",
+            &clients.min(2).to_string(),
+            "-T",
+            &seconds.to_string(),
+            "-l",
+        ])
+        .arg(format!("--log-prefix={}", prefix.display()))
+        .arg("-f")
+        .arg(script)
+        .arg(url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("pgbench must be installed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "pgbench failed: {}\n{}",
+        text,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tps = text
+        .lines()
+        .find(|l| l.starts_with("tps = "))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    let failed = text
+        .lines()
+        .find(|l| l.contains("number of failed transactions"))
+        .and_then(|l| l.split(':').nth(1))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut lat = Vec::new();
+    for f in std::fs::read_dir(dir).unwrap() {
+        for line in std::fs::read_to_string(f.unwrap().path())
+            .unwrap_or_default()
+            .lines()
+        {
+            if let Some(us) = line
+                .split_whitespace()
+                .nth(2)
+                .and_then(|v| v.parse::<f64>().ok())
+            {
+                lat.push(us / 1000.0);
+            }
+        }
+    }
+    lat.sort_by(f64::total_cmp);
+    Run {
+        tps,
+        p50: percentile(&lat, 0.5),
+        p99: percentile(&lat, 0.99),
+        errors: failed,
+    }
+}
+
+/// A new, empty database on the server of `url`, named `name`; returns its URL.
+pub async fn fresh_database(url: &str, name: &str) -> String {
+    let opts: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
+    let mut admin = opts.connect().await.unwrap();
+    admin
+        .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+        .await
+        .unwrap();
+    admin
+        .execute(format!("CREATE DATABASE {name}").as_str())
+        .await
+        .unwrap();
+    admin.close().await.unwrap();
+    let (head, _) = url.rsplit_once('/').unwrap();
+    format!("{head}/{name}")
+}
+
+/// Account `n` with a card and a monthly mandate of $50 whose debit falls on `debit_day`
+/// (its pre-debit notice already sent).
+pub fn mandated_account(n: u32, token: &GatewayToken, debit_day: chrono::NaiveDate) -> Account {
+    let id = AccountId(uuid::Uuid::now_v7());
+    let enrollment = Enrollment::new(
+        EnrollmentId(uuid::Uuid::now_v7()),
+        CoverageKind::Health,
+        "Plan",
+        Money::from_cents(30_000),
+        Money::ZERO,
+        CoverageMonth::of(debit_day),
+    )
+    .unwrap();
+    let mut a = Account::open(
+        id,
+        NewAccount {
+            number: AccountNumber::parse(&format!("HC{n:08}")).unwrap(),
+            holder: Holder {
+                first_name: PersonName::parse("Ana").unwrap(),
+                last_name: PersonName::parse("Silva").unwrap(),
+                date_of_birth: chrono::NaiveDate::from_ymd_opt(1980, 1, 1).unwrap(),
+                ssn_digest: LookupDigest(format!("digest-{n}")),
+                ssn_last4: "0001".into(),
+            },
+            contact_email: Some(Email::parse(&format!("member{n}@example.com")).unwrap()),
+            enrollments: vec![enrollment],
+        },
+        Utc::now(),
+    );
+    let method = PaymentMethod {
+        id: MethodId(uuid::Uuid::now_v7()),
+        account_id: id,
+        token: token.clone(),
+        details: MethodDetails::Card {
+            brand: CardBrand::Visa,
+            last4: "4242".into(),
+            expiry: CardExpiry {
+                month: 12,
+                year: 2034,
+            },
+        },
+        added_at: Utc::now(),
+        removed_at: None,
+    };
+    let mut mandate = Mandate::new(
+        MandateId(uuid::Uuid::now_v7()),
+        id,
+        MandateTerms {
+            method_id: method.id,
+            amount_rule: AmountRule::Fixed {
+                amount: Money::from_cents(5_000),
+            },
+            cap: None,
+            frequency: Frequency::Monthly,
+            start_date: debit_day,
+        },
+        Consent {
+            text: "I authorize".into(),
+            accepted_at: Utc::now(),
+            source: ConsentSource::Web,
+        },
+    )
+    .unwrap();
+    // The pre-debit notice went out three days ago, so today is the debit.
+    mandate.record_notice(0, Money::from_cents(5_000), debit_day - Days::new(3));
+    a.methods.push(method);
+    a.mandates.push(mandate);
+    a
+}
