@@ -42,6 +42,9 @@ pub struct Config {
     /// billing run writes this many accounts' bills per transaction. Default 500.
     /// (`PORTAL_JOB_CHUNK`)
     pub job_chunk: u32,
+    /// Seconds a claimed chunk stays with an instance before others may take it over (how
+    /// soon a crashed instance's work is picked up). Default 300. (`PORTAL_JOB_LEASE_SECS`)
+    pub job_lease_secs: u32,
     /// 64 hex characters sealing SSNs (`PORTAL_SEALING_KEY`, environment only). Without it,
     /// a demo key is generated under `data_dir`.
     pub sealing_key: Option<String>,
@@ -98,6 +101,7 @@ struct FileConfig {
     timezone: Option<String>,
     worker_interval_secs: Option<u64>,
     job_chunk: Option<u32>,
+    job_lease_secs: Option<u32>,
     secure_cookies: Option<bool>,
     rate_limit_per_minute: Option<u32>,
     gateway: Option<GatewayFile>,
@@ -236,6 +240,15 @@ impl Config {
         if !(1..=10_000).contains(&job_chunk) {
             bail!("job_chunk must be 1 to 10000");
         }
+        let job_lease_secs = match env("PORTAL_JOB_LEASE_SECS") {
+            Some(v) => v
+                .parse()
+                .context("PORTAL_JOB_LEASE_SECS must be a number of seconds")?,
+            None => file.job_lease_secs.unwrap_or(300),
+        };
+        if !(1..=86_400).contains(&job_lease_secs) {
+            bail!("job_lease_secs must be 1 to 86400");
+        }
         Ok(Config {
             public_url: env("PORTAL_PUBLIC_URL")
                 .or(file.public_url)
@@ -266,6 +279,7 @@ impl Config {
                 .unwrap_or_else(|| "support@health-connector.example".into()),
             worker_interval_secs,
             job_chunk,
+            job_lease_secs,
             sealing_key: env("PORTAL_SEALING_KEY"),
             secure_cookies: env("PORTAL_SECURE_COOKIES")
                 .or(file.secure_cookies.map(|b| b.to_string()))

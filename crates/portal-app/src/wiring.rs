@@ -281,6 +281,7 @@ pub async fn build(
         PortalConfig {
             worker_id: worker_id(),
             job_chunk: config.job_chunk,
+            job_lease: chrono::Duration::seconds(i64::from(config.job_lease_secs)),
             ..PortalConfig::default()
         },
     );

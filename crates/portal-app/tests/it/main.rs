@@ -9,6 +9,9 @@
 //! The portal over real HTTP, started through the same `portal_app::start` that `serve` uses,
 //! on SQLite and (with `PORTAL_TEST_DATABASE_URL`) on PostgreSQL.
 
+#[path = "../../benches/common/mod.rs"]
+mod common;
+mod jobs;
 mod journeys;
 mod logs;
 mod processes;

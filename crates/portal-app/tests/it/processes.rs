@@ -2,11 +2,8 @@
 //! mandate is charged exactly once, as the gateway's own record shows, and a rerun charges
 //! nothing. The gateway is a sandbox in this test process, so its totals are the ground truth.
 
-#[path = "../../benches/common/mod.rs"]
-mod common;
-
+use crate::common::mandated_account;
 use chrono::Utc;
-use common::mandated_account;
 use portal_core::instrument::GatewayToken;
 use portal_core::ports::{Changes, Outbox, Store};
 use portal_postgres::PgStore;

@@ -1215,7 +1215,10 @@ pub async fn bills_are_issued_in_batches(store: &dyn StoreUnderTest, seed: u32) 
             b.bills.iter().map(|(_, b)| b.clone()).collect::<Vec<_>>()
         );
     }
-    let trail = store.audit_trail(sorted.first().copied().unwrap_or(AccountId(Uuid::nil()))).await.unwrap_or_default();
+    let trail = store
+        .audit_trail(sorted.first().copied().unwrap_or(AccountId(Uuid::nil())))
+        .await
+        .unwrap_or_default();
     assert!(trail.iter().any(|e| e.action == "bill.issued"));
     let queued = store.pending_messages(10_000).await.unwrap_or_default();
     for n in 0..3 {
