@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod demo;
+pub mod simulate;
 pub mod wiring;
 
 use anyhow::Context;
@@ -65,10 +66,9 @@ pub async fn worker_pass(app: &App) {
         Ok(_) => {}
         Err(e) => tracing::error!(job = name, error = %e, "job pass failed"),
     };
-    log("billing", p.run_billing().await);
-    log("reminders", p.run_reminders().await);
-    log("autopay", p.run_autopay().await);
-    log("delinquency", p.run_delinquency().await);
+    // Billing, reminders, autopay, delinquency and reconciliation, once a day per account;
+    // reconciliation again on every pass for payments whose outcome is still unknown.
+    log("daily", p.run_daily().await);
     log("reconciliation", p.run_reconciliation().await);
     match app.outbox.run_once().await {
         Ok(r) if r.sent + r.retried + r.parked > 0 => tracing::info!(

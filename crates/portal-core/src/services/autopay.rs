@@ -282,10 +282,17 @@ impl Portal {
     /// mandate period. Safe to rerun and to run concurrently: the debit's payment is created
     /// with a per-period idempotency record before the gateway is called.
     pub(crate) async fn autopay_account(&self, account_id: AccountId) -> Result<u32, ServiceError> {
+        let account = self.account(account_id).await?;
+        self.autopay_loaded(account).await
+    }
+
+    /// [`Portal::autopay_account`] deciding from an account already loaded (with its chunk);
+    /// every change still goes through a fresh load and a version-checked commit.
+    pub(crate) async fn autopay_loaded(&self, account: Account) -> Result<u32, ServiceError> {
+        let account_id = account.id;
         let today = self.today();
         let now = self.now();
         let policy = self.config.autopay;
-        let account = self.account(account_id).await?;
         let Some(mandate) = account.current_mandate().cloned() else {
             return Ok(0);
         };

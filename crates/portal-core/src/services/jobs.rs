@@ -141,26 +141,45 @@ impl Portal {
         Ok(report)
     }
 
-    /// Runs `work` once for every account, chunk by chunk (see `for_each_chunk`).
-    async fn for_each_account<F, Fut>(
+    /// Runs `work` once for every account, chunk by chunk (see `for_each_chunk`), each chunk
+    /// loaded at once: `work` decides from the loaded account and writes through
+    /// `update_account` (a fresh load and a version-checked commit) only when there is work.
+    async fn for_each_loaded<F, Fut>(
         &self,
         job: &str,
         period: String,
         work: F,
     ) -> Result<JobReport, ServiceError>
     where
-        F: Fn(AccountId) -> Fut,
+        F: Fn(Account) -> Fut,
         Fut: Future<Output = Result<u32, ServiceError>>,
     {
         let work = &work;
         self.for_each_chunk(job, period, |ids| async move {
             let mut report = JobReport::default();
-            for id in ids {
-                report.record(id, work(id).await);
+            for account in self.deps.store.load_accounts(ids).await? {
+                let id = account.id;
+                report.record(id, work(account).await);
             }
             Ok(report)
         })
         .await
+    }
+
+    /// Applies `change` to an account: when it finds nothing to do on the loaded copy, the
+    /// account is skipped without a write; otherwise the change is made by `update_account`.
+    async fn change_if_needed<F>(
+        &self,
+        mut account: Account,
+        mut change: F,
+    ) -> Result<u32, ServiceError>
+    where
+        F: FnMut(&mut Account, &mut Changes) -> Result<Option<u32>, ServiceError>,
+    {
+        if change(&mut account, &mut Changes::default())?.is_none() {
+            return Ok(0);
+        }
+        self.update_account(account.id, change).await
     }
 
     /// Issues every bill whose issue date has come, for every account. A chunk of accounts is
@@ -176,8 +195,16 @@ impl Portal {
 
     /// Bills a chunk of accounts.
     async fn bill_accounts(&self, ids: Vec<AccountId>) -> Result<JobReport, ServiceError> {
-        let mut report = JobReport::default();
         let accounts = self.deps.store.load_accounts(ids).await?;
+        Ok(self.bill_loaded(accounts).await?.0)
+    }
+
+    /// Bills accounts loaded together; also returns the ids of those that got bills.
+    async fn bill_loaded(
+        &self,
+        accounts: Vec<Account>,
+    ) -> Result<(JobReport, Vec<AccountId>), ServiceError> {
+        let mut report = JobReport::default();
         let mut batch = Vec::new();
         let mut on_their_own = Vec::new();
         for mut account in accounts {
@@ -214,21 +241,30 @@ impl Portal {
         }
         let ids: Vec<AccountId> = batch.iter().map(|(_, b)| b.account).collect();
         let issued: Vec<u32> = batch.iter().map(|(n, _)| *n).collect();
+        let mut billed = Vec::new();
         match self
             .deps
             .store
             .issue_bills(batch.into_iter().map(|(_, b)| b).collect())
             .await
         {
-            Ok(()) => report.summary.done += issued.iter().map(|n| u64::from(*n)).sum::<u64>(),
+            Ok(()) => {
+                report.summary.done += issued.iter().map(|n| u64::from(*n)).sum::<u64>();
+                billed.extend(ids);
+            }
             // Someone changed an account meanwhile: bill each on its own, with retries.
             Err(StoreError::Conflict) => on_their_own.extend(ids),
             Err(e) => return Err(e.into()),
         }
         for id in on_their_own {
-            report.record(id, self.bill_account(id).await);
+            let outcome = self.bill_account(id).await;
+            if matches!(outcome, Ok(n) if n > 0) {
+                billed.push(id);
+            }
+            report.record(id, outcome);
         }
-        Ok(report)
+        billed.sort();
+        Ok((report, billed))
     }
 
     /// Issues the account's due bills; returns how many.
@@ -324,17 +360,26 @@ impl Portal {
 
     /// Sends due-date reminders (by the policy's days before) for bills autopay will not pay.
     pub async fn run_reminders(&self) -> Result<JobReport, ServiceError> {
-        self.for_each_account("reminders", self.today().to_string(), |id| {
-            self.remind_account(id)
+        self.for_each_loaded("reminders", self.today().to_string(), |a| {
+            self.change_if_needed(a, |a, c| self.reminders_of(a, c))
         })
         .await
     }
 
     /// The reminders of one account.
     pub async fn remind_account(&self, id: AccountId) -> Result<u32, ServiceError> {
+        self.update_account(id, |a, c| self.reminders_of(a, c))
+            .await
+    }
+
+    fn reminders_of(
+        &self,
+        account: &mut Account,
+        changes: &mut Changes,
+    ) -> Result<Option<u32>, ServiceError> {
         let today = self.today();
-        let days = self.config.billing.reminder_days().to_vec();
-        self.update_account(id, |account, changes| {
+        let days = self.config.billing.reminder_days();
+        {
             if !account.reminders.due_date_reminders || account.recipient().is_none() {
                 return Ok(None);
             }
@@ -389,23 +434,20 @@ impl Portal {
                 sent += 1;
             }
             Ok((sent > 0).then_some(sent))
-        })
-        .await
+        }
     }
 
     /// Runs autopay for every account: pre-debit notices and debits due today.
     pub async fn run_autopay(&self) -> Result<JobReport, ServiceError> {
-        self.for_each_account("autopay", self.today().to_string(), |id| async move {
-            let mut n = 0;
+        self.for_each_loaded("autopay", self.today().to_string(), |a| async move {
+            let id = a.id;
+            let n = self.autopay_loaded(a).await?;
             // A notice and a debit can both fall due on one day (catching up).
-            for _ in 0..2 {
-                let step = self.autopay_account(id).await?;
-                if step == 0 {
-                    break;
-                }
-                n += step;
-            }
-            Ok(n)
+            Ok(if n == 0 {
+                0
+            } else {
+                n + self.autopay_account(id).await?
+            })
         })
         .await
     }
@@ -413,29 +455,38 @@ impl Portal {
     /// Applies delinquency for every account: notices, late fees, missed installments,
     /// terminations, and reinstatements that payments made possible.
     pub async fn run_delinquency(&self) -> Result<JobReport, ServiceError> {
-        self.for_each_account("delinquency", self.today().to_string(), |id| {
-            self.delinquency_account(id)
+        self.for_each_loaded("delinquency", self.today().to_string(), |a| {
+            self.change_if_needed(a, |a, c| self.delinquency_of(a, c))
         })
         .await
     }
 
     /// Delinquency for one account.
     pub async fn delinquency_account(&self, id: AccountId) -> Result<u32, ServiceError> {
+        self.update_account(id, |a, c| self.delinquency_of(a, c))
+            .await
+    }
+
+    fn delinquency_of(
+        &self,
+        account: &mut Account,
+        changes: &mut Changes,
+    ) -> Result<Option<u32>, ServiceError> {
         let today = self.today();
         let now = self.now();
-        let policy = self.config.delinquency.clone();
+        let policy = &self.config.delinquency;
         let actor = Actor::System {
             job: "delinquency".into(),
         };
-        self.update_account(id, |account, changes| {
+        {
             let mut steps = 0u32;
             steps += default_missed_plans(account, changes, today, &actor, now);
-            steps += assess_late_fees(account, changes, &policy, today, &actor, now, &mut || {
+            steps += assess_late_fees(account, changes, policy, today, &actor, now, &mut || {
                 BillId(self.deps.ids.new_id())
             });
             for e in account.enrollments.clone() {
                 let bills = account.bills_of(e.id);
-                let status = delinquency::coverage_status(&e, &bills, &policy, today);
+                let status = delinquency::coverage_status(&e, &bills, policy, today);
                 let first_unpaid = bills
                     .iter()
                     .filter(|b| {
@@ -490,7 +541,7 @@ impl Portal {
                         steps += 1;
                     }
                     Some(DelinquencyStep::Terminate { grace }) => {
-                        let until = delinquency::reinstatable_until(today, &policy);
+                        let until = delinquency::reinstatable_until(today, policy);
                         let effective_month = CoverageMonth::of(grace.termination_effective);
                         if let Some(en) = account.enrollments.iter_mut().find(|x| x.id == e.id) {
                             en.termination = Some(Termination {
@@ -553,46 +604,105 @@ impl Portal {
                 }
             }
             Ok((steps > 0).then_some(steps))
-        })
-        .await
+        }
     }
 
     /// Resolves payments whose gateway outcome is unknown and bank transfers whose settlement
     /// webhook is late, by asking the gateway.
     pub async fn run_reconciliation(&self) -> Result<JobReport, ServiceError> {
+        self.for_each_loaded(
+            "reconciliation",
+            self.now().format("%Y-%m-%dT%H:%M").to_string(),
+            |account| self.reconcile_loaded(account),
+        )
+        .await
+    }
+
+    /// Reconciliation of one loaded account.
+    async fn reconcile_loaded(&self, account: Account) -> Result<u32, ServiceError> {
         let today = self.today();
         let now = self.now();
         let after = self.config.reconcile_after;
-        self.for_each_account(
-            "reconciliation",
-            now.format("%Y-%m-%dT%H:%M").to_string(),
-            |id| async move {
-                let account = self.account(id).await?;
-                let due: Vec<_> = account
-                    .ledger
-                    .payments
-                    .iter()
-                    .filter(|p| match p.status {
-                        PaymentStatus::Pending {
-                            stage: PendingStage::Submitted,
-                        } => now - p.initiated_at > after,
-                        PaymentStatus::Pending {
-                            stage: PendingStage::Processing,
-                        } => p.expected_settlement.is_some_and(|d| d < today),
-                        _ => false,
-                    })
-                    .map(|p| p.id)
-                    .collect();
-                let mut n = 0;
-                for pid in due {
-                    if self.reconcile_payment(id, pid).await? {
-                        n += 1;
-                    }
+        let id = account.id;
+        let due: Vec<_> = account
+            .ledger
+            .payments
+            .iter()
+            .filter(|p| match p.status {
+                PaymentStatus::Pending {
+                    stage: PendingStage::Submitted,
+                } => now - p.initiated_at > after,
+                PaymentStatus::Pending {
+                    stage: PendingStage::Processing,
+                } => p.expected_settlement.is_some_and(|d| d < today),
+                _ => false,
+            })
+            .map(|p| p.id)
+            .collect();
+        let mut n = 0;
+        for pid in due {
+            if self.reconcile_payment(id, pid).await? {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Every daily job for each account in one pass over the accounts, as the worker runs
+    /// them: a chunk is loaded once, its bills are written together, then each account has its
+    /// reminders, automatic payment, delinquency and reconciliation done in that order (the
+    /// account reloaded only after a step changed it). One work run per date, so a pass that
+    /// finished the date does nothing more that day. The per-job runs stay for operators.
+    pub async fn run_daily(&self) -> Result<JobReport, ServiceError> {
+        self.for_each_chunk("daily", self.today().to_string(), |ids| async move {
+            let accounts = self.deps.store.load_accounts(ids).await?;
+            let (mut report, billed) = self.bill_loaded(accounts.clone()).await?;
+            for account in accounts {
+                let id = account.id;
+                let fresh = billed.binary_search(&id).is_err();
+                match self.daily_account(account, fresh).await {
+                    Ok(0) => {}
+                    outcome => report.record(id, outcome),
                 }
-                Ok(n)
-            },
-        )
+            }
+            Ok(report)
+        })
         .await
+    }
+
+    /// Reminders, automatic payment, delinquency and reconciliation of one account; `fresh`
+    /// says whether `account` is still current.
+    async fn daily_account(&self, account: Account, fresh: bool) -> Result<u32, ServiceError> {
+        let id = account.id;
+        let mut current = if fresh {
+            account
+        } else {
+            self.account(id).await?
+        };
+        let mut total = 0;
+        let n = self
+            .change_if_needed(current.clone(), |a, c| self.reminders_of(a, c))
+            .await?;
+        if n > 0 {
+            total += n;
+            current = self.account(id).await?;
+        }
+        let mut n = self.autopay_loaded(current.clone()).await?;
+        if n > 0 {
+            // A notice and a debit can both fall due on one day (catching up).
+            n += self.autopay_account(id).await?;
+            total += n;
+            current = self.account(id).await?;
+        }
+        let n = self
+            .change_if_needed(current.clone(), |a, c| self.delinquency_of(a, c))
+            .await?;
+        if n > 0 {
+            total += n;
+            current = self.account(id).await?;
+        }
+        total += self.reconcile_loaded(current).await?;
+        Ok(total)
     }
 }
 

@@ -995,6 +995,66 @@ async fn autopay_pause_and_cancel() {
     );
 }
 
+/// The worker's daily pass, which loads each chunk once and runs every job on each account,
+/// ends where the separate job runs end: the same notices, bills and payments.
+#[tokio::test]
+async fn the_daily_pass_does_what_the_separate_jobs_do() {
+    async fn live(daily: bool) -> (Vec<(NoticeKind, String)>, Vec<String>) {
+        let h = Harness::new().await;
+        h.register().await;
+        h.set_date(d(2026, 12, 2)).await;
+        if daily {
+            h.portal.run_daily().await.unwrap();
+        } else {
+            h.portal.run_billing().await.unwrap();
+        }
+        h.pay("binder", None, "pm_card_ok").await.unwrap();
+        let mut day = d(2026, 12, 3);
+        while day <= d(2027, 5, 10) {
+            h.set_date(day).await;
+            if daily {
+                h.portal.run_daily().await.unwrap();
+                // A second pass the same day finds the date done.
+                assert_eq!(
+                    h.portal.run_daily().await.unwrap().summary,
+                    JobSummary::default()
+                );
+            } else {
+                h.portal.run_billing().await.unwrap();
+                h.portal.run_reminders().await.unwrap();
+                h.portal.run_autopay().await.unwrap();
+                h.portal.run_delinquency().await.unwrap();
+                h.portal.run_reconciliation().await.unwrap();
+            }
+            day = day.succ_opt().unwrap();
+        }
+        let acc = h.account().await;
+        Harness::check_ledger(&acc);
+        let notices = h
+            .store
+            .outbox()
+            .into_iter()
+            .map(|n| (n.kind, n.dedupe_key))
+            .collect();
+        let bills = acc
+            .ledger
+            .bills
+            .iter()
+            .map(|b| {
+                format!(
+                    "{:?} {} {} due {} void {} paid {}",
+                    b.kind, b.coverage_month, b.amount, b.due_date, b.void, b.allocated
+                )
+            })
+            .collect();
+        (notices, bills)
+    }
+    let separate = live(false).await;
+    let daily = live(true).await;
+    assert!(separate.0.len() > 8, "{:?}", separate.0);
+    assert_eq!(daily, separate);
+}
+
 #[tokio::test]
 async fn missed_payments_run_through_grace_to_termination_then_reinstatement() {
     let h = Harness::new().await;
