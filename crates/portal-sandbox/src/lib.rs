@@ -213,6 +213,15 @@ impl Sandbox {
         lock(&self.inner).events.clone()
     }
 
+    /// The events emitted after the first `seen`, for a caller reading them as they come.
+    pub fn events_since(&self, seen: usize) -> Vec<Value> {
+        lock(&self.inner)
+            .events
+            .get(seen..)
+            .map(<[Value]>::to_vec)
+            .unwrap_or_default()
+    }
+
     fn emit(&self, inner: &mut Inner, kind: &str, object: Value) {
         let event = json!({
             "id": Self::new_id(inner, "evt"),
@@ -230,7 +239,20 @@ impl Sandbox {
     pub fn process_due(&self) {
         let mut inner = lock(&self.inner);
         let now = Utc::now() + inner.clock_offset;
-        let ids = inner.intent_order.clone();
+        // Only transfers still in flight can change: processing, or settled with a return to come.
+        let ids: Vec<String> = inner
+            .intent_order
+            .iter()
+            .filter(|id| {
+                inner.intents.get(*id).is_some_and(|i| {
+                    i.status == "processing"
+                        || (i.status == "succeeded"
+                            && i.return_at.is_some()
+                            && i.returned.is_none())
+                })
+            })
+            .cloned()
+            .collect();
         for id in ids {
             let Some(mut intent) = inner.intents.get(&id).cloned() else {
                 continue;

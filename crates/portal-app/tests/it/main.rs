@@ -15,6 +15,7 @@ mod jobs;
 mod journeys;
 mod logs;
 mod processes;
+mod simulation;
 
 use portal_app::Running;
 use portal_app::config::{Config, Email};
