@@ -26,7 +26,10 @@
 mod common;
 
 use chrono::NaiveDate;
-use common::{LOAD_SQL, WRITE_ACCOUNT_SQL, fresh_database, mandated_account, median, pgbench_run};
+use common::{
+    LOAD_SQL, WRITE_ACCOUNT_SQL, drop_database, fresh_database, mandated_account, median,
+    pgbench_run,
+};
 use portal_core::account::ReminderPreferences;
 use portal_core::billing::{BillKind, BillNotice};
 use portal_core::calendar::CoverageMonth;
@@ -172,11 +175,8 @@ async fn run(base_url: String) {
     let mut peaks: Vec<(String, f64)> = Vec::new();
 
     // ---- Billing ----
-    let url = fresh_database(
-        &base_url,
-        &format!("portal_bench_billing_{}", std::process::id()),
-    )
-    .await;
+    let billing_db = format!("portal_bench_billing_{}", std::process::id());
+    let url = fresh_database(&base_url, &billing_db).await;
     let pool = portal_postgres::connect(&url, 4).await.unwrap();
     portal_postgres::migrate(&pool).await.unwrap();
     let coverage = NaiveDate::from_ymd_opt(2027, 1, 1).unwrap();
@@ -324,13 +324,11 @@ async fn run(base_url: String) {
         rerun.seconds <= 2.0 * noop_s,
     ));
     pool.close().await;
+    drop_database(&base_url, &billing_db).await;
 
     // ---- Autopay ----
-    let url = fresh_database(
-        &base_url,
-        &format!("portal_bench_autopay_{}", std::process::id()),
-    )
-    .await;
+    let autopay_db = format!("portal_bench_autopay_{}", std::process::id());
+    let url = fresh_database(&base_url, &autopay_db).await;
     let pool = portal_postgres::connect(&url, 8).await.unwrap();
     portal_postgres::migrate(&pool).await.unwrap();
     let store = Arc::new(PgStore::new(pool.clone()));
@@ -436,6 +434,7 @@ async fn run(base_url: String) {
         println!("  [{}] {goal}", if *met { "met" } else { "MISSED" });
     }
     pool.close().await;
+    drop_database(&base_url, &autopay_db).await;
     sandbox.stop();
     tokio::time::sleep(Duration::from_millis(100)).await;
 }

@@ -155,6 +155,17 @@ pub fn pgbench_run(
     }
 }
 
+/// Drops the database `name` on the server of `url` (a benchmark's scratch database).
+pub async fn drop_database(url: &str, name: &str) {
+    let opts: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
+    let mut admin = opts.connect().await.unwrap();
+    admin
+        .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+        .await
+        .unwrap();
+    admin.close().await.unwrap();
+}
+
 /// A new, empty database on the server of `url`, named `name`; returns its URL.
 pub async fn fresh_database(url: &str, name: &str) -> String {
     let opts: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
