@@ -748,7 +748,12 @@ pub async fn a_support_agent_finds_the_member_and_fixes_things(app: &TestApp) {
         .await;
     assert_eq!(detail["ssn"], "***-**-6789");
     // A check arrives for more than is owed: record it, then refund the overpayment.
-    let today = chrono::Utc::now().date_naive().to_string();
+    // The portal's today (its time zone, America/New_York by default), not UTC's: in the
+    // evening in New York, UTC is already tomorrow and a check cannot arrive in the future.
+    let today = chrono::Utc::now()
+        .with_timezone(&chrono_tz::America::New_York)
+        .date_naive()
+        .to_string();
     let check = json!({ "amount": "100.00", "kind": "check", "document_number": "1042", "received_on": today });
     let (status, recorded) = app
         .send(
