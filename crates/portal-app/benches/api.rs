@@ -20,7 +20,7 @@ use portal_core::calendar::CoverageMonth;
 use portal_core::enrollment::{CoverageKind, Enrollment};
 use portal_core::identity::{AccountNumber, Email, Language, PersonName, Username};
 use portal_core::ids::{AccountId, EnrollmentId, MethodId};
-use portal_core::instrument::{CardBrand, CardExpiry, GatewayToken, MethodDetails, PaymentMethod};
+use portal_core::instrument::{CardBrand, CardExpiry, MethodDetails, PaymentMethod};
 use portal_core::money::Money;
 use portal_core::password::Password;
 use portal_core::ports::{Changes, PasswordHasher, SecretSealer, Store};
@@ -32,7 +32,8 @@ use std::time::{Duration, Instant};
 
 mod common;
 use common::{
-    LOAD_SQL, Run, WRITE_ACCOUNT_SQL, fresh_database, median, percentile, pgbench_run, rss_kib,
+    LOAD_SQL, Run, WRITE_ACCOUNT_SQL, card_token, fresh_database, median, percentile, pgbench_run,
+    rss_kib,
 };
 
 const MEMBERS: usize = 64;
@@ -187,22 +188,7 @@ async fn run(base_url: String) {
     )
     .await
     .unwrap();
-    let token: serde_json::Value = reqwest::Client::new()
-        .post(format!("{}/v1/payment_methods", sandbox.base_url()))
-        .bearer_auth("pk_test_sandbox")
-        .form(&[
-            ("type", "card"),
-            ("card[number]", "4242424242424242"),
-            ("card[exp_month]", "12"),
-            ("card[exp_year]", "2034"),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = GatewayToken::parse(token["id"].as_str().unwrap()).unwrap();
+    let token = card_token(&sandbox.base_url()).await;
     let sealer = AesGcmSealer::from_hex(KEY).unwrap();
     let hasher = Argon2Hasher::new();
     let password = Password::new("bench premium payments passphrase", &[]).unwrap();

@@ -27,15 +27,14 @@ mod common;
 
 use chrono::NaiveDate;
 use common::{
-    LOAD_SQL, WRITE_ACCOUNT_SQL, drop_database, fresh_database, mandated_account, median,
-    pgbench_run,
+    LOAD_SQL, WRITE_ACCOUNT_SQL, card_token, drop_database, fresh_database, mandated_account,
+    median, pgbench_run,
 };
 use portal_core::account::ReminderPreferences;
 use portal_core::billing::{BillKind, BillNotice};
 use portal_core::calendar::CoverageMonth;
 use portal_core::enrollment::{CoverageKind, Enrollment};
 use portal_core::ids::EnrollmentId;
-use portal_core::instrument::GatewayToken;
 use portal_core::money::Money;
 use portal_core::ports::{Changes, Store};
 use portal_postgres::PgStore;
@@ -332,22 +331,7 @@ async fn run(base_url: String) {
     let pool = portal_postgres::connect(&url, 8).await.unwrap();
     portal_postgres::migrate(&pool).await.unwrap();
     let store = Arc::new(PgStore::new(pool.clone()));
-    let token: serde_json::Value = reqwest::Client::new()
-        .post(format!("{gateway}/v1/payment_methods"))
-        .bearer_auth("pk_test_sandbox")
-        .form(&[
-            ("type", "card"),
-            ("card[number]", "4242424242424242"),
-            ("card[exp_month]", "12"),
-            ("card[exp_year]", "2034"),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = GatewayToken::parse(token["id"].as_str().unwrap()).unwrap();
+    let token = card_token(&gateway).await;
     let debit_day = NaiveDate::from_ymd_opt(2027, 1, 5).unwrap();
     println!("\nseeding {mandates} mandates…");
     let mut seeders = Vec::new();

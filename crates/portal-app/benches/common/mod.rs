@@ -252,3 +252,24 @@ pub fn mandated_account(n: u32, token: &GatewayToken, debit_day: chrono::NaiveDa
     a.mandates.push(mandate);
     a
 }
+
+/// A saved-card token (Visa 4242, always succeeds) from the sandbox at `base`, tokenized as a
+/// browser would.
+pub async fn card_token(base: &str) -> GatewayToken {
+    let reply: serde_json::Value = reqwest::Client::new()
+        .post(format!("{base}/v1/payment_methods"))
+        .bearer_auth("pk_test_sandbox")
+        .form(&[
+            ("type", "card"),
+            ("card[number]", "4242424242424242"),
+            ("card[exp_month]", "12"),
+            ("card[exp_year]", "2034"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    GatewayToken::parse(reply["id"].as_str().unwrap()).unwrap()
+}

@@ -4,7 +4,7 @@
 //! twice.
 
 use crate::Db;
-use crate::common::mandated_account;
+use crate::common::{card_token, mandated_account};
 use chrono::NaiveDate;
 use portal_app::config::Config;
 use portal_app::wiring;
@@ -48,22 +48,7 @@ async fn setup(db: Db) -> Option<Setup> {
     )
     .await
     .unwrap();
-    let token: serde_json::Value = reqwest::Client::new()
-        .post(format!("{}/v1/payment_methods", sandbox.base_url()))
-        .bearer_auth("pk_test_sandbox")
-        .form(&[
-            ("type", "card"),
-            ("card[number]", "4242424242424242"),
-            ("card[exp_month]", "12"),
-            ("card[exp_year]", "2034"),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = GatewayToken::parse(token["id"].as_str().unwrap()).unwrap();
+    let token = card_token(&sandbox.base_url()).await;
     Some(Setup {
         url,
         dir,

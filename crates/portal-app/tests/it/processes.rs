@@ -2,9 +2,8 @@
 //! mandate is charged exactly once, as the gateway's own record shows, and a rerun charges
 //! nothing. The gateway is a sandbox in this test process, so its totals are the ground truth.
 
-use crate::common::mandated_account;
+use crate::common::{card_token, mandated_account};
 use chrono::Utc;
-use portal_core::instrument::GatewayToken;
 use portal_core::ports::{Changes, Outbox, Store};
 use portal_postgres::PgStore;
 use std::process::Command;
@@ -27,22 +26,7 @@ async fn three_worker_processes_charge_each_mandate_exactly_once() {
     )
     .await
     .unwrap();
-    let token: serde_json::Value = reqwest::Client::new()
-        .post(format!("{}/v1/payment_methods", sandbox.base_url()))
-        .bearer_auth("pk_test_sandbox")
-        .form(&[
-            ("type", "card"),
-            ("card[number]", "4242424242424242"),
-            ("card[exp_month]", "12"),
-            ("card[exp_year]", "2034"),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = GatewayToken::parse(token["id"].as_str().unwrap()).unwrap();
+    let token = card_token(&sandbox.base_url()).await;
     let today = Utc::now()
         .with_timezone(&chrono_tz::America::New_York)
         .date_naive();
