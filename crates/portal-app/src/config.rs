@@ -235,7 +235,7 @@ impl Config {
             Some(v) => v
                 .parse()
                 .context("PORTAL_JOB_CHUNK must be a number of accounts")?,
-            None => file.job_chunk.unwrap_or(500),
+            None => file.job_chunk.unwrap_or(2000),
         };
         if !(1..=10_000).contains(&job_chunk) {
             bail!("job_chunk must be 1 to 10000");

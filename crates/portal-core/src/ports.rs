@@ -185,8 +185,9 @@ pub trait Store: Send + Sync {
     /// Loads several accounts at once (batch jobs); missing ids are left out. The result is in
     /// id order.
     async fn load_accounts(&self, ids: Vec<AccountId>) -> Result<Vec<Account>, StoreError>;
-    /// The ids of the accounts in a chunk of job work, in id order.
-    async fn account_ids_in(&self, chunk: WorkChunk) -> Result<Vec<AccountId>, StoreError>;
+    /// Loads the accounts of a chunk of job work (every account from its first id to its last),
+    /// in id order.
+    async fn load_chunk(&self, chunk: WorkChunk) -> Result<Vec<Account>, StoreError>;
     /// Appends newly issued bills to many accounts in one transaction, with their audit entries
     /// and notices (a duplicate notice is skipped). Each account is checked against the version
     /// it was loaded at and its version bumped, exactly as [`Store::commit`] does; if any

@@ -72,6 +72,18 @@ impl PgStore {
         Self { pool }
     }
 
+    /// Loads the scope's accounts from one consistent snapshot.
+    async fn load(&self, scope: Scope<'_>) -> Result<Vec<Account>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        let accounts = load_accounts(&mut tx, scope).await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(accounts)
+    }
+
     /// The pool, for health checks.
     pub fn pool(&self) -> &PgPool {
         &self.pool
@@ -209,18 +221,46 @@ fn member_from(row: &PgRow) -> Result<Member, StoreError> {
     })
 }
 
+/// Which accounts a load reads.
+#[derive(Clone, Copy)]
+enum Scope<'a> {
+    /// These accounts.
+    Ids(&'a [Uuid]),
+    /// Every account from the first id to the last, inclusive: a chunk of job work, read by
+    /// one index range scan per table instead of one index search per account.
+    Range(Uuid, Uuid),
+}
+
+impl<'a> Scope<'a> {
+    /// The condition on `column` that selects the scope's accounts (`$1`, or `$1` and `$2`).
+    fn condition(self, column: &str) -> String {
+        match self {
+            Scope::Ids(_) => format!("{column} = ANY($1)"),
+            Scope::Range(..) => format!("{column} BETWEEN $1 AND $2"),
+        }
+    }
+
+    fn bind(self, q: PgQuery<'a>) -> PgQuery<'a> {
+        match self {
+            Scope::Ids(ids) => q.bind(ids),
+            Scope::Range(first, last) => q.bind(first).bind(last),
+        }
+    }
+}
+
 /// One per-account collection of many accounts, grouped by account, each in position order.
 async fn collections<T: DeserializeOwned>(
     tx: &mut Transaction<'_, Postgres>,
     table: &str,
-    ids: &[Uuid],
+    scope: Scope<'_>,
 ) -> Result<BTreeMap<Uuid, Vec<T>>, StoreError> {
     let sql = format!(
-        "SELECT account_id, data FROM {table} WHERE account_id = ANY($1) ORDER BY account_id, position"
+        "SELECT account_id, data FROM {table} WHERE {} ORDER BY account_id, position",
+        scope.condition("account_id")
     );
     let mut out: BTreeMap<Uuid, Vec<T>> = BTreeMap::new();
-    for r in sqlx::query(&sql)
-        .bind(ids)
+    for r in scope
+        .bind(sqlx::query(&sql))
         .fetch_all(&mut **tx)
         .await
         .map_err(db_err)?
@@ -235,33 +275,38 @@ async fn collections<T: DeserializeOwned>(
 /// Loads accounts whole, a handful of queries for any number of them; in id order.
 async fn load_accounts(
     tx: &mut Transaction<'_, Postgres>,
-    ids: &[Uuid],
+    scope: Scope<'_>,
 ) -> Result<Vec<Account>, StoreError> {
-    let headers = sqlx::query(
+    let sql = format!(
         "SELECT a.*, m.username, m.email, m.ssn_digest AS m_ssn_digest, m.ssn_sealed, m.password_hash,
                 m.language, m.email_verified_at, m.email_code, m.password_changed_at,
                 m.created_at AS m_created_at, m.account_id AS member_of
-         FROM accounts a LEFT JOIN members m ON m.account_id = a.id WHERE a.id = ANY($1)
+         FROM accounts a LEFT JOIN members m ON m.account_id = a.id WHERE {}
          ORDER BY a.id",
-    )
-    .bind(ids)
-    .fetch_all(&mut **tx)
-    .await
-    .map_err(db_err)?;
+        scope.condition("a.id")
+    );
+    let headers = scope
+        .bind(sqlx::query(&sql))
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db_err)?;
     if headers.is_empty() {
         return Ok(Vec::new());
     }
-    let mut enrollments = collections::<Enrollment>(tx, "enrollments", ids).await?;
-    let mut methods = collections::<PaymentMethod>(tx, "payment_methods", ids).await?;
-    let mut mandates = collections::<Mandate>(tx, "mandates", ids).await?;
-    let mut plans = collections::<PaymentPlan>(tx, "plans", ids).await?;
+    let mut enrollments = collections::<Enrollment>(tx, "enrollments", scope).await?;
+    let mut methods = collections::<PaymentMethod>(tx, "payment_methods", scope).await?;
+    let mut mandates = collections::<Mandate>(tx, "mandates", scope).await?;
+    let mut plans = collections::<PaymentPlan>(tx, "plans", scope).await?;
     let mut bills: BTreeMap<Uuid, Vec<Bill>> = BTreeMap::new();
-    for r in
-        sqlx::query("SELECT * FROM bills WHERE account_id = ANY($1) ORDER BY account_id, position")
-            .bind(ids)
-            .fetch_all(&mut **tx)
-            .await
-            .map_err(db_err)?
+    let sql = format!(
+        "SELECT * FROM bills WHERE {} ORDER BY account_id, position",
+        scope.condition("account_id")
+    );
+    for r in scope
+        .bind(sqlx::query(&sql))
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db_err)?
     {
         bills
             .entry(get(&r, "account_id")?)
@@ -269,15 +314,17 @@ async fn load_accounts(
             .push(bill_from(&r)?);
     }
     let mut allocations: BTreeMap<Uuid, Vec<Allocation>> = BTreeMap::new();
-    for r in sqlx::query(
+    let sql = format!(
         "SELECT al.payment_id, al.bill_id, al.amount_cents FROM allocations al
-         JOIN payments p ON p.id = al.payment_id WHERE p.account_id = ANY($1)
+         JOIN payments p ON p.id = al.payment_id WHERE {}
          ORDER BY al.payment_id, al.position",
-    )
-    .bind(ids)
-    .fetch_all(&mut **tx)
-    .await
-    .map_err(db_err)?
+        scope.condition("p.account_id")
+    );
+    for r in scope
+        .bind(sqlx::query(&sql))
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db_err)?
     {
         allocations
             .entry(get(&r, "payment_id")?)
@@ -288,13 +335,15 @@ async fn load_accounts(
             });
     }
     let mut payments: BTreeMap<Uuid, Vec<Payment>> = BTreeMap::new();
-    for r in sqlx::query(
-        "SELECT * FROM payments WHERE account_id = ANY($1) ORDER BY account_id, position",
-    )
-    .bind(ids)
-    .fetch_all(&mut **tx)
-    .await
-    .map_err(db_err)?
+    let sql = format!(
+        "SELECT * FROM payments WHERE {} ORDER BY account_id, position",
+        scope.condition("account_id")
+    );
+    for r in scope
+        .bind(sqlx::query(&sql))
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db_err)?
     {
         let pid: Uuid = get(&r, "id")?;
         payments
@@ -355,6 +404,15 @@ fn to_json(what: &str, v: &impl Serialize) -> Result<String, StoreError> {
     serde_json::to_string(v).map_err(|e| corrupt(what, e))
 }
 
+/// What a bill write does with bills already stored.
+#[derive(Clone, Copy)]
+enum Known {
+    /// There are none: the bills are new.
+    Absent,
+    /// Updates them.
+    Update,
+}
+
 /// Bills as columns, written in one statement however many there are.
 #[derive(Default)]
 struct BillColumns {
@@ -396,13 +454,18 @@ impl BillColumns {
         Ok(())
     }
 
-    /// Inserts new bills and updates known ones (of the same account only).
-    async fn write(self, tx: &mut Transaction<'_, Postgres>) -> Result<(), StoreError> {
+    /// Inserts the bills; with `Known::Update`, bills already stored are updated instead (those
+    /// of the same account only). `Known::Absent` is a plain insert: cheaper, for bills that are
+    /// new by construction (an existing id then fails the whole write).
+    async fn write(
+        self,
+        tx: &mut Transaction<'_, Postgres>,
+        known: Known,
+    ) -> Result<(), StoreError> {
         if self.id.is_empty() {
             return Ok(());
         }
-        sqlx::query(
-            "INSERT INTO bills (id, account_id, position, enrollment_id, kind_name, kind, coverage_month,
+        const INSERT: &str = "INSERT INTO bills (id, account_id, position, enrollment_id, kind_name, kind, coverage_month,
                  amount_cents, allocated_cents, transferred_cents, due_date, issued_on, void, notices,
                  late_fee_assessed)
              SELECT u.id, u.account_id, u.position, u.enrollment_id, u.kind_name, u.kind::jsonb,
@@ -412,7 +475,8 @@ impl BillColumns {
                  $7::date[], $8::bigint[], $9::bigint[], $10::bigint[], $11::date[], $12::date[],
                  $13::bool[], $14::text[], $15::bool[])
                  AS u(id, account_id, position, enrollment_id, kind_name, kind, coverage_month, amount,
-                      allocated, transferred, due_date, issued_on, void, notices, late_fee)
+                      allocated, transferred, due_date, issued_on, void, notices, late_fee)";
+        const UPSERT: &str = "
              ON CONFLICT (id) DO UPDATE SET position = EXCLUDED.position,
                  enrollment_id = EXCLUDED.enrollment_id, kind_name = EXCLUDED.kind_name,
                  kind = EXCLUDED.kind, coverage_month = EXCLUDED.coverage_month,
@@ -420,26 +484,30 @@ impl BillColumns {
                  transferred_cents = EXCLUDED.transferred_cents, due_date = EXCLUDED.due_date,
                  issued_on = EXCLUDED.issued_on, void = EXCLUDED.void, notices = EXCLUDED.notices,
                  late_fee_assessed = EXCLUDED.late_fee_assessed
-             WHERE bills.account_id = EXCLUDED.account_id",
-        )
-        .bind(self.id)
-        .bind(self.account)
-        .bind(self.position)
-        .bind(self.enrollment)
-        .bind(self.kind_name)
-        .bind(self.kind)
-        .bind(self.month)
-        .bind(self.amount)
-        .bind(self.allocated)
-        .bind(self.transferred)
-        .bind(self.due)
-        .bind(self.issued)
-        .bind(self.void)
-        .bind(self.notices)
-        .bind(self.late_fee)
-        .execute(&mut **tx)
-        .await
-        .map_err(db_err)?;
+             WHERE bills.account_id = EXCLUDED.account_id";
+        let sql = match known {
+            Known::Absent => INSERT.to_owned(),
+            Known::Update => format!("{INSERT}{UPSERT}"),
+        };
+        sqlx::query(&sql)
+            .bind(self.id)
+            .bind(self.account)
+            .bind(self.position)
+            .bind(self.enrollment)
+            .bind(self.kind_name)
+            .bind(self.kind)
+            .bind(self.month)
+            .bind(self.amount)
+            .bind(self.allocated)
+            .bind(self.transferred)
+            .bind(self.due)
+            .bind(self.issued)
+            .bind(self.void)
+            .bind(self.notices)
+            .bind(self.late_fee)
+            .execute(&mut **tx)
+            .await
+            .map_err(db_err)?;
         Ok(())
     }
 }
@@ -494,6 +562,7 @@ impl AuditColumns {
 /// Notices as columns, queued in one statement; a notice already queued is skipped.
 #[derive(Default)]
 struct OutboxColumns {
+    id: Vec<Uuid>,
     key: Vec<String>,
     account: Vec<Uuid>,
     notice: Vec<String>,
@@ -501,6 +570,9 @@ struct OutboxColumns {
 
 impl OutboxColumns {
     fn push(&mut self, n: &Notice) -> Result<(), StoreError> {
+        // Time-ordered ids keep the primary key's inserts at its right edge; random ones would
+        // touch a different index page for every message.
+        self.id.push(Uuid::now_v7());
         self.key.push(n.dedupe_key.clone());
         self.account.push(n.account_id.uuid());
         self.notice.push(to_json("notice", n)?);
@@ -512,12 +584,14 @@ impl OutboxColumns {
             return Ok(());
         }
         sqlx::query(
-            "INSERT INTO outbox (dedupe_key, account_id, notice)
-             SELECT u.key, u.account_id, u.notice::jsonb
-             FROM unnest($1::text[], $2::uuid[], $3::text[]) WITH ORDINALITY AS u(key, account_id, notice, n)
+            "INSERT INTO outbox (id, dedupe_key, account_id, notice)
+             SELECT u.id, u.key, u.account_id, u.notice::jsonb
+             FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[])
+                 WITH ORDINALITY AS u(id, key, account_id, notice, n)
              ORDER BY u.n
              ON CONFLICT (dedupe_key) DO NOTHING",
         )
+        .bind(self.id)
         .bind(self.key)
         .bind(self.account)
         .bind(self.notice)
@@ -658,7 +732,7 @@ async fn write_account(tx: &mut Transaction<'_, Postgres>, a: &Account) -> Resul
     for b in bills {
         columns.push(id, bill_pos.get(&b.id).copied().unwrap_or(0), b)?;
     }
-    columns.write(tx).await?;
+    columns.write(tx, Known::Update).await?;
     let pay_pos: BTreeMap<PaymentId, usize> = a
         .ledger
         .payments
@@ -779,24 +853,12 @@ impl Store for PgStore {
 
     async fn load_accounts(&self, ids: Vec<AccountId>) -> Result<Vec<Account>, StoreError> {
         let ids: Vec<Uuid> = ids.into_iter().map(AccountId::uuid).collect();
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        let accounts = load_accounts(&mut tx, &ids).await?;
-        tx.commit().await.map_err(db_err)?;
-        Ok(accounts)
+        self.load(Scope::Ids(&ids)).await
     }
 
-    async fn account_ids_in(&self, chunk: WorkChunk) -> Result<Vec<AccountId>, StoreError> {
-        let rows = sqlx::query("SELECT id FROM accounts WHERE id BETWEEN $1 AND $2 ORDER BY id")
-            .bind(chunk.first.uuid())
-            .bind(chunk.last.uuid())
-            .fetch_all(&self.pool)
+    async fn load_chunk(&self, chunk: WorkChunk) -> Result<Vec<Account>, StoreError> {
+        self.load(Scope::Range(chunk.first.uuid(), chunk.last.uuid()))
             .await
-            .map_err(db_err)?;
-        rows.iter().map(|r| get(r, "id").map(AccountId)).collect()
     }
 
     async fn issue_bills(&self, batch: Vec<IssuedBills>) -> Result<(), StoreError> {
@@ -836,7 +898,7 @@ impl Store for PgStore {
                 outbox.push(n)?;
             }
         }
-        rows.write(&mut tx).await?;
+        rows.write(&mut tx, Known::Absent).await?;
         audit.write(&mut tx).await?;
         outbox.write(&mut tx).await?;
         tx.commit().await.map_err(db_err)

@@ -703,14 +703,21 @@ impl Store for SqliteStore {
         Ok(accounts)
     }
 
-    async fn account_ids_in(&self, chunk: WorkChunk) -> Result<Vec<AccountId>, StoreError> {
+    async fn load_chunk(&self, chunk: WorkChunk) -> Result<Vec<Account>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
         let rows = sqlx::query("SELECT id FROM accounts WHERE id BETWEEN $1 AND $2 ORDER BY id")
             .bind(chunk.first.uuid())
             .bind(chunk.last.uuid())
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await
             .map_err(db_err)?;
-        rows.iter().map(|r| get(r, "id").map(AccountId)).collect()
+        let ids = rows
+            .iter()
+            .map(|r| get::<Uuid>(r, "id"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let accounts = load_accounts(&mut tx, &ids).await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(accounts)
     }
 
     async fn issue_bills(&self, batch: Vec<IssuedBills>) -> Result<(), StoreError> {

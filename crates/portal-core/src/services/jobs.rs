@@ -95,7 +95,7 @@ impl Portal {
         mut work: F,
     ) -> Result<JobReport, ServiceError>
     where
-        F: FnMut(Vec<AccountId>) -> Fut,
+        F: FnMut(Vec<Account>) -> Fut,
         Fut: Future<Output = Result<JobReport, ServiceError>>,
     {
         let queue = &self.deps.work;
@@ -121,8 +121,8 @@ impl Portal {
                 break;
             }
             for chunk in chunks {
-                let ids = self.deps.store.account_ids_in(chunk).await?;
-                let r = work(ids).await?;
+                let accounts = self.deps.store.load_chunk(chunk).await?;
+                let r = work(accounts).await?;
                 let clean = r.summary.failed == 0;
                 report.add(r);
                 if clean {
@@ -155,9 +155,9 @@ impl Portal {
         Fut: Future<Output = Result<u32, ServiceError>>,
     {
         let work = &work;
-        self.for_each_chunk(job, period, |ids| async move {
+        self.for_each_chunk(job, period, |accounts| async move {
             let mut report = JobReport::default();
-            for account in self.deps.store.load_accounts(ids).await? {
+            for account in accounts {
                 let id = account.id;
                 report.record(id, work(account).await);
             }
@@ -187,16 +187,10 @@ impl Portal {
     /// also moves money (credit applied to a new bill) or that changed meanwhile is committed
     /// on its own.
     pub async fn run_billing(&self) -> Result<JobReport, ServiceError> {
-        self.for_each_chunk("billing", self.today().to_string(), |ids| {
-            self.bill_accounts(ids)
+        self.for_each_chunk("billing", self.today().to_string(), |accounts| async move {
+            Ok(self.bill_loaded(accounts).await?.0)
         })
         .await
-    }
-
-    /// Bills a chunk of accounts.
-    async fn bill_accounts(&self, ids: Vec<AccountId>) -> Result<JobReport, ServiceError> {
-        let accounts = self.deps.store.load_accounts(ids).await?;
-        Ok(self.bill_loaded(accounts).await?.0)
     }
 
     /// Bills accounts loaded together; also returns the ids of those that got bills.
@@ -654,8 +648,7 @@ impl Portal {
     /// account reloaded only after a step changed it). One work run per date, so a pass that
     /// finished the date does nothing more that day. The per-job runs stay for operators.
     pub async fn run_daily(&self) -> Result<JobReport, ServiceError> {
-        self.for_each_chunk("daily", self.today().to_string(), |ids| async move {
-            let accounts = self.deps.store.load_accounts(ids).await?;
+        self.for_each_chunk("daily", self.today().to_string(), |accounts| async move {
             let (mut report, billed) = self.bill_loaded(accounts.clone()).await?;
             for account in accounts {
                 let id = account.id;

@@ -169,7 +169,7 @@ impl Default for PortalConfig {
             reconcile_after: Duration::minutes(10),
             worker_id: "worker".to_owned(),
             job_lease: Duration::minutes(5),
-            job_chunk: 500,
+            job_chunk: 2000,
         }
     }
 }

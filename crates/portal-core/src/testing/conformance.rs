@@ -1111,8 +1111,13 @@ pub async fn work_is_claimed_once(store: &dyn StoreUnderTest, seed: u32) {
     let mut covered = Vec::new();
     for c in first.iter().chain(&second) {
         assert!(c.first <= c.last);
-        let ids = store.account_ids_in(*c).await.unwrap_or_default();
+        let accounts = store.load_chunk(*c).await.unwrap_or_default();
+        let ids: Vec<AccountId> = accounts.iter().map(|a| a.id).collect();
         assert!(!ids.is_empty() && ids.len() <= 2, "{c:?} holds {ids:?}");
+        for a in &accounts {
+            let alone = store.load_account(a.id).await.ok().flatten();
+            assert_eq!(alone.as_ref(), Some(a), "a chunk loads accounts whole");
+        }
         covered.extend(ids);
     }
     covered.sort();

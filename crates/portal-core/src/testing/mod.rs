@@ -226,12 +226,13 @@ impl Store for InMemoryStore {
         Ok(out)
     }
 
-    async fn account_ids_in(&self, chunk: WorkChunk) -> Result<Vec<AccountId>, StoreError> {
-        let s = lock(&self.state);
-        Ok(s.accounts
+    async fn load_chunk(&self, chunk: WorkChunk) -> Result<Vec<Account>, StoreError> {
+        let ids: Vec<AccountId> = lock(&self.state)
+            .accounts
             .range(chunk.first..=chunk.last)
             .map(|(id, _)| *id)
-            .collect())
+            .collect();
+        self.load_accounts(ids).await
     }
 
     async fn issue_bills(&self, batch: Vec<IssuedBills>) -> Result<(), StoreError> {

@@ -143,7 +143,14 @@ async fn four_runners_plan_and_claim_ten_thousand_accounts_exactly_once() {
                         break (planned, mine);
                     }
                     for chunk in &batch {
-                        mine.extend(store.account_ids_in(*chunk).await.unwrap());
+                        mine.extend(
+                            store
+                                .load_chunk(*chunk)
+                                .await
+                                .unwrap()
+                                .into_iter()
+                                .map(|a| a.id),
+                        );
                     }
                     store.finish(run.clone(), batch, now).await.unwrap();
                 }

@@ -269,7 +269,14 @@ async fn concurrent_runners_plan_once_and_work_each_account_once() {
                         break (planned, mine);
                     }
                     for chunk in &batch {
-                        mine.extend(store.account_ids_in(*chunk).await.unwrap());
+                        mine.extend(
+                            store
+                                .load_chunk(*chunk)
+                                .await
+                                .unwrap()
+                                .into_iter()
+                                .map(|a| a.id),
+                        );
                     }
                     store.finish(run.clone(), batch, now).await.unwrap();
                 }
