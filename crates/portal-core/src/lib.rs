@@ -15,6 +15,7 @@ pub mod identity;
 pub mod ids;
 pub mod instrument;
 pub mod ledger;
+pub mod locale;
 pub mod mandate;
 pub mod money;
 pub mod notice;

@@ -3,13 +3,14 @@
 //! both parts always say the same. Every language covers every notice body: a missing one does
 //! not compile.
 
-use chrono::{DateTime, Datelike, NaiveDate, Utc};
-use portal_core::calendar::CoverageMonth;
+use chrono::{DateTime, Utc};
 use portal_core::enrollment::TerminationReason;
 use portal_core::identity::Language;
-use portal_core::money::Money;
+pub use portal_core::locale::money;
+use portal_core::locale::{
+    coverage_month as month, date, decline_reason as decline, return_reason as returned,
+};
 use portal_core::notice::{AutopayFailure, Notice, NoticeBody, NoticeKind};
-use portal_core::payment::{DeclineReason, ReturnCode};
 
 /// Who the emails come from and how members reach support.
 #[derive(Debug, Clone)]
@@ -53,122 +54,8 @@ struct Content {
     action: Option<(String, String)>,
 }
 
-/// Formats money as `$1,234.56`.
-pub fn money(m: Money) -> String {
-    let cents = m.cents();
-    let sign = if cents < 0 { "-" } else { "" };
-    let abs = cents.unsigned_abs();
-    let whole = (abs / 100).to_string();
-    let mut grouped = String::new();
-    for (i, c) in whole.chars().enumerate() {
-        if i > 0 && (whole.len() - i) % 3 == 0 {
-            grouped.push(',');
-        }
-        grouped.push(c);
-    }
-    format!("{sign}${grouped}.{:02}", abs % 100)
-}
-
-const EN_MONTHS: [&str; 12] = [
-    "January",
-    "February",
-    "March",
-    "April",
-    "May",
-    "June",
-    "July",
-    "August",
-    "September",
-    "October",
-    "November",
-    "December",
-];
-const ES_MONTHS: [&str; 12] = [
-    "enero",
-    "febrero",
-    "marzo",
-    "abril",
-    "mayo",
-    "junio",
-    "julio",
-    "agosto",
-    "septiembre",
-    "octubre",
-    "noviembre",
-    "diciembre",
-];
-
-fn month_name(lang: Language, m: u32) -> &'static str {
-    let i = usize::try_from(m.saturating_sub(1)).unwrap_or(0).min(11);
-    match lang {
-        Language::En => EN_MONTHS.get(i).copied().unwrap_or(""),
-        Language::Es => ES_MONTHS.get(i).copied().unwrap_or(""),
-    }
-}
-
-/// A date as members read it: "March 23, 2027" / "23 de marzo de 2027".
-pub fn date(lang: Language, d: NaiveDate) -> String {
-    match lang {
-        Language::En => format!("{} {}, {}", month_name(lang, d.month()), d.day(), d.year()),
-        Language::Es => format!(
-            "{} de {} de {}",
-            d.day(),
-            month_name(lang, d.month()),
-            d.year()
-        ),
-    }
-}
-
-fn month(lang: Language, m: CoverageMonth) -> String {
-    match lang {
-        Language::En => format!("{} {}", month_name(lang, m.month()), m.year()),
-        Language::Es => format!("{} de {}", month_name(lang, m.month()), m.year()),
-    }
-}
-
 fn time(lang: Language, t: DateTime<Utc>) -> String {
     format!("{} {} UTC", date(lang, t.date_naive()), t.format("%H:%M"))
-}
-
-fn decline(lang: Language, r: DeclineReason) -> &'static str {
-    match (lang, r) {
-        (Language::En, _) => r.plain_language(),
-        (Language::Es, DeclineReason::InsufficientFunds) => {
-            "No había fondos suficientes en la cuenta. Revise su saldo o use otro método de pago."
-        }
-        (Language::Es, DeclineReason::CardDeclined) => {
-            "El banco que emitió su tarjeta la rechazó. Comuníquese con su banco o use otro método de pago."
-        }
-        (Language::Es, DeclineReason::ExpiredCard) => {
-            "La tarjeta está vencida. Use una tarjeta con una fecha de vencimiento vigente."
-        }
-        (Language::Es, DeclineReason::IncorrectDetails) => {
-            "Los datos de la tarjeta o de la cuenta bancaria no fueron aceptados. Revíselos e intente de nuevo."
-        }
-        (Language::Es, DeclineReason::ProcessingError) => {
-            "No se pudo procesar el pago en este momento. Intente de nuevo en unos minutos."
-        }
-    }
-}
-
-fn returned(lang: Language, code: ReturnCode) -> String {
-    match lang {
-        Language::En => format!("{} (return code {code})", code.plain_language()),
-        Language::Es => {
-            let why = match code.to_string().as_str() {
-                "R01" | "R09" => "Su banco devolvió el pago porque no había fondos suficientes.",
-                "R02" => "Su banco devolvió el pago porque la cuenta está cerrada.",
-                "R03" | "R04" => {
-                    "Su banco no encontró la cuenta. Revise el número de cuenta y el número de ruta."
-                }
-                "R07" | "R10" | "R29" => {
-                    "Su banco devolvió el pago porque se informó que no estaba autorizado."
-                }
-                _ => "Su banco devolvió el pago. Comuníquese con su banco para más detalles.",
-            };
-            format!("{why} (código de devolución {code})")
-        }
-    }
 }
 
 fn content(kind: NoticeKind, body: &NoticeBody, lang: Language, b: &Branding) -> Content {
