@@ -16,6 +16,9 @@ tasks:
   bench-api
          POST /api/v1/payments at 1, 8, 32 clients next to pgbench of the same SQL
          (needs PORTAL_TEST_DATABASE_URL and pgbench)
+  screenshots
+         walk the member pages in headless Chromium and save a PNG of each to docs/screenshots
+         (needs chromium, chromium-driver and axe-core, as .ci/run installs them)
   bench-jobs
          the billing run for 1,000,000 members and the autopay run for 10,000 mandates on
          PostgreSQL, next to raw-insert and pgbench baselines, with peak RSS
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
             "bench-api",
             &["bench", "-p", "portal-app", "--bench", "api"],
         ),
+        Some("screenshots") => screenshots(),
         Some("bench-jobs") => step(
             "bench-jobs",
             &["bench", "-p", "portal-app", "--bench", "jobs"],
@@ -95,6 +99,31 @@ fn ci() -> Result<(), String> {
         &["test", "--workspace", "--all-features", "--locked"],
     )?;
     println!("== ci passed");
+    Ok(())
+}
+
+/// Runs the browser tests with screenshots on, into `docs/screenshots/`.
+fn screenshots() -> Result<(), String> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .ok_or("xtask lives in the workspace")?;
+    let dir = root.join("docs").join("screenshots");
+    let dir = dir.to_str().ok_or("a UTF-8 path")?;
+    step_with_env(
+        "screenshots",
+        &[
+            "test",
+            "-p",
+            "portal-app",
+            "--test",
+            "it",
+            "browser::",
+            "--",
+            "--nocapture",
+        ],
+        &[("PORTAL_SCREENSHOTS", dir), ("CI", "true")],
+    )?;
+    println!("== screenshots saved in {dir}");
     Ok(())
 }
 

@@ -10,6 +10,7 @@ mod more;
 pub mod problem;
 mod routes;
 mod support;
+pub mod web;
 
 pub use routes::openapi;
 
@@ -246,6 +247,29 @@ impl axum::extract::FromRequestParts<AppState> for Member {
     }
 }
 
+/// The session and CSRF cookies of a new session.
+fn session_cookies(state: &AppState, grant: &SessionGrant) -> Vec<HeaderValue> {
+    let token = grant.token.expose();
+    let secure = if state.config.secure_cookies {
+        "; Secure"
+    } else {
+        ""
+    };
+    let max_age = (grant.expires_at - Utc::now()).num_seconds().max(0);
+    [
+        format!(
+            "{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}"
+        ),
+        format!(
+            "{CSRF_COOKIE}={}; Path=/; SameSite=Lax; Max-Age={max_age}{secure}",
+            csrf_for(token)
+        ),
+    ]
+    .into_iter()
+    .filter_map(|c| HeaderValue::from_str(&c).ok())
+    .collect()
+}
+
 fn session_response(
     state: &AppState,
     grant: &SessionGrant,
@@ -258,25 +282,9 @@ fn session_response(
         o.insert("expires_at".into(), json!(grant.expires_at));
         o.insert("csrf_token".into(), json!(csrf_for(token)));
     }
-    let secure = if state.config.secure_cookies {
-        "; Secure"
-    } else {
-        ""
-    };
-    let max_age = (grant.expires_at - Utc::now()).num_seconds().max(0);
     let mut r = (status, axum::Json(body)).into_response();
-    for c in [
-        format!(
-            "{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}"
-        ),
-        format!(
-            "{CSRF_COOKIE}={}; Path=/; SameSite=Lax; Max-Age={max_age}{secure}",
-            csrf_for(token)
-        ),
-    ] {
-        if let Ok(v) = HeaderValue::from_str(&c) {
-            r.headers_mut().append(header::SET_COOKIE, v);
-        }
+    for v in session_cookies(state, grant) {
+        r.headers_mut().append(header::SET_COOKIE, v);
     }
     r
 }
@@ -833,6 +841,7 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/v1", api)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .merge(web::routes())
         .fallback(fallback)
         .with_state(state)
         .layer(axum::middleware::from_fn(access_log))

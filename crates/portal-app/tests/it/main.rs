@@ -9,6 +9,7 @@
 //! The portal over real HTTP, started through the same `portal_app::start` that `serve` uses,
 //! on SQLite and (with `PORTAL_TEST_DATABASE_URL`) on PostgreSQL.
 
+mod browser;
 #[path = "../../benches/common/mod.rs"]
 mod common;
 mod jobs;
@@ -94,6 +95,8 @@ impl TestApp {
         // The bad-input matrix sends hundreds of requests from one address.
         config.rate_limit_per_minute = 10_000;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // The browser's origin, which the sandbox lets tokenize cards.
+        config.public_url = format!("http://{}", listener.local_addr().unwrap());
         let running = portal_app::start(config, listener, false).await.unwrap();
         let sandbox = running.app.sandbox_url.clone().unwrap();
         Some(TestApp {

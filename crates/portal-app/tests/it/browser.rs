@@ -1,0 +1,594 @@
+//! The member pages in headless Chromium, walked as a member would: log in, see what is due,
+//! pay by card (tokenized in the browser by the sandbox), see a decline's reason, pay by bank
+//! account and see it processing then settled, switch to Spanish, log out. Every page is
+//! checked with axe-core (no serious or critical WCAG 2.1 A/AA violation) and, with
+//! `PORTAL_SCREENSHOTS=<dir>` (`cargo xtask screenshots`), saved as a PNG.
+//!
+//! Needs `chromedriver` (Debian's `chromium-driver`; `PORTAL_CHROMEDRIVER` overrides the path)
+//! and axe-core (`PORTAL_AXE_JS`, the path of `axe.min.js`, by default where `.ci/run` puts it:
+//! `~/.cache/portal-ci/node_modules/axe-core/`). `.ci/run` installs both; elsewhere the test
+//! says it is skipped, and in CI a skip is a failure.
+
+use crate::{DEMO_PASSWORD, DEMO_USER, Db, TestApp};
+use fantoccini::elements::Element;
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{Value, json};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// What the browser tests need from the machine, or why they are skipped.
+fn tools() -> Option<(PathBuf, String)> {
+    let driver = std::env::var("PORTAL_CHROMEDRIVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from("/usr/bin/chromedriver"));
+    // `.ci/run` installs axe-core into ~/.cache/portal-ci and says so in PORTAL_AXE_JS.
+    let axe = std::env::var("PORTAL_AXE_JS")
+        .ok()
+        .or_else(|| {
+            std::env::var("HOME")
+                .ok()
+                .map(|h| format!("{h}/.cache/portal-ci/node_modules/axe-core/axe.min.js"))
+        })
+        .and_then(|p| std::fs::read_to_string(p).ok());
+    let missing = match (driver.exists(), &axe) {
+        (false, _) => Some(format!("no chromedriver at {}", driver.display())),
+        (true, None) => {
+            Some("no axe-core: set PORTAL_AXE_JS to axe.min.js (`npm install axe-core`)".to_owned())
+        }
+        (true, Some(_)) => None,
+    };
+    if let Some(why) = missing {
+        if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+            panic!("the browser tests must run in CI, but {why}");
+        }
+        let _ = writeln!(std::io::stderr(), "SKIPPED browser tests: {why}");
+        return None;
+    }
+    axe.map(|a| (driver, a))
+}
+
+struct Browser {
+    client: Client,
+    driver: Child,
+    axe: String,
+    shots: Option<PathBuf>,
+    _profile: tempdir::Dir,
+}
+
+mod tempdir {
+    /// A directory removed when dropped.
+    pub struct Dir(pub std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+impl Browser {
+    async fn start(driver: &Path, axe: String) -> Browser {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(driver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver starts");
+        let profile =
+            std::env::temp_dir().join(format!("portal-chromium-{}-{port}", std::process::id()));
+        let caps: serde_json::Map<String, Value> = serde_json::from_value(json!({
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": std::env::var("PORTAL_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()),
+                "args": [
+                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--disable-background-networking", "--disable-component-update",
+                    "--disable-sync", "--no-first-run", "--window-size=1280,1000",
+                    "--force-device-scale-factor=1",
+                    format!("--user-data-dir={}", profile.display()),
+                ],
+            },
+        }))
+        .unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        let started = Instant::now();
+        let client = loop {
+            // chromedriver listens on plain HTTP on this machine: no TLS client needed.
+            let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+            match ClientBuilder::new(connector)
+                .capabilities(caps.clone())
+                .connect(&url)
+                .await
+            {
+                Ok(c) => break c,
+                Err(e) if started.elapsed() < Duration::from_secs(20) => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("chromedriver did not answer: {e}"),
+            }
+        };
+        let shots = std::env::var("PORTAL_SCREENSHOTS").ok().map(PathBuf::from);
+        if let Some(dir) = &shots {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        Browser {
+            client,
+            driver: child,
+            axe,
+            shots,
+            _profile: tempdir::Dir(profile),
+        }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.client.clone().close().await;
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+
+    async fn goto(&self, url: &str) {
+        self.client.goto(url).await.unwrap();
+    }
+
+    async fn find(&self, css: &str) -> Element {
+        match self
+            .client
+            .wait()
+            .at_most(Duration::from_secs(10))
+            .for_element(Locator::Css(css))
+            .await
+        {
+            Ok(e) => e,
+            Err(e) => panic!(
+                "no {css} on {}: {e}\n{}",
+                self.url().await,
+                self.body().await
+            ),
+        }
+    }
+
+    async fn link(&self, text: &str) -> Element {
+        self.client
+            .wait()
+            .at_most(Duration::from_secs(10))
+            .for_element(Locator::LinkText(text))
+            .await
+            .unwrap_or_else(|e| panic!("no link {text:?}: {e}"))
+    }
+
+    async fn text(&self, css: &str) -> String {
+        self.find(css).await.text().await.unwrap()
+    }
+
+    async fn fill(&self, css: &str, value: &str) {
+        let e = self.find(css).await;
+        e.clear().await.unwrap();
+        e.send_keys(value).await.unwrap();
+    }
+
+    async fn click(&self, css: &str) {
+        self.find(css).await.click().await.unwrap();
+    }
+
+    async fn url(&self) -> String {
+        self.client
+            .current_url()
+            .await
+            .map(|u| u.to_string())
+            .unwrap_or_default()
+    }
+
+    async fn path(&self) -> String {
+        self.client
+            .current_url()
+            .await
+            .map(|u| u.path().to_owned())
+            .unwrap_or_default()
+    }
+
+    /// Waits until the page's path is `want` (or, when `want` ends in `/`, starts with it).
+    async fn wait_for_path(&self, want: &str) {
+        let started = Instant::now();
+        loop {
+            let path = self.path().await;
+            let there = if want.ends_with('/') && want.len() > 1 {
+                path.starts_with(want)
+            } else {
+                path == want
+            };
+            if there {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "expected {want}, still on {path}: {}",
+                self.body().await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until the text of `css` contains `needle` (a page loading, a script answering).
+    async fn wait_for_text(&self, css: &str, needle: &str) {
+        let started = Instant::now();
+        loop {
+            if let Ok(e) = self.client.find(Locator::Css(css)).await {
+                if e.text().await.unwrap_or_default().contains(needle) {
+                    return;
+                }
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "{css} never said {needle:?}: {}",
+                self.body().await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until the address contains `needle`.
+    async fn wait_for_url(&self, needle: &str) {
+        let started = Instant::now();
+        while !self.url().await.contains(needle) {
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "never reached {needle}: {}",
+                self.url().await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn body(&self) -> String {
+        match self.client.find(Locator::Css("main")).await {
+            Ok(m) => m.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
+    /// Checks the page with axe-core and saves its screenshot as `name`.
+    async fn check(&self, name: &str) {
+        self.find("main").await;
+        self.client.execute(&self.axe, vec![]).await.unwrap();
+        let found = self
+            .client
+            .execute_async(
+                "const done = arguments[arguments.length - 1];
+                 axe.run(document, { runOnly: { type: 'tag',
+                     values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa'] } })
+                   .then(r => done(r.violations
+                       .filter(v => v.impact === 'serious' || v.impact === 'critical')
+                       .map(v => v.id + ' (' + v.impact + '): ' + v.help + ' at '
+                           + v.nodes.map(n => n.target.join(' ')).join(', '))))
+                   .catch(e => done(['axe failed: ' + e]));",
+                vec![],
+            )
+            .await
+            .unwrap();
+        let problems: Vec<String> = serde_json::from_value(found).unwrap();
+        assert!(
+            problems.is_empty(),
+            "{name}: accessibility violations:\n{}",
+            problems.join("\n")
+        );
+        if let Some(dir) = &self.shots {
+            let png = self.client.screenshot().await.unwrap();
+            std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
+        }
+    }
+}
+
+/// Pays from the payment page with a new card; returns at the confirmation page.
+async fn pay_with_card(b: &Browser, amount: &str, number: &str, shot: Option<&str>) {
+    b.fill("#amount", amount).await;
+    b.click("#method-card").await;
+    b.fill("#card-number", number).await;
+    b.fill("#card-exp-month", "12").await;
+    b.fill("#card-exp-year", "2034").await;
+    b.fill("#card-cvc", "123").await;
+    if let Some(name) = shot {
+        b.check(name).await;
+    }
+    b.click("#pay-form button[type=submit]").await;
+    b.wait_for_path("/pay/review").await;
+}
+
+/// Create Account as the member guide describes it: personal information, username and
+/// password, the emailed code, then the dashboard (in the language the member chose).
+async fn create_an_account(b: &Browser, app: &TestApp) {
+    b.link("Create Account").await.click().await.unwrap();
+    b.wait_for_path("/register").await;
+    b.check("register-en").await;
+    b.fill("#account_number", "HC1000002").await;
+    b.fill("#first_name", "María").await;
+    b.fill("#last_name", "López").await;
+    b.client
+        .execute(
+            "document.getElementById('date_of_birth').value = '1980-05-17';",
+            vec![],
+        )
+        .await
+        .unwrap();
+    b.fill("#ssn", "234-56-7890").await;
+    b.fill("#email", "maria@example.com").await;
+    b.fill("#username", "maria").await;
+    b.fill("#password", "short").await;
+    b.wait_for_text("#password-strength", "too short").await;
+    b.fill("#password", "a long and happy passphrase").await;
+    b.wait_for_text("#password-strength", "strong").await;
+    b.find("#language")
+        .await
+        .select_by_value("es")
+        .await
+        .unwrap();
+    b.click("form.stack button[type=submit]").await;
+    let lead = b.text("p.lead").await;
+    assert!(lead.contains("m***@example.com"), "{lead}");
+    b.check("verify-en").await;
+    // A wrong code is refused on its field.
+    b.fill("#code", "000000").await;
+    b.click("form.stack button[type=submit]").await;
+    b.wait_for_text("#code-error", "not right").await;
+    let code = app
+        .outbox()
+        .await
+        .into_iter()
+        .find_map(|n| match n.body {
+            portal_core::notice::NoticeBody::EmailVerification { code, .. } => Some(code),
+            _ => None,
+        })
+        .expect("a verification code was emailed");
+    b.fill("#code", &code).await;
+    b.click("form.stack button[type=submit]").await;
+    b.wait_for_path("/dashboard").await;
+    assert!(b.text("h1").await.contains("María"));
+    assert_eq!(
+        b.text("#due-title").await,
+        "Monto a pagar",
+        "she chose Spanish"
+    );
+    b.check("dashboard-new-member-es").await;
+    b.click("nav button.link").await;
+    b.wait_for_path("/").await;
+}
+
+/// Forgot Password: the emailed link (read from the outbox) sets a new password, which then
+/// logs in.
+async fn forget_the_password(b: &Browser, app: &TestApp) {
+    b.goto(&format!("{}/login", app.base)).await;
+    b.link("Forgot Password?").await.click().await.unwrap();
+    b.wait_for_path("/forgot-password").await;
+    b.check("forgot-en").await;
+    b.fill("#identifier", DEMO_USER).await;
+    b.click("form.stack button[type=submit]").await;
+    b.wait_for_text("#reset-sent", "we sent a link").await;
+    let token = app
+        .outbox()
+        .await
+        .into_iter()
+        .find_map(|n| match n.body {
+            portal_core::notice::NoticeBody::PasswordReset { token, .. } => Some(token),
+            _ => None,
+        })
+        .expect("a reset link was emailed");
+    b.goto(&format!("{}/reset-password?token={token}", app.base))
+        .await;
+    b.check("reset-en").await;
+    b.fill("#password", "password").await;
+    b.click("form.stack button[type=submit]").await;
+    assert!(
+        !b.text("#password-error").await.is_empty(),
+        "a weak password is refused"
+    );
+    b.fill("#password", "a brand new premium passphrase").await;
+    b.click("form.stack button[type=submit]").await;
+    b.wait_for_text("main", "Your password was changed").await;
+    b.goto(&format!("{}/login", app.base)).await;
+    b.fill("#username", DEMO_USER).await;
+    b.fill("#password", "a brand new premium passphrase").await;
+    b.click("form.stack button[type=submit]").await;
+    b.wait_for_path("/dashboard").await;
+}
+
+pub async fn a_member_pays_in_the_browser() {
+    let Some((driver, axe)) = tools() else {
+        return;
+    };
+    let app = TestApp::start(Db::Sqlite).await.unwrap();
+    let b = Browser::start(&driver, axe).await;
+    let base = app.base.clone();
+
+    // Home: "Create Account" and "Log in".
+    b.goto(&base).await;
+    b.check("home-en").await;
+    create_an_account(&b, &app).await;
+    b.link("Log in").await.click().await.unwrap();
+    b.wait_for_path("/login").await;
+    b.check("login-en").await;
+
+    // A wrong password says so, without saying which part was wrong.
+    b.fill("#username", DEMO_USER).await;
+    b.fill("#password", "not the password").await;
+    b.click("form.stack button[type=submit]").await;
+    b.wait_for_text("p.alert", "username or password is incorrect")
+        .await;
+    b.check("login-error-en").await;
+
+    // Log in: the dashboard shows what is due and when.
+    b.fill("#username", DEMO_USER).await;
+    b.fill("#password", DEMO_PASSWORD).await;
+    b.click("form.stack button[type=submit]").await;
+    b.wait_for_path("/dashboard").await;
+    let due = b.text("#amount-due").await;
+    assert!(due.starts_with('$') && due != "$0.00", "{due}");
+    assert!(!b.text("#due-date").await.is_empty());
+    assert_eq!(b.text("#autopay-status").await, "Off");
+    b.check("dashboard-en").await;
+
+    // Make a Payment: the amount starts at the amount due; a declined card says why.
+    b.link("Make a Payment").await.click().await.unwrap();
+    b.wait_for_path("/pay").await;
+    let prefilled = b.find("#amount").await.prop("value").await.unwrap();
+    assert_eq!(
+        format!("${}", prefilled.unwrap_or_default()),
+        due,
+        "the amount defaults to the amount due"
+    );
+    pay_with_card(&b, "25.00", "4000000000009995", Some("pay-en")).await;
+    b.check("review-en").await;
+    b.click("form.stack button[type=submit]").await;
+    b.wait_for_path("/payments/").await;
+    b.wait_for_text("#decline-reason", "not enough funds").await;
+    b.check("declined-en").await;
+
+    // Pay part by card: a reference number to save.
+    b.link("Try again").await.click().await.unwrap();
+    b.wait_for_path("/pay").await;
+    pay_with_card(&b, "100.00", "4242 4242 4242 4242", None).await;
+    assert_eq!(b.text("#review-method").await, "Visa •••• 4242");
+    assert_eq!(b.text("#review-amount").await, "$100.00");
+    b.click("form.stack button[type=submit]").await;
+    b.wait_for_path("/payments/").await;
+    let reference = b.text("#reference").await;
+    assert_eq!(reference.len(), 14, "{reference}");
+    assert_eq!(b.text("#payment-status").await, "Paid");
+    b.check("confirmation-en").await;
+    // The card number never reached the portal: only the sandbox's token did.
+    let (_, payments) = app
+        .get("/payments", &app.login(DEMO_USER, DEMO_PASSWORD).await)
+        .await;
+    assert!(!payments.to_string().contains("4242424242424242"));
+
+    // The rest by bank account: processing first, settled once the bank has paid.
+    b.link("Make a Payment").await.click().await.unwrap();
+    b.wait_for_path("/pay").await;
+    b.click("#method-bank").await;
+    b.fill("#bank-routing", "110000000").await;
+    b.fill("#bank-account", "000123456789").await;
+    b.check("pay-bank-en").await;
+    b.click("#pay-form button[type=submit]").await;
+    b.wait_for_path("/pay/review").await;
+    assert!(
+        b.body()
+            .await
+            .contains("Bank payments take a few business days")
+    );
+    b.click("form.stack button[type=submit]").await;
+    b.wait_for_path("/payments/").await;
+    assert_eq!(b.text("#payment-status").await, "Processing");
+    assert!(
+        b.text("#bank-note")
+            .await
+            .contains("Expected to complete by")
+    );
+    b.check("confirmation-bank-en").await;
+    let confirmation = b.url().await;
+    b.link("Back to your dashboard")
+        .await
+        .click()
+        .await
+        .unwrap();
+    b.wait_for_path("/dashboard").await;
+    assert!(b.body().await.contains("A bank payment is processing"));
+    assert_eq!(b.text("#amount-due").await, "$0.00");
+    app.advance_gateway_days(3).await;
+    let started = Instant::now();
+    loop {
+        b.goto(&confirmation).await;
+        if b.text("#payment-status").await == "Paid" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the bank payment never settled"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // Spanish, from any page.
+    // Payment History: every payment, filters, and a CSV download.
+    b.link("Payment History").await.click().await.unwrap();
+    b.wait_for_path("/payments").await;
+    let rows = b.client.find_all(Locator::Css("tbody tr")).await.unwrap();
+    assert_eq!(rows.len(), 3, "{}", b.body().await);
+    b.check("history-en").await;
+    b.find("#status")
+        .await
+        .select_by_value("failed")
+        .await
+        .unwrap();
+    b.click("form.filters button[type=submit]").await;
+    b.wait_for_url("status=failed").await;
+    let rows = b.client.find_all(Locator::Css("tbody tr")).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert!(b.body().await.contains("Declined"));
+    let csv = b
+        .client
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             fetch('/payments.csv').then(r => r.text()).then(done, e => done('failed: ' + e));",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let csv = csv.as_str().unwrap_or_default().to_owned();
+    assert!(
+        csv.starts_with("date,reference,amount,method,status"),
+        "{csv}"
+    );
+    assert_eq!(csv.lines().count(), 4, "{csv}");
+    assert!(csv.contains(&reference), "{csv}");
+
+    b.goto(&format!("{base}/dashboard")).await;
+    b.link("Español").await.click().await.unwrap();
+    b.wait_for_path("/dashboard").await;
+    assert_eq!(b.text("#due-title").await, "Monto a pagar");
+    let html_lang = b
+        .find("html")
+        .await
+        .attr("lang")
+        .await
+        .unwrap()
+        .unwrap_or_default();
+    assert_eq!(html_lang, "es");
+    b.check("dashboard-es").await;
+    b.link("Hacer un pago").await.click().await.unwrap();
+    b.wait_for_path("/pay").await;
+    b.check("pay-es").await;
+    b.link("Historial de pagos").await.click().await.unwrap();
+    b.wait_for_path("/payments").await;
+    b.check("history-es").await;
+    b.link("Ayuda").await.click().await.unwrap();
+    b.wait_for_path("/help").await;
+    assert!(b.body().await.contains("¿Qué pasa si no hago un pago?"));
+    b.check("help-es").await;
+
+    // Log out: back home, and the dashboard asks to log in again.
+    b.click("nav button.link").await;
+    b.wait_for_path("/").await;
+    b.check("home-es").await;
+    b.goto(&format!("{base}/dashboard")).await;
+    b.wait_for_path("/login").await;
+    b.check("login-es").await;
+    b.link("English").await.click().await.unwrap();
+    b.wait_for_path("/login").await;
+    b.link("Help").await.click().await.unwrap();
+    b.wait_for_path("/help").await;
+    assert!(b.body().await.contains("What if I miss a payment?"));
+    b.check("help-en").await;
+
+    forget_the_password(&b, &app).await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_pages_in_a_real_browser() {
+    a_member_pays_in_the_browser().await;
+}
