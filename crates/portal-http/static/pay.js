@@ -1,6 +1,6 @@
-// Make a Payment: new card and bank details go straight from the browser to the payment
-// processor's tokenization endpoint; only the token it returns is sent to the portal. The
-// detail inputs have no name attribute, so the form can never submit them.
+// Make a Payment and automatic payments: new card and bank details go straight from the
+// browser to the payment processor's tokenization endpoint; only the token it returns is sent
+// to the portal. The detail inputs have no name attribute, so the form can never submit them.
 (function () {
   "use strict";
   var form = document.getElementById("pay-form");

@@ -359,6 +359,97 @@ async fn create_an_account(b: &Browser, app: &TestApp) {
     b.wait_for_path("/").await;
 }
 
+/// Guest pay from the home page (account number, name, date of birth, then a card), then the
+/// payment's status by its reference number.
+async fn pay_as_a_guest(b: &Browser, app: &TestApp) {
+    use chrono::Datelike;
+    let today = app.running.app.portal.deps().clock.today();
+    let born = format!("{}-05-17", today.year() - 41);
+    b.goto(&app.base).await;
+    b.link("Pay without logging in")
+        .await
+        .click()
+        .await
+        .unwrap();
+    b.wait_for_path("/guest").await;
+    b.check("guest-en").await;
+    b.fill("#account_number", "HC1000001").await;
+    b.fill("#first_name", "Dana").await;
+    b.fill("#last_name", "Someone Else").await;
+    b.client
+        .execute(
+            &format!("document.getElementById('date_of_birth').value = '{born}';"),
+            vec![],
+        )
+        .await
+        .unwrap();
+    b.click("form.stack button[type=submit]").await;
+    b.wait_for_text("p.alert", "don't match our records").await;
+    b.fill("#last_name", "Rivera").await;
+    b.client
+        .execute(
+            &format!("document.getElementById('date_of_birth').value = '{born}';"),
+            vec![],
+        )
+        .await
+        .unwrap();
+    b.click("form.stack button[type=submit]").await;
+    b.wait_for_path("/guest").await;
+    b.find("#pay-form").await;
+    b.fill("#amount", "10.00").await;
+    b.click("#method-card").await;
+    b.fill("#card-number", "4242424242424242").await;
+    b.fill("#card-exp-month", "12").await;
+    b.fill("#card-exp-year", "2034").await;
+    b.fill("#card-cvc", "123").await;
+    b.check("guest-pay-en").await;
+    b.click("#pay-form button[type=submit]").await;
+    b.wait_for_path("/guest/pay").await;
+    let reference = b.text("#reference").await;
+    assert_eq!(b.text("#payment-status").await, "Paid");
+    b.check("guest-confirmation-en").await;
+    b.link("Check a payment's status")
+        .await
+        .click()
+        .await
+        .unwrap();
+    b.wait_for_path("/status").await;
+    assert_eq!(b.text("#payment-status").await, "Paid");
+    assert!(b.body().await.contains(&reference));
+    b.check("status-en").await;
+    b.fill("#reference", "AAAA-AAAA-AAAA").await;
+    b.click("form.stack button[type=submit]").await;
+    b.wait_for_text("#reference-error", "").await;
+    b.check("status-error-en").await;
+}
+
+/// A support agent finds the member by name and the payment by its reference number, sees the
+/// account's timeline, and resends the receipt.
+async fn a_support_agent_finds_the_payment(b: &Browser, app: &TestApp, reference: &str) {
+    b.goto(&format!("{}/support/login", app.base)).await;
+    b.check("support-login").await;
+    let (agent, password) = portal_app::wiring::DEMO_AGENT;
+    b.fill("#username", agent).await;
+    b.fill("#password", password).await;
+    b.click("form.stack button[type=submit]").await;
+    b.wait_for_path("/support").await;
+    b.fill("#q", "Rivera").await;
+    b.click("form.stack button[type=submit]").await;
+    b.wait_for_text("#results", "HC1000001").await;
+    b.check("support-search").await;
+    b.fill("#q", reference).await;
+    b.click("form.stack button[type=submit]").await;
+    b.wait_for_path("/support/accounts/").await;
+    let row = b.text(&format!("#payment-{reference}")).await;
+    assert!(row.contains("$100.00"), "{row}");
+    assert!(b.text("#timeline").await.contains("payment."));
+    b.check("support-account").await;
+    b.click(&format!("#payment-{reference} form button")).await;
+    b.wait_for_text("#support-notice", "Receipt queued").await;
+    b.click("nav button.link").await;
+    b.wait_for_path("/").await;
+}
+
 /// Forgot Password: the emailed link (read from the outbox) sets a new password, which then
 /// logs in.
 async fn forget_the_password(b: &Browser, app: &TestApp) {
@@ -513,6 +604,41 @@ pub async fn a_member_pays_in_the_browser() {
     }
 
     // Spanish, from any page.
+    // Settings → Automatic Payments: a bank account entered here, the amount due monthly,
+    // the authorization to accept, then pause and resume.
+    b.link("Settings: Automatic Payments")
+        .await
+        .click()
+        .await
+        .unwrap();
+    b.wait_for_path("/settings/autopay").await;
+    assert!(b.body().await.contains("no automatic payments"));
+    b.click("#method-bank").await;
+    b.fill("#bank-routing", "110000000").await;
+    b.fill("#bank-account", "000123456789").await;
+    b.click("#rule-due").await;
+    b.check("autopay-en").await;
+    b.click("#pay-form button[type=submit]").await;
+    b.wait_for_path("/settings/autopay/review").await;
+    let authorization = b.text("#authorization-text").await;
+    assert!(authorization.contains("6789"), "{authorization}");
+    b.check("autopay-review-en").await;
+    b.click("form.stack button[type=submit]").await;
+    b.wait_for_text("#accept-error", "Check the box").await;
+    b.click("#accept").await;
+    b.click("form.stack button[type=submit]").await;
+    b.wait_for_text("#autopay-notice", "Automatic payments are on")
+        .await;
+    assert_eq!(b.text(".mandate-status").await, "Active");
+    b.check("autopay-active-en").await;
+    b.click("button[value=pause]").await;
+    b.wait_for_text(".mandate-status", "Paused").await;
+    b.click("button[value=resume]").await;
+    b.wait_for_text(".mandate-status", "Active").await;
+    b.link("Dashboard").await.click().await.unwrap();
+    b.wait_for_path("/dashboard").await;
+    assert_eq!(b.text("#autopay-status").await, "On");
+
     // Payment History: every payment, filters, and a CSV download.
     b.link("Payment History").await.click().await.unwrap();
     b.wait_for_path("/payments").await;
@@ -562,6 +688,13 @@ pub async fn a_member_pays_in_the_browser() {
     b.link("Hacer un pago").await.click().await.unwrap();
     b.wait_for_path("/pay").await;
     b.check("pay-es").await;
+    b.link("Configuración: Pagos automáticos")
+        .await
+        .click()
+        .await
+        .unwrap();
+    b.wait_for_path("/settings/autopay").await;
+    b.check("autopay-es").await;
     b.link("Historial de pagos").await.click().await.unwrap();
     b.wait_for_path("/payments").await;
     b.check("history-es").await;
@@ -584,6 +717,8 @@ pub async fn a_member_pays_in_the_browser() {
     assert!(b.body().await.contains("What if I miss a payment?"));
     b.check("help-en").await;
 
+    pay_as_a_guest(&b, &app).await;
+    a_support_agent_finds_the_payment(&b, &app, &reference).await;
     forget_the_password(&b, &app).await;
     b.stop().await;
 }

@@ -7,6 +7,7 @@
 //! handlers: the payment page's script sends them straight to the gateway's tokenization
 //! endpoint and submits only the token.
 
+mod support;
 mod text;
 
 use crate::{
@@ -24,11 +25,15 @@ use portal_core::account::{Account, Principal};
 use portal_core::delinquency::CoverageStatus;
 use portal_core::error::{FieldError, Validator};
 use portal_core::identity::Language;
-use portal_core::ids::{AccountId, MethodId, PaymentId};
+use portal_core::ids::{AccountId, AgentId, MandateId, MethodId, PaymentId};
 use portal_core::locale;
+use portal_core::mandate::{AmountRule, ConsentSource, Frequency, MandateStatus};
 use portal_core::money::Money;
 use portal_core::payment::{Payment, PaymentStatus};
-use portal_core::services::{LoginOutcome, MakePayment, PayWith, ServiceError};
+use portal_core::reference::PaymentReference;
+use portal_core::services::{
+    AutopayForm, GuestMatch, GuestPayForm, LoginOutcome, MakePayment, PayWith, ServiceError,
+};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 pub use text::Text;
@@ -58,6 +63,14 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/reset-password", get(reset_page).post(reset_submit))
         .route("/payments", get(history))
         .route("/payments.csv", get(history_csv))
+        .route("/settings/autopay", get(autopay_page))
+        .route("/settings/autopay/review", post(autopay_review))
+        .route("/settings/autopay/activate", post(autopay_activate))
+        .route("/settings/autopay/{id}/status", post(autopay_status))
+        .route("/guest", get(guest_page).post(guest_identify))
+        .route("/guest/pay", post(guest_submit))
+        .route("/status", get(status_page))
+        .merge(support::routes())
 }
 
 /// One field's error as the page shows it.
@@ -77,6 +90,8 @@ pub(crate) struct Ctx {
     pub csrf: String,
     pub path: String,
     pub signed_in: bool,
+    /// A support agent is signed in.
+    pub agent_in: bool,
     pub errors: Vec<PageError>,
     /// A fresh pre-login CSRF token to set as a cookie.
     new_csrf: Option<String>,
@@ -84,6 +99,8 @@ pub(crate) struct Ctx {
     session: Option<String>,
     /// The signed-in member.
     member: Option<AccountId>,
+    /// The signed-in support agent.
+    agent: Option<AgentId>,
 }
 
 impl Ctx {
@@ -131,10 +148,12 @@ impl Ctx {
 async fn visit(s: &AppState, headers: &HeaderMap, uri: &Uri) -> Ctx {
     let mut session = cookie(headers, SESSION_COOKIE).filter(|t| !t.is_empty() && t.len() <= 256);
     let mut member = None;
+    let mut agent = None;
     if let Some(token) = &session {
         match s.portal.authenticate(token).await {
             Ok(Principal::Member { account_id }) => member = Some(account_id),
-            _ => session = None,
+            Ok(Principal::Agent { agent_id }) => agent = Some(agent_id),
+            Err(_) => session = None,
         }
     }
     let chosen = cookie(headers, LANG_COOKIE).and_then(|l| Language::parse(&l).ok());
@@ -167,10 +186,12 @@ async fn visit(s: &AppState, headers: &HeaderMap, uri: &Uri) -> Ctx {
         csrf,
         path: uri.path().to_owned(),
         signed_in: member.is_some(),
+        agent_in: agent.is_some(),
         errors: Vec::new(),
         new_csrf,
         session,
         member,
+        agent,
     }
 }
 
@@ -1007,6 +1028,11 @@ async fn payment_page(
         Ok(p) => p,
         Err(e) => return service_failure(&s, &c, &e),
     };
+    payment_view(&s, &c, &p)
+}
+
+/// A payment's page: its reference number to save, its status, or its decline reason.
+fn payment_view(s: &AppState, c: &Ctx, p: &Payment) -> Response {
     let declined = match p.status {
         PaymentStatus::Failed { reason } => Some(locale::decline_reason(c.lang, reason)),
         _ => None,
@@ -1017,19 +1043,19 @@ async fn payment_page(
         c.t.confirmation_title
     };
     let html = PaymentPage {
-        c: &c,
+        c,
         title,
         reference: p.reference.to_string(),
         amount: c.money(p.amount),
         method: p.instrument.masked(),
-        status: status_word(&c, &p),
+        status: status_word(c, p),
         date: c.date(p.initiated_on),
         declined,
         pending: matches!(p.status, PaymentStatus::Pending { .. }),
         expected: p.expected_settlement.map(|d| c.date(d)),
     }
     .render();
-    page(&s, &c, StatusCode::OK, html)
+    page(s, c, StatusCode::OK, html)
 }
 
 // ---- Create Account ----
@@ -1614,4 +1640,711 @@ async fn history_csv(
         out,
     )
         .into_response()
+}
+
+// ---- Settings → Automatic Payments ----
+
+struct MandateView {
+    id: String,
+    status: String,
+    method: String,
+    rule: String,
+    frequency: String,
+    start: String,
+    /// (action, button label)
+    actions: Vec<(&'static str, &'static str)>,
+}
+
+#[derive(Template)]
+#[template(path = "autopay.html")]
+struct AutopayPage<'a> {
+    c: &'a Ctx,
+    title: &'a str,
+    notice: Option<&'a str>,
+    mandates: Vec<MandateView>,
+    can_set_up: bool,
+    methods: Vec<MethodChoice>,
+    chosen: String,
+    rule: String,
+    fixed_amount: String,
+    frequency: String,
+    start_date: String,
+    gateway_url: String,
+    publishable_key: String,
+}
+
+fn rule_label(c: &Ctx, rule: AmountRule) -> String {
+    match rule {
+        AmountRule::AmountDue => c.t.rule_amount_due.to_owned(),
+        AmountRule::Fixed { amount } => format!("{} ({})", c.t.rule_fixed, c.money(amount)),
+    }
+}
+
+fn frequency_label(c: &Ctx, f: Frequency) -> &'static str {
+    match f {
+        Frequency::Monthly => c.t.monthly,
+        Frequency::Quarterly => c.t.quarterly,
+    }
+}
+
+fn autopay_form_page(
+    s: &AppState,
+    c: &Ctx,
+    a: &Account,
+    form: &HashMap<String, String>,
+    notice: Option<&str>,
+) -> Response {
+    let mandates: Vec<MandateView> = a
+        .mandates
+        .iter()
+        .filter(|m| m.status != MandateStatus::Cancelled)
+        .map(|m| {
+            let (status, actions) = match m.status {
+                MandateStatus::Active => (
+                    c.t.mandate_active,
+                    vec![("pause", c.t.pause), ("cancel", c.t.cancel_autopay)],
+                ),
+                MandateStatus::Paused { .. } => (
+                    c.t.mandate_paused,
+                    vec![("resume", c.t.resume), ("cancel", c.t.cancel_autopay)],
+                ),
+                MandateStatus::Suspended => {
+                    (c.t.mandate_suspended, vec![("cancel", c.t.cancel_autopay)])
+                }
+                MandateStatus::Cancelled => (c.t.mandate_cancelled, Vec::new()),
+            };
+            MandateView {
+                id: m.id.to_string(),
+                status: status.to_owned(),
+                method: a
+                    .method(m.method_id)
+                    .map(|x| x.details.masked())
+                    .unwrap_or_default(),
+                rule: rule_label(c, m.amount_rule),
+                frequency: frequency_label(c, m.frequency).to_owned(),
+                start: c.date(m.start_date),
+                actions,
+            }
+        })
+        .collect();
+    let can_set_up = !a.mandates.iter().any(|m| {
+        matches!(
+            m.status,
+            MandateStatus::Active | MandateStatus::Paused { .. }
+        )
+    });
+    let methods: Vec<MethodChoice> = a
+        .methods
+        .iter()
+        .filter(|m| m.removed_at.is_none())
+        .map(|m| MethodChoice {
+            id: m.id.to_string(),
+            label: m.details.masked(),
+        })
+        .collect();
+    let kept = |k: &str| form.get(k).cloned().unwrap_or_default();
+    let chosen = match form.get("method") {
+        Some(m) if !m.is_empty() => m.clone(),
+        _ => methods
+            .first()
+            .map_or_else(|| "card".to_owned(), |m| m.id.clone()),
+    };
+    let today = s.portal.deps().clock.today();
+    let summary = a.summary(&s.portal.config().delinquency, today);
+    let default_start = summary
+        .next_due_date
+        .filter(|d| *d > today)
+        .unwrap_or(today + chrono::Days::new(1));
+    let html = AutopayPage {
+        c,
+        title: c.t.automatic_payments,
+        notice,
+        mandates,
+        can_set_up,
+        methods,
+        chosen,
+        rule: kept("rule"),
+        fixed_amount: kept("fixed_amount"),
+        frequency: kept("frequency"),
+        start_date: form
+            .get("start_date")
+            .cloned()
+            .unwrap_or_else(|| default_start.to_string()),
+        gateway_url: gateway_url(s).unwrap_or_default(),
+        publishable_key: publishable_key(s),
+    }
+    .render();
+    let status = if c.errors.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::UNPROCESSABLE_ENTITY
+    };
+    page(s, c, status, html)
+}
+
+#[derive(serde::Deserialize, Default)]
+struct AutopayQuery {
+    done: Option<String>,
+}
+
+async fn autopay_page(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
+    q: Result<Query<AutopayQuery>, QueryRejection>,
+) -> Response {
+    let c = visit(&s, &headers, &uri).await;
+    let Some(id) = c.member else {
+        return to_login();
+    };
+    let notice = match q.ok().and_then(|Query(q)| q.done).as_deref() {
+        Some("activated") => Some(c.t.autopay_activated),
+        Some("changed") => Some(c.t.autopay_changed),
+        _ => None,
+    };
+    match s.portal.account(id).await {
+        Ok(a) => autopay_form_page(&s, &c, &a, &HashMap::new(), notice),
+        Err(e) => service_failure(&s, &c, &e),
+    }
+}
+
+/// The autopay terms of a form whose method is already a saved one; errors land on `c`.
+fn read_autopay(c: &mut Ctx, form: &HashMap<String, String>) -> Option<AutopayForm> {
+    let mut v = Validator::new();
+    let method = form
+        .get("method")
+        .and_then(|m| uuid::Uuid::parse_str(m).ok())
+        .map(MethodId);
+    if method.is_none() {
+        v.push(FieldError::new("method", "required", c.t.choose_method));
+    }
+    let amount_rule = match form.get("rule").map(String::as_str) {
+        Some("fixed") => {
+            let raw = form
+                .get("fixed_amount")
+                .map(|a| a.trim().trim_start_matches('$').replace(',', ""))
+                .unwrap_or_default();
+            v.check("fixed_amount", Money::parse_positive(&raw))
+                .map(|amount| AmountRule::Fixed { amount })
+        }
+        _ => Some(AmountRule::AmountDue),
+    };
+    let frequency = match form.get("frequency").map(String::as_str) {
+        Some("quarterly") => Frequency::Quarterly,
+        _ => Frequency::Monthly,
+    };
+    let start = form
+        .get("start_date")
+        .and_then(|d| NaiveDate::parse_from_str(d.trim(), "%Y-%m-%d").ok());
+    if start.is_none() {
+        v.push(FieldError::new(
+            "start_date",
+            "format",
+            format!("{}: YYYY-MM-DD", c.t.start_date),
+        ));
+    }
+    let parsed = match (method, amount_rule, start) {
+        (Some(method_id), Some(amount_rule), Some(start_date)) => Some(AutopayForm {
+            method_id,
+            amount_rule,
+            cap: None,
+            frequency,
+            start_date,
+        }),
+        _ => None,
+    };
+    match v.finish(parsed) {
+        Ok(f) => Some(f),
+        Err(errors) => {
+            c.fail_fields(&errors.0, &[("payment_method_id", "method")]);
+            None
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "autopay_review.html")]
+struct AutopayReviewPage<'a> {
+    c: &'a Ctx,
+    title: &'a str,
+    method: String,
+    method_id: String,
+    rule: String,
+    rule_label: String,
+    fixed_amount: String,
+    frequency: String,
+    frequency_label: String,
+    start_date: String,
+    first_debit: String,
+    estimated: String,
+    authorization: String,
+}
+
+async fn autopay_review(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
+    form: Result<Form<HashMap<String, String>>, FormRejection>,
+) -> Response {
+    let mut c = visit(&s, &headers, &uri).await;
+    let Some(id) = c.member else {
+        return to_login();
+    };
+    let Ok(Form(mut form)) = form else {
+        return form_expired(&s, &c);
+    };
+    if !csrf_ok(&c, &headers, &form) {
+        return form_expired(&s, &c);
+    }
+    // A new card or bank account is saved first: automatic payments debit saved methods.
+    if matches!(
+        form.get("method").map(String::as_str),
+        Some("card" | "bank")
+    ) {
+        let mut v = Validator::new();
+        let token = token_field(form.get("token").filter(|t| !t.is_empty()).cloned(), &mut v);
+        match token {
+            Some(token) => match s.portal.add_payment_method(id, token).await {
+                Ok(m) => {
+                    form.insert("method".into(), m.id.to_string());
+                }
+                Err(ServiceError::Invalid(v)) => c.fail_fields(&v.0, &[("token", "method")]),
+                Err(e) => return service_failure(&s, &c, &e),
+            },
+            None => c.fail("method", c.t.needs_javascript),
+        }
+    }
+    let account = match s.portal.account(id).await {
+        Ok(a) => a,
+        Err(e) => return service_failure(&s, &c, &e),
+    };
+    if !c.errors.is_empty() {
+        return autopay_form_page(&s, &c, &account, &form, None);
+    }
+    let Some(terms) = read_autopay(&mut c, &form) else {
+        return autopay_form_page(&s, &c, &account, &form, None);
+    };
+    let preview = match s.portal.preview_autopay(id, &terms).await {
+        Ok(p) => p,
+        Err(ServiceError::Invalid(v)) => {
+            c.fail_fields(&v.0, &[("payment_method_id", "method")]);
+            return autopay_form_page(&s, &c, &account, &form, None);
+        }
+        Err(e) => return service_failure(&s, &c, &e),
+    };
+    let kept = |k: &str| form.get(k).cloned().unwrap_or_default();
+    let html = AutopayReviewPage {
+        c: &c,
+        title: c.t.autopay_review_title,
+        method: preview.method.clone(),
+        method_id: terms.method_id.to_string(),
+        rule: kept("rule"),
+        rule_label: rule_label(&c, terms.amount_rule),
+        fixed_amount: kept("fixed_amount"),
+        frequency: kept("frequency"),
+        frequency_label: frequency_label(&c, terms.frequency).to_owned(),
+        start_date: terms.start_date.to_string(),
+        first_debit: c.date(preview.first_debit),
+        estimated: c.money(preview.estimated_amount),
+        authorization: preview.authorization_text,
+    }
+    .render();
+    page(&s, &c, StatusCode::OK, html)
+}
+
+async fn autopay_activate(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
+    form: Result<Form<HashMap<String, String>>, FormRejection>,
+) -> Response {
+    let mut c = visit(&s, &headers, &uri).await;
+    let Some(id) = c.member else {
+        return to_login();
+    };
+    let Ok(Form(form)) = form else {
+        return form_expired(&s, &c);
+    };
+    if !csrf_ok(&c, &headers, &form) {
+        return form_expired(&s, &c);
+    }
+    let account = match s.portal.account(id).await {
+        Ok(a) => a,
+        Err(e) => return service_failure(&s, &c, &e),
+    };
+    let Some(terms) = read_autopay(&mut c, &form) else {
+        return autopay_form_page(&s, &c, &account, &form, None);
+    };
+    if form.get("accept").is_none_or(|a| a != "yes") {
+        // Back to the review, with the box to tick.
+        c.fail("accept", c.t.accept_required);
+        let preview = match s.portal.preview_autopay(id, &terms).await {
+            Ok(p) => p,
+            Err(e) => return service_failure(&s, &c, &e),
+        };
+        let kept = |k: &str| form.get(k).cloned().unwrap_or_default();
+        let html = AutopayReviewPage {
+            c: &c,
+            title: c.t.autopay_review_title,
+            method: preview.method.clone(),
+            method_id: terms.method_id.to_string(),
+            rule: kept("rule"),
+            rule_label: rule_label(&c, terms.amount_rule),
+            fixed_amount: kept("fixed_amount"),
+            frequency: kept("frequency"),
+            frequency_label: frequency_label(&c, terms.frequency).to_owned(),
+            start_date: terms.start_date.to_string(),
+            first_debit: c.date(preview.first_debit),
+            estimated: c.money(preview.estimated_amount),
+            authorization: preview.authorization_text,
+        }
+        .render();
+        return page(&s, &c, StatusCode::UNPROCESSABLE_ENTITY, html);
+    }
+    let accepted = form.get("authorization").cloned().unwrap_or_default();
+    match s
+        .portal
+        .set_up_autopay(id, &terms, &accepted, ConsentSource::Web)
+        .await
+    {
+        Ok(_) => Redirect::to("/settings/autopay?done=activated").into_response(),
+        Err(ServiceError::Invalid(v)) => {
+            c.fail_fields(&v.0, &[("payment_method_id", "method")]);
+            autopay_form_page(&s, &c, &account, &form, None)
+        }
+        Err(e) => service_failure(&s, &c, &e),
+    }
+}
+
+async fn autopay_status(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
+    Path(raw): Path<String>,
+    form: Result<Form<HashMap<String, String>>, FormRejection>,
+) -> Response {
+    let c = visit(&s, &headers, &uri).await;
+    let Some(id) = c.member else {
+        return to_login();
+    };
+    let Ok(Form(form)) = form else {
+        return form_expired(&s, &c);
+    };
+    if !csrf_ok(&c, &headers, &form) {
+        return form_expired(&s, &c);
+    }
+    let Ok(mandate) = uuid::Uuid::parse_str(&raw).map(MandateId) else {
+        return message(&s, &c, StatusCode::NOT_FOUND, c.t.not_found, c.t.not_found);
+    };
+    let status = match form.get("action").map(String::as_str) {
+        Some("pause") => MandateStatus::Paused { until: None },
+        Some("resume") => MandateStatus::Active,
+        Some("cancel") => MandateStatus::Cancelled,
+        _ => return form_expired(&s, &c),
+    };
+    match s.portal.set_autopay_status(id, mandate, status).await {
+        Ok(_) => Redirect::to("/settings/autopay?done=changed").into_response(),
+        Err(e) => service_failure(&s, &c, &e),
+    }
+}
+
+// ---- Guest pay ----
+
+#[derive(Template)]
+#[template(path = "guest.html")]
+struct GuestPage<'a> {
+    c: &'a Ctx,
+    title: &'a str,
+    message: Option<&'a str>,
+    fields: Vec<Input>,
+}
+
+const GUEST_FIELDS: [&str; 4] = ["account_number", "first_name", "last_name", "date_of_birth"];
+
+fn guest_identify_page(
+    s: &AppState,
+    c: &Ctx,
+    form: &HashMap<String, String>,
+    message: Option<&str>,
+) -> Response {
+    let t = c.t;
+    let kept = |name: &str| form.get(name).cloned().unwrap_or_default();
+    let fields = vec![
+        Input {
+            name: "account_number",
+            label: t.account_number,
+            hint: t.account_number_hint,
+            kind: "text",
+            autocomplete: "off",
+            value: kept("account_number"),
+        },
+        Input {
+            name: "first_name",
+            label: t.first_name,
+            hint: "",
+            kind: "text",
+            autocomplete: "given-name",
+            value: kept("first_name"),
+        },
+        Input {
+            name: "last_name",
+            label: t.last_name,
+            hint: "",
+            kind: "text",
+            autocomplete: "family-name",
+            value: kept("last_name"),
+        },
+        Input {
+            name: "date_of_birth",
+            label: t.date_of_birth,
+            hint: t.dob_hint,
+            kind: "date",
+            autocomplete: "bday",
+            value: kept("date_of_birth"),
+        },
+    ];
+    let html = GuestPage {
+        c,
+        title: t.guest_title,
+        message,
+        fields,
+    }
+    .render();
+    let status = if c.errors.is_empty() && message.is_none() {
+        StatusCode::OK
+    } else {
+        StatusCode::UNPROCESSABLE_ENTITY
+    };
+    page(s, c, status, html)
+}
+
+async fn guest_page(State(s): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
+    let c = visit(&s, &headers, &uri).await;
+    guest_identify_page(&s, &c, &HashMap::new(), None)
+}
+
+fn guest_form(form: &HashMap<String, String>) -> GuestPayForm {
+    let get = |k: &str| form.get(k).cloned().unwrap_or_default();
+    GuestPayForm {
+        account_number: get("account_number"),
+        first_name: get("first_name"),
+        last_name: get("last_name"),
+        date_of_birth: get("date_of_birth"),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "guest_pay.html")]
+struct GuestPayPage<'a> {
+    c: &'a Ctx,
+    title: &'a str,
+    amount_due: String,
+    due_date: Option<String>,
+    amount: String,
+    identity: Vec<(&'static str, String)>,
+    key: String,
+    methods: Vec<MethodChoice>,
+    chosen: String,
+    gateway_url: String,
+    publishable_key: String,
+}
+
+fn guest_pay_page(
+    s: &AppState,
+    c: &Ctx,
+    form: &HashMap<String, String>,
+    matched: &GuestMatch,
+) -> Response {
+    let html = GuestPayPage {
+        c,
+        title: c.t.guest_pay_title,
+        amount_due: c.money(matched.amount_due),
+        due_date: matched.due_date.map(|d| c.date(d)),
+        amount: form
+            .get("amount")
+            .cloned()
+            .unwrap_or_else(|| matched.amount_due.to_string()),
+        identity: GUEST_FIELDS
+            .iter()
+            .map(|f| (*f, form.get(*f).cloned().unwrap_or_default()))
+            .collect(),
+        key: s.portal.deps().ids.secret_token().expose().to_owned(),
+        methods: Vec::new(),
+        chosen: form
+            .get("method")
+            .filter(|m| *m == "bank")
+            .cloned()
+            .unwrap_or_else(|| "card".to_owned()),
+        gateway_url: gateway_url(s).unwrap_or_default(),
+        publishable_key: publishable_key(s),
+    }
+    .render();
+    let status = if c.errors.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::UNPROCESSABLE_ENTITY
+    };
+    page(s, c, status, html)
+}
+
+async fn guest_identify(
+    State(s): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    uri: Uri,
+    form: Result<Form<HashMap<String, String>>, FormRejection>,
+) -> Response {
+    let mut c = visit(&s, &headers, &uri).await;
+    let Ok(Form(form)) = form else {
+        return form_expired(&s, &c);
+    };
+    if !csrf_ok(&c, &headers, &form) {
+        return form_expired(&s, &c);
+    }
+    if s.limiter.check("guest", addr.ip()).is_err() {
+        return guest_identify_page(&s, &c, &form, Some(c.t.too_many_attempts));
+    }
+    match s.portal.guest_match(&guest_form(&form)).await {
+        Ok(matched) => guest_pay_page(&s, &c, &form, &matched),
+        Err(ServiceError::Invalid(v)) => {
+            c.fail_fields(&v.0, &[]);
+            guest_identify_page(&s, &c, &form, None)
+        }
+        Err(ServiceError::NoMatch | ServiceError::NotFound(_)) => {
+            guest_identify_page(&s, &c, &form, Some(c.t.guest_no_match))
+        }
+        Err(e) => service_failure(&s, &c, &e),
+    }
+}
+
+async fn guest_submit(
+    State(s): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    uri: Uri,
+    form: Result<Form<HashMap<String, String>>, FormRejection>,
+) -> Response {
+    let mut c = visit(&s, &headers, &uri).await;
+    let Ok(Form(form)) = form else {
+        return form_expired(&s, &c);
+    };
+    if !csrf_ok(&c, &headers, &form) {
+        return form_expired(&s, &c);
+    }
+    if s.limiter.check("guest", addr.ip()).is_err() {
+        return guest_identify_page(&s, &c, &form, Some(c.t.too_many_attempts));
+    }
+    let guest = guest_form(&form);
+    let matched = match s.portal.guest_match(&guest).await {
+        Ok(m) => m,
+        Err(ServiceError::NoMatch | ServiceError::NotFound(_) | ServiceError::Invalid(_)) => {
+            return guest_identify_page(&s, &c, &form, Some(c.t.guest_no_match));
+        }
+        Err(e) => return service_failure(&s, &c, &e),
+    };
+    let key = form.get("key").filter(|k| plausible_token(k)).cloned();
+    let Some((amount, with)) = read_payment(&mut c, &form) else {
+        return guest_pay_page(&s, &c, &form, &matched);
+    };
+    let (Some(key), PayWith::Token { token, .. }) = (key, with) else {
+        c.fail("method", c.t.needs_javascript);
+        return guest_pay_page(&s, &c, &form, &matched);
+    };
+    let made = s
+        .portal
+        .guest_pay(&guest, amount, token, &format!("web-guest:{key}"))
+        .await;
+    match made.and_then(|r| r.payment().cloned()) {
+        Ok(p) => payment_view(&s, &c, &p),
+        Err(ServiceError::Invalid(v)) => {
+            c.fail_fields(&v.0, &[("token", "method")]);
+            guest_pay_page(&s, &c, &form, &matched)
+        }
+        Err(e) => service_failure(&s, &c, &e),
+    }
+}
+
+// ---- Payment status by reference ----
+
+struct StatusResult {
+    reference: String,
+    status: String,
+    amount: String,
+    date: String,
+    expected: Option<String>,
+    declined: Option<&'static str>,
+}
+
+#[derive(Template)]
+#[template(path = "status.html")]
+struct StatusPage<'a> {
+    c: &'a Ctx,
+    title: &'a str,
+    reference: String,
+    result: Option<StatusResult>,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct StatusQuery {
+    reference: Option<String>,
+}
+
+async fn status_page(
+    State(s): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    uri: Uri,
+    q: Result<Query<StatusQuery>, QueryRejection>,
+) -> Response {
+    let mut c = visit(&s, &headers, &uri).await;
+    let raw = q
+        .ok()
+        .and_then(|Query(q)| q.reference)
+        .map(|r| r.trim().to_owned())
+        .unwrap_or_default();
+    let mut result = None;
+    if !raw.is_empty() {
+        if s.limiter.check("status", addr.ip()).is_err() {
+            c.fail("reference", c.t.too_many_attempts);
+        } else {
+            match PaymentReference::parse(&raw) {
+                Err(e) => c.fail("reference", FieldError::from(e).message),
+                Ok(reference) => match s.portal.payment_by_reference(&reference).await {
+                    Ok((_, p)) => {
+                        result = Some(StatusResult {
+                            reference: p.reference.to_string(),
+                            status: status_word(&c, &p),
+                            amount: c.money(p.amount),
+                            date: c.date(p.initiated_on),
+                            expected: matches!(p.status, PaymentStatus::Pending { .. })
+                                .then_some(p.expected_settlement)
+                                .flatten()
+                                .map(|d| c.date(d)),
+                            declined: match p.status {
+                                PaymentStatus::Failed { reason } => {
+                                    Some(locale::decline_reason(c.lang, reason))
+                                }
+                                _ => None,
+                            },
+                        });
+                    }
+                    Err(ServiceError::NotFound(_)) => c.fail("reference", c.t.status_not_found),
+                    Err(e) => return service_failure(&s, &c, &e),
+                },
+            }
+        }
+    }
+    let html = StatusPage {
+        c: &c,
+        title: c.t.status_title,
+        reference: raw,
+        result,
+    }
+    .render();
+    let status = if c.errors.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::UNPROCESSABLE_ENTITY
+    };
+    page(&s, &c, status, html)
 }
