@@ -468,9 +468,9 @@ impl BillColumns {
         const INSERT: &str = "INSERT INTO bills (id, account_id, position, enrollment_id, kind_name, kind, coverage_month,
                  amount_cents, allocated_cents, transferred_cents, due_date, issued_on, void, notices,
                  late_fee_assessed)
-             SELECT u.id, u.account_id, u.position, u.enrollment_id, u.kind_name, u.kind::jsonb,
+             SELECT u.id, u.account_id, u.position, u.enrollment_id, u.kind_name, u.kind::json,
                  u.coverage_month, u.amount, u.allocated, u.transferred, u.due_date, u.issued_on,
-                 u.void, u.notices::jsonb, u.late_fee
+                 u.void, u.notices::json, u.late_fee
              FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::uuid[], $5::text[], $6::text[],
                  $7::date[], $8::bigint[], $9::bigint[], $10::bigint[], $11::date[], $12::date[],
                  $13::bool[], $14::text[], $15::bool[])
@@ -541,7 +541,7 @@ impl AuditColumns {
         // WITH ORDINALITY keeps the entries' order in the log's sequence.
         sqlx::query(
             "INSERT INTO audit_log (account_id, at, actor, entity, action, detail)
-             SELECT u.account_id, u.at, u.actor::jsonb, u.entity, u.action, u.detail
+             SELECT u.account_id, u.at, u.actor::json, u.entity, u.action, u.detail
              FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[])
                  WITH ORDINALITY AS u(account_id, at, actor, entity, action, detail, n)
              ORDER BY u.n",
@@ -585,7 +585,7 @@ impl OutboxColumns {
         }
         sqlx::query(
             "INSERT INTO outbox (id, dedupe_key, account_id, notice)
-             SELECT u.id, u.key, u.account_id, u.notice::jsonb
+             SELECT u.id, u.key, u.account_id, u.notice::json
              FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[])
                  WITH ORDINALITY AS u(id, key, account_id, notice, n)
              ORDER BY u.n
