@@ -450,6 +450,61 @@ async fn a_support_agent_finds_the_payment(b: &Browser, app: &TestApp, reference
     b.wait_for_path("/").await;
 }
 
+/// The member pages again in Spanish: what a Spanish-speaking member sees at each step.
+async fn en_espanol(b: &Browser, app: &TestApp) {
+    let base = &app.base;
+    b.goto(&format!("{base}/language?to=es&back=/dashboard"))
+        .await;
+    b.wait_for_path("/dashboard").await;
+    b.link("Hacer un pago").await.click().await.unwrap();
+    b.wait_for_path("/pay").await;
+    pay_with_card(b, "5.00", "4000000000000002", None).await;
+    b.check("review-es").await;
+    b.click("form.stack button[type=submit]").await;
+    b.wait_for_path("/payments/").await;
+    b.wait_for_text("#decline-reason", "rechazó").await;
+    b.check("declined-es").await;
+    b.link("Intentar de nuevo").await.click().await.unwrap();
+    b.wait_for_path("/pay").await;
+    pay_with_card(b, "5.00", "4242424242424242", None).await;
+    b.click("form.stack button[type=submit]").await;
+    b.wait_for_path("/payments/").await;
+    assert_eq!(b.text("#payment-status").await, "Pagado");
+    b.check("confirmation-es").await;
+    let reference = b.text("#reference").await;
+    b.click("nav button.link").await;
+    b.wait_for_path("/").await;
+    for (path, name) in [
+        ("/register", "register-es"),
+        ("/forgot-password", "forgot-es"),
+        ("/guest", "guest-es"),
+    ] {
+        b.goto(&format!("{base}{path}")).await;
+        b.wait_for_path(path).await;
+        b.check(name).await;
+    }
+    b.goto(&format!("{base}/status?reference={reference}"))
+        .await;
+    assert_eq!(b.text("#payment-status").await, "Pagado");
+    b.check("status-es").await;
+    // A bad amount is explained in Spanish, on its field.
+    b.goto(&format!("{base}/login")).await;
+    b.fill("#username", DEMO_USER).await;
+    b.fill("#password", "a brand new premium passphrase").await;
+    b.click("form.stack button[type=submit]").await;
+    b.wait_for_path("/dashboard").await;
+    b.goto(&format!("{base}/pay")).await;
+    b.fill("#amount", "12.345").await;
+    b.click("#method-card").await;
+    b.fill("#card-number", "4242424242424242").await;
+    b.fill("#card-exp-month", "12").await;
+    b.fill("#card-exp-year", "2034").await;
+    b.fill("#card-cvc", "123").await;
+    b.click("#pay-form button[type=submit]").await;
+    b.wait_for_text("#amount-error", "decimales").await;
+    b.check("pay-error-es").await;
+}
+
 /// Forgot Password: the emailed link (read from the outbox) sets a new password, which then
 /// logs in.
 async fn forget_the_password(b: &Browser, app: &TestApp) {
@@ -499,6 +554,23 @@ pub async fn a_member_pays_in_the_browser() {
     // Home: "Create Account" and "Log in".
     b.goto(&base).await;
     b.check("home-en").await;
+    // The keyboard reaches the skip link first, and focus is visible.
+    b.find("body")
+        .await
+        .send_keys(&fantoccini::key::Key::Tab.to_string())
+        .await
+        .unwrap();
+    let focused = b.client.active_element().await.unwrap();
+    assert_eq!(focused.text().await.unwrap(), "Skip to main content");
+    let outline = b
+        .client
+        .execute(
+            "return getComputedStyle(document.activeElement).outlineStyle;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(outline, json!("solid"), "focus is visible");
     create_an_account(&b, &app).await;
     b.link("Log in").await.click().await.unwrap();
     b.wait_for_path("/login").await;
@@ -720,6 +792,7 @@ pub async fn a_member_pays_in_the_browser() {
     pay_as_a_guest(&b, &app).await;
     a_support_agent_finds_the_payment(&b, &app, &reference).await;
     forget_the_password(&b, &app).await;
+    en_espanol(&b, &app).await;
     b.stop().await;
 }
 

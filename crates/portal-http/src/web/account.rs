@@ -1,0 +1,353 @@
+//! The dashboard and Payment History (filters, CSV).
+
+use super::*;
+
+// ---- Dashboard ----
+
+pub(super) struct Alert {
+    kind: &'static str,
+    text: String,
+}
+
+pub(super) struct CoverageRow {
+    plan: String,
+    share: String,
+    status: String,
+}
+
+pub(super) struct PaymentRow {
+    id: PaymentId,
+    date: String,
+    amount: String,
+    method: String,
+    status: String,
+    reference: String,
+}
+
+pub(super) struct DashboardView {
+    name: String,
+    account_number: String,
+    has_due: bool,
+    amount_due: String,
+    due_date: Option<String>,
+    credit: Option<String>,
+    autopay_on: bool,
+    alerts: Vec<Alert>,
+    coverage: Vec<CoverageRow>,
+    payments: Vec<PaymentRow>,
+}
+
+#[derive(Template)]
+#[template(path = "dashboard.html")]
+pub(super) struct DashboardPage<'a> {
+    c: &'a Ctx,
+    title: &'a str,
+    v: DashboardView,
+}
+
+pub(super) fn dashboard_view(s: &AppState, c: &Ctx, a: &Account) -> DashboardView {
+    let today = s.portal.deps().clock.today();
+    let summary = a.summary(&s.portal.config().delinquency, today);
+    let mut alerts = Vec::new();
+    let coverage = summary
+        .enrollments
+        .iter()
+        .map(|e| {
+            let status = match &e.status {
+                CoverageStatus::PendingBinder { due_date } => {
+                    format!("{} {}", c.t.status_pending_binder, c.date(*due_date))
+                }
+                CoverageStatus::Active => match e.paid_through {
+                    Some(d) => {
+                        format!("{} · {} {}", c.t.status_active, c.t.paid_through, c.date(d))
+                    }
+                    None => c.t.status_active.to_owned(),
+                },
+                CoverageStatus::InGrace { grace } => {
+                    alerts.push(Alert {
+                        kind: "past-due",
+                        text: format!(
+                            "{} {} {}.",
+                            c.t.alert_past_due,
+                            c.t.alert_grace_ends,
+                            c.date(grace.grace_ends_on)
+                        ),
+                    });
+                    format!(
+                        "{} · {} {}",
+                        c.t.status_in_grace,
+                        c.t.alert_grace_ends,
+                        c.date(grace.grace_ends_on)
+                    )
+                }
+                CoverageStatus::Terminated {
+                    effective,
+                    reinstatable_until,
+                } => {
+                    alerts.push(Alert {
+                        kind: "terminated",
+                        text: format!("{} {}.", c.t.alert_terminated, c.date(*reinstatable_until)),
+                    });
+                    format!("{} {}", c.t.status_terminated, c.date(*effective))
+                }
+            };
+            CoverageRow {
+                plan: e.plan_name.clone(),
+                share: c.money(e.premium_share),
+                status,
+            }
+        })
+        .collect();
+    // The latest payment's trouble, if its outcome is the latest word.
+    let mut recent: Vec<&Payment> = a.ledger.payments.iter().collect();
+    recent.sort_by_key(|p| std::cmp::Reverse(p.initiated_at));
+    if let Some(p) = recent.first() {
+        match p.status {
+            PaymentStatus::Failed { reason } => alerts.push(Alert {
+                kind: "declined",
+                text: format!(
+                    "{} {} ({})",
+                    c.t.alert_declined,
+                    locale::decline_reason(c.lang, reason),
+                    p.reference
+                ),
+            }),
+            PaymentStatus::Returned { code } => alerts.push(Alert {
+                kind: "returned",
+                text: format!(
+                    "{} {} ({})",
+                    c.t.alert_returned,
+                    locale::return_reason(c.lang, code),
+                    p.reference
+                ),
+            }),
+            _ => {}
+        }
+    }
+    for t in &summary.pending_transfers {
+        alerts.push(Alert {
+            kind: "pending",
+            text: format!(
+                "{} {} ({}, {})",
+                c.t.alert_pending_transfer,
+                t.expected_settlement.map(|d| c.date(d)).unwrap_or_default(),
+                c.money(t.amount),
+                t.reference
+            ),
+        });
+    }
+    let payments = recent
+        .iter()
+        .take(5)
+        .map(|p| PaymentRow {
+            id: p.id,
+            date: c.date(p.initiated_on),
+            amount: c.money(p.amount),
+            method: p.instrument.masked(),
+            status: status_word(c, p),
+            reference: p.reference.to_string(),
+        })
+        .collect();
+    DashboardView {
+        name: a.holder.first_name.to_string(),
+        account_number: a.number.to_string(),
+        has_due: summary.amount_due.cents() > 0,
+        amount_due: c.money(summary.amount_due),
+        due_date: summary.next_due_date.map(|d| c.date(d)),
+        credit: (summary.credit.cents() > 0).then(|| c.money(summary.credit)),
+        autopay_on: summary.autopay_active,
+        alerts,
+        coverage,
+        payments,
+    }
+}
+
+pub(super) async fn dashboard(State(s): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
+    let c = visit(&s, &headers, &uri).await;
+    let Some(id) = c.member else {
+        return to_login();
+    };
+    let a = match s.portal.account(id).await {
+        Ok(a) => a,
+        Err(e) => return service_failure(&s, &c, &e),
+    };
+    let v = dashboard_view(&s, &c, &a);
+    let html = DashboardPage {
+        c: &c,
+        title: c.t.dashboard,
+        v,
+    }
+    .render();
+    page(&s, &c, StatusCode::OK, html)
+}
+
+// ---- Payment History ----
+
+#[derive(serde::Deserialize, Default)]
+pub(super) struct HistoryQuery {
+    status: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+}
+
+pub(super) const STATUSES: [&str; 5] = ["succeeded", "pending", "failed", "returned", "refunded"];
+
+/// The member's payments matching the filters, newest first; bad filters land on `c`.
+pub(super) fn filtered<'a>(c: &mut Ctx, a: &'a Account, q: &HistoryQuery) -> Vec<&'a Payment> {
+    let mut date = |field: &str, raw: &Option<String>| match raw.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(d) => match NaiveDate::parse_from_str(d, "%Y-%m-%d") {
+            Ok(x) => Some(x),
+            Err(_) => {
+                c.fail(field, format!("{}: YYYY-MM-DD", c.t.date));
+                None
+            }
+        },
+    };
+    let from = date("from", &q.from);
+    let to = date("to", &q.to);
+    let status = q
+        .status
+        .as_deref()
+        .filter(|st| STATUSES.contains(st))
+        .map(str::to_owned);
+    let mut list: Vec<&Payment> = a
+        .ledger
+        .payments
+        .iter()
+        .filter(|p| status.as_deref().is_none_or(|st| p.status.name() == st))
+        .filter(|p| {
+            from.is_none_or(|f| p.initiated_on >= f) && to.is_none_or(|t| p.initiated_on <= t)
+        })
+        .collect();
+    list.sort_by_key(|p| std::cmp::Reverse(p.initiated_at));
+    list
+}
+
+#[derive(Template)]
+#[template(path = "history.html")]
+pub(super) struct HistoryPage<'a> {
+    c: &'a Ctx,
+    title: &'a str,
+    statuses: Vec<(&'static str, &'static str)>,
+    status: String,
+    from: String,
+    to: String,
+    rows: Vec<PaymentRow>,
+}
+
+pub(super) async fn history(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
+    q: Result<Query<HistoryQuery>, QueryRejection>,
+) -> Response {
+    let mut c = visit(&s, &headers, &uri).await;
+    let Some(id) = c.member else {
+        return to_login();
+    };
+    let q = q.map(|Query(q)| q).unwrap_or_default();
+    let a = match s.portal.account(id).await {
+        Ok(a) => a,
+        Err(e) => return service_failure(&s, &c, &e),
+    };
+    let list = filtered(&mut c, &a, &q);
+    let rows = list
+        .iter()
+        .map(|p| PaymentRow {
+            id: p.id,
+            date: c.date(p.initiated_on),
+            amount: c.money(p.amount),
+            method: p.instrument.masked(),
+            status: status_word(&c, p),
+            reference: p.reference.to_string(),
+        })
+        .collect();
+    let t = c.t;
+    let html = HistoryPage {
+        c: &c,
+        title: t.payment_history,
+        statuses: vec![
+            ("", t.all_statuses),
+            ("succeeded", t.payment_status_succeeded),
+            ("pending", t.payment_status_pending),
+            ("failed", t.payment_status_failed),
+            ("returned", t.payment_status_returned),
+            ("refunded", t.payment_status_refunded),
+        ],
+        status: q.status.clone().unwrap_or_default(),
+        from: q.from.clone().unwrap_or_default(),
+        to: q.to.clone().unwrap_or_default(),
+        rows,
+    }
+    .render();
+    let status = if c.errors.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::UNPROCESSABLE_ENTITY
+    };
+    page(&s, &c, status, html)
+}
+
+/// A CSV field, quoted when it needs to be; a leading formula character is defused so a
+/// spreadsheet never runs it.
+pub(super) fn csv_field(v: &str) -> String {
+    let v = if v.starts_with(['=', '+', '-', '@']) {
+        format!("'{v}")
+    } else {
+        v.to_owned()
+    };
+    if v.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", v.replace('"', "\"\""))
+    } else {
+        v
+    }
+}
+
+pub(super) async fn history_csv(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
+    q: Result<Query<HistoryQuery>, QueryRejection>,
+) -> Response {
+    let mut c = visit(&s, &headers, &uri).await;
+    let Some(id) = c.member else {
+        return to_login();
+    };
+    let q = q.map(|Query(q)| q).unwrap_or_default();
+    let a = match s.portal.account(id).await {
+        Ok(a) => a,
+        Err(e) => return service_failure(&s, &c, &e),
+    };
+    let list = filtered(&mut c, &a, &q);
+    if let Some(e) = c.errors.first() {
+        return (StatusCode::UNPROCESSABLE_ENTITY, e.message.clone()).into_response();
+    }
+    let mut out = String::from("date,reference,amount,method,status,expected_settlement\r\n");
+    for p in list {
+        let row = [
+            p.initiated_on.to_string(),
+            p.reference.to_string(),
+            p.amount.to_string(),
+            p.instrument.masked(),
+            p.status.name().to_owned(),
+            p.expected_settlement
+                .map(|d| d.to_string())
+                .unwrap_or_default(),
+        ];
+        let line: Vec<String> = row.iter().map(|f| csv_field(f)).collect();
+        out.push_str(&line.join(","));
+        out.push_str("\r\n");
+    }
+    (
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"payment-history.csv\"",
+            ),
+        ],
+        out,
+    )
+        .into_response()
+}
