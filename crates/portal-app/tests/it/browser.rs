@@ -503,6 +503,70 @@ async fn en_espanol(b: &Browser, app: &TestApp) {
     b.click("#pay-form button[type=submit]").await;
     b.wait_for_text("#amount-error", "decimales").await;
     b.check("pay-error-es").await;
+    // Automatic payments in Spanish: cancel, then set up again from the saved bank account.
+    b.goto(&format!("{base}/settings/autopay")).await;
+    b.click("button[value=cancel]").await;
+    b.wait_for_text("#autopay-notice", "actualizaron").await;
+    b.click("#method-saved-1").await;
+    b.click("#pay-form button[type=submit]").await;
+    b.wait_for_path("/settings/autopay/review").await;
+    b.check("autopay-review-es").await;
+    b.click("#accept").await;
+    b.click("form.stack button[type=submit]").await;
+    b.wait_for_text("#autopay-notice", "activados").await;
+    b.check("autopay-active-es").await;
+    b.click("nav button.link").await;
+    b.wait_for_path("/").await;
+    // Guest pay and a password reset, in Spanish.
+    b.goto(&format!("{base}/guest")).await;
+    b.fill("#account_number", "HC1000001").await;
+    b.fill("#first_name", "Dana").await;
+    b.fill("#last_name", "Rivera").await;
+    let born = {
+        use chrono::Datelike;
+        format!(
+            "{}-05-17",
+            app.running.app.portal.deps().clock.today().year() - 41
+        )
+    };
+    b.client
+        .execute(
+            &format!("document.getElementById('date_of_birth').value = '{born}';"),
+            vec![],
+        )
+        .await
+        .unwrap();
+    b.click("form.stack button[type=submit]").await;
+    b.find("#pay-form").await;
+    b.fill("#amount", "3.00").await;
+    b.click("#method-card").await;
+    b.fill("#card-number", "4242424242424242").await;
+    b.fill("#card-exp-month", "12").await;
+    b.fill("#card-exp-year", "2034").await;
+    b.fill("#card-cvc", "123").await;
+    b.check("guest-pay-es").await;
+    b.click("#pay-form button[type=submit]").await;
+    b.wait_for_path("/guest/pay").await;
+    assert_eq!(b.text("#payment-status").await, "Pagado");
+    b.check("guest-confirmation-es").await;
+    b.goto(&format!("{base}/forgot-password")).await;
+    b.fill("#identifier", DEMO_USER).await;
+    b.click("form.stack button[type=submit]").await;
+    b.wait_for_text("#reset-sent", "le enviamos un enlace")
+        .await;
+    let token = app
+        .outbox()
+        .await
+        .into_iter()
+        .rev()
+        .find_map(|n| match n.body {
+            portal_core::notice::NoticeBody::PasswordReset { token, .. } => Some(token),
+            _ => None,
+        })
+        .expect("a reset link was emailed");
+    b.goto(&format!("{base}/reset-password?token={token}"))
+        .await;
+    b.check("reset-es").await;
 }
 
 /// Forgot Password: the emailed link (read from the outbox) sets a new password, which then
@@ -799,4 +863,160 @@ pub async fn a_member_pays_in_the_browser() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn member_pages_in_a_real_browser() {
     a_member_pays_in_the_browser().await;
+}
+
+const LATE_USER: &str = "lee.late";
+const LATE_PASSWORD: &str = "a late but honest household";
+
+/// A household whose coverage started two months ago: the binder is paid, the premiums since
+/// are not, so it is past due and in its grace period.
+async fn late_household(app: &TestApp) {
+    use chrono::Utc;
+    use portal_core::account::{Account, Holder, Member, NewAccount};
+    use portal_core::calendar::CoverageMonth;
+    use portal_core::enrollment::{CoverageKind, Enrollment};
+    use portal_core::identity::{AccountNumber, Email, Language, PersonName, Username};
+    use portal_core::ids::{AccountId, EnrollmentId};
+    use portal_core::money::Money;
+    use portal_core::password::Password;
+    use portal_core::ports::Changes;
+    use portal_core::services::{MakePayment, PayWith};
+
+    let portal = &app.running.app.portal;
+    let deps = portal.deps();
+    let today = deps.clock.today();
+    let enrollment = Enrollment::new(
+        EnrollmentId(deps.ids.new_id()),
+        CoverageKind::Health,
+        "ConnectorCare Plan 3A",
+        Money::from_cents(50_000),
+        Money::from_cents(20_000),
+        CoverageMonth::of(today).plus(-2),
+    )
+    .unwrap();
+    let mut account = Account::open(
+        AccountId(deps.ids.new_id()),
+        NewAccount {
+            number: AccountNumber::parse("HC1000777").unwrap(),
+            holder: Holder {
+                first_name: PersonName::parse("Lee").unwrap(),
+                last_name: PersonName::parse("Late").unwrap(),
+                date_of_birth: chrono::NaiveDate::from_ymd_opt(1975, 3, 3).unwrap(),
+                ssn_digest: deps.sealer.lookup_digest("345678901"),
+                ssn_last4: "8901".into(),
+            },
+            contact_email: None,
+            enrollments: vec![enrollment],
+        },
+        Utc::now(),
+    );
+    let password = Password::new(LATE_PASSWORD, &[LATE_USER]).unwrap();
+    account.member = Some(Member {
+        username: Username::parse(LATE_USER).unwrap(),
+        email: Email::parse("lee.late@example.com").unwrap(),
+        email_verified_at: Some(Utc::now()),
+        email_code: None,
+        password_hash: deps.hasher.hash(&password).await.unwrap(),
+        password_changed_at: Utc::now(),
+        language: Language::En,
+        ssn_sealed: deps.sealer.seal("345678901").unwrap(),
+        ssn_digest: deps.sealer.lookup_digest("345678901"),
+        created_at: Utc::now(),
+    });
+    let id = account.id;
+    deps.store.commit(Changes::account(account)).await.unwrap();
+    portal.bill_account(id).await.unwrap();
+    let binder = portal
+        .account(id)
+        .await
+        .unwrap()
+        .ledger
+        .bills
+        .first()
+        .map(|b| b.amount)
+        .unwrap();
+    portal
+        .make_payment(MakePayment {
+            account_id: id,
+            amount: Some(binder),
+            method: PayWith::Token {
+                token: crate::common::card_token(&app.sandbox).await,
+                save: false,
+            },
+            idempotency_key: "late-household-binder".into(),
+        })
+        .await
+        .unwrap();
+    // Bills issued today for past months fall due today; the portal's clock cannot be moved
+    // here, so the unpaid premiums are given the due dates they had three weeks ago.
+    let mut account = portal.account(id).await.unwrap();
+    let unpaid: Vec<_> = account
+        .ledger
+        .bills
+        .iter()
+        .filter(|b| b.open_amount().cents() > 0)
+        .map(|b| b.id)
+        .collect();
+    let due = today - chrono::Days::new(21);
+    for bill in unpaid.iter().take(2) {
+        let b = account.ledger.bill_mut(*bill).unwrap();
+        b.due_date = due;
+        b.issued_on = due - chrono::Days::new(21);
+    }
+    deps.store.commit(Changes::account(account)).await.unwrap();
+}
+
+pub async fn a_late_member_sets_up_a_payment_plan() {
+    let Some((driver, axe)) = tools() else {
+        return;
+    };
+    let app = TestApp::start(Db::Sqlite).await.unwrap();
+    late_household(&app).await;
+    let b = Browser::start(&driver, axe).await;
+    b.goto(&format!("{}/login", app.base)).await;
+    b.fill("#username", LATE_USER).await;
+    b.fill("#password", LATE_PASSWORD).await;
+    b.click("form.stack button[type=submit]").await;
+    b.wait_for_path("/dashboard").await;
+    // Missed payment: a past-due banner with the grace period's end, pay now, or a plan.
+    b.wait_for_text(".alert-past-due", "Grace period ends")
+        .await;
+    b.check("dashboard-past-due-en").await;
+    b.link("Request a payment plan")
+        .await
+        .click()
+        .await
+        .unwrap();
+    b.wait_for_path("/plan").await;
+    let past_due = b.text("#past-due").await;
+    assert!(
+        past_due.starts_with('$') && past_due != "$0.00",
+        "{past_due}"
+    );
+    b.check("plan-en").await;
+    b.find("#installments-count")
+        .await
+        .select_by_value("3")
+        .await
+        .unwrap();
+    b.click("form.stack button[type=submit]").await;
+    b.wait_for_text("#plan-notice", "Your payment plan is set up")
+        .await;
+    let rows = b
+        .client
+        .find_all(Locator::Css("#installments tbody tr"))
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 3, "three monthly installments");
+    b.check("plan-created-en").await;
+    b.link("Español").await.click().await.unwrap();
+    b.wait_for_path("/plan").await;
+    b.wait_for_text("h1", "Plan de pagos").await;
+    b.check("plan-created-es").await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missed_payments_in_a_real_browser() {
+    a_late_member_sets_up_a_payment_plan().await;
 }

@@ -32,6 +32,7 @@ pub(super) struct DashboardView {
     due_date: Option<String>,
     credit: Option<String>,
     autopay_on: bool,
+    plan: bool,
     alerts: Vec<Alert>,
     coverage: Vec<CoverageRow>,
     payments: Vec<PaymentRow>,
@@ -156,6 +157,7 @@ pub(super) fn dashboard_view(s: &AppState, c: &Ctx, a: &Account) -> DashboardVie
         due_date: summary.next_due_date.map(|d| c.date(d)),
         credit: (summary.credit.cents() > 0).then(|| c.money(summary.credit)),
         autopay_on: summary.autopay_active,
+        plan: summary.active_plan.is_some(),
         alerts,
         coverage,
         payments,
@@ -350,4 +352,123 @@ pub(super) async fn history_csv(
         out,
     )
         .into_response()
+}
+
+// ---- Payment plan ----
+
+#[derive(Template)]
+#[template(path = "plan.html")]
+pub(super) struct PlanPage<'a> {
+    c: &'a Ctx,
+    title: &'a str,
+    notice: Option<&'a str>,
+    total: String,
+    /// (due date, amount, status)
+    installments: Vec<(String, String, &'static str)>,
+    past_due: Option<String>,
+    choices: Vec<u32>,
+}
+
+fn plan_page(s: &AppState, c: &Ctx, a: &Account, notice: Option<&str>) -> Response {
+    let today = s.portal.deps().clock.today();
+    let (total, installments) = match a.active_plan() {
+        Some(p) => (
+            c.money(p.total),
+            p.installments
+                .iter()
+                .filter_map(|b| a.ledger.bill(*b))
+                .map(|b| {
+                    let status = if b.open_amount().cents() == 0 {
+                        c.t.installment_paid
+                    } else {
+                        c.t.installment_open
+                    };
+                    (c.date(b.due_date), c.money(b.amount), status)
+                })
+                .collect(),
+        ),
+        None => (String::new(), Vec::new()),
+    };
+    let past_due_cents: i64 = a
+        .ledger
+        .bills
+        .iter()
+        .filter(|b| {
+            b.is_past_due(today)
+                && !matches!(b.kind, portal_core::billing::BillKind::Installment { .. })
+        })
+        .map(|b| b.open_amount().cents())
+        .sum();
+    let html = PlanPage {
+        c,
+        title: c.t.plan_title,
+        notice,
+        total,
+        installments,
+        past_due: (past_due_cents > 0).then(|| c.money(Money::from_cents(past_due_cents))),
+        choices: (2..=12).collect(),
+    }
+    .render();
+    let status = if c.errors.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::UNPROCESSABLE_ENTITY
+    };
+    page(s, c, status, html)
+}
+
+#[derive(serde::Deserialize, Default)]
+pub(super) struct PlanQuery {
+    done: Option<String>,
+}
+
+pub(super) async fn plan(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
+    q: Result<Query<PlanQuery>, QueryRejection>,
+) -> Response {
+    let c = visit(&s, &headers, &uri).await;
+    let Some(id) = c.member else {
+        return to_login();
+    };
+    let notice = q.ok().and_then(|Query(q)| q.done).map(|_| c.t.plan_created);
+    match s.portal.account(id).await {
+        Ok(a) => plan_page(&s, &c, &a, notice),
+        Err(e) => service_failure(&s, &c, &e),
+    }
+}
+
+pub(super) async fn plan_submit(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
+    form: Result<Form<HashMap<String, String>>, FormRejection>,
+) -> Response {
+    let (mut c, form) = match posted(&s, &headers, &uri, form).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let Some(id) = c.member else {
+        return to_login();
+    };
+    let n = form
+        .get("installments")
+        .and_then(|n| n.trim().parse::<u32>().ok())
+        .unwrap_or(0);
+    match s
+        .portal
+        .set_up_payment_plan(id, n, None, portal_core::audit::Actor::Member)
+        .await
+    {
+        Ok(_) => Redirect::to("/plan?done=1").into_response(),
+        Err(ServiceError::Invalid(v)) => {
+            c.fail_fields(&v.0, &[]);
+            match s.portal.account(id).await {
+                Ok(a) => plan_page(&s, &c, &a, None),
+                Err(e) => service_failure(&s, &c, &e),
+            }
+        }
+        Err(e) => service_failure(&s, &c, &e),
+    }
 }

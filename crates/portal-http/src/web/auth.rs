@@ -40,13 +40,10 @@ pub(super) async fn login_submit(
     uri: Uri,
     form: Result<Form<HashMap<String, String>>, FormRejection>,
 ) -> Response {
-    let mut c = visit(&s, &headers, &uri).await;
-    let Ok(Form(form)) = form else {
-        return form_expired(&s, &c);
+    let (mut c, form) = match posted(&s, &headers, &uri, form).await {
+        Ok(x) => x,
+        Err(r) => return r,
     };
-    if !csrf_ok(&c, &headers, &form) {
-        return form_expired(&s, &c);
-    }
     let username = form.get("username").map(|u| u.trim()).unwrap_or_default();
     let password = form.get("password").map(String::as_str).unwrap_or_default();
     let mut message = None;
@@ -103,13 +100,10 @@ pub(super) async fn logout_submit(
     uri: Uri,
     form: Result<Form<HashMap<String, String>>, FormRejection>,
 ) -> Response {
-    let c = visit(&s, &headers, &uri).await;
-    let Ok(Form(form)) = form else {
-        return form_expired(&s, &c);
+    let (c, _) = match posted(&s, &headers, &uri, form).await {
+        Ok(x) => x,
+        Err(r) => return r,
     };
-    if !csrf_ok(&c, &headers, &form) {
-        return form_expired(&s, &c);
-    }
     if let Some(token) = &c.session {
         if let Err(e) = s.portal.logout(token).await {
             return service_failure(&s, &c, &e);
@@ -267,13 +261,10 @@ pub(super) async fn register_submit(
     uri: Uri,
     form: Result<Form<HashMap<String, String>>, FormRejection>,
 ) -> Response {
-    let mut c = visit(&s, &headers, &uri).await;
-    let Ok(Form(form)) = form else {
-        return form_expired(&s, &c);
+    let (mut c, form) = match posted(&s, &headers, &uri, form).await {
+        Ok(x) => x,
+        Err(r) => return r,
     };
-    if !csrf_ok(&c, &headers, &form) {
-        return form_expired(&s, &c);
-    }
     if s.limiter.check("register", addr.ip()).is_err() {
         return register_form(&s, &c, &form, Some(c.t.too_many_attempts));
     }
@@ -316,13 +307,10 @@ pub(super) async fn verify_submit(
     Path(raw): Path<String>,
     form: Result<Form<HashMap<String, String>>, FormRejection>,
 ) -> Response {
-    let mut c = visit(&s, &headers, &uri).await;
-    let Ok(Form(form)) = form else {
-        return form_expired(&s, &c);
+    let (mut c, form) = match posted(&s, &headers, &uri, form).await {
+        Ok(x) => x,
+        Err(r) => return r,
     };
-    if !csrf_ok(&c, &headers, &form) {
-        return form_expired(&s, &c);
-    }
     let Some(account) = registration_id(&raw) else {
         return message(&s, &c, StatusCode::NOT_FOUND, c.t.not_found, c.t.not_found);
     };
@@ -356,13 +344,10 @@ pub(super) async fn resend_submit(
     Path(raw): Path<String>,
     form: Result<Form<HashMap<String, String>>, FormRejection>,
 ) -> Response {
-    let mut c = visit(&s, &headers, &uri).await;
-    let Ok(Form(form)) = form else {
-        return form_expired(&s, &c);
+    let (mut c, form) = match posted(&s, &headers, &uri, form).await {
+        Ok(x) => x,
+        Err(r) => return r,
     };
-    if !csrf_ok(&c, &headers, &form) {
-        return form_expired(&s, &c);
-    }
     let Some(account) = registration_id(&raw) else {
         return message(&s, &c, StatusCode::NOT_FOUND, c.t.not_found, c.t.not_found);
     };
@@ -411,13 +396,10 @@ pub(super) async fn forgot_submit(
     uri: Uri,
     form: Result<Form<HashMap<String, String>>, FormRejection>,
 ) -> Response {
-    let mut c = visit(&s, &headers, &uri).await;
-    let Ok(Form(form)) = form else {
-        return form_expired(&s, &c);
+    let (mut c, form) = match posted(&s, &headers, &uri, form).await {
+        Ok(x) => x,
+        Err(r) => return r,
     };
-    if !csrf_ok(&c, &headers, &form) {
-        return form_expired(&s, &c);
-    }
     let identifier = form.get("identifier").map(|x| x.trim()).unwrap_or_default();
     let mut sent = false;
     if s.limiter.check("reset", addr.ip()).is_err() {
@@ -495,13 +477,10 @@ pub(super) async fn reset_submit(
     uri: Uri,
     form: Result<Form<HashMap<String, String>>, FormRejection>,
 ) -> Response {
-    let mut c = visit(&s, &headers, &uri).await;
-    let Ok(Form(form)) = form else {
-        return form_expired(&s, &c);
+    let (mut c, form) = match posted(&s, &headers, &uri, form).await {
+        Ok(x) => x,
+        Err(r) => return r,
     };
-    if !csrf_ok(&c, &headers, &form) {
-        return form_expired(&s, &c);
-    }
     let token = form.get("token").cloned().unwrap_or_default();
     let password = form.get("password").cloned().unwrap_or_default();
     if s.limiter.check("reset", addr.ip()).is_err() {

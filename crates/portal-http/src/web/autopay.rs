@@ -246,16 +246,13 @@ pub(super) async fn autopay_review(
     uri: Uri,
     form: Result<Form<HashMap<String, String>>, FormRejection>,
 ) -> Response {
-    let mut c = visit(&s, &headers, &uri).await;
+    let (mut c, mut form) = match posted(&s, &headers, &uri, form).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
     let Some(id) = c.member else {
         return to_login();
     };
-    let Ok(Form(mut form)) = form else {
-        return form_expired(&s, &c);
-    };
-    if !csrf_ok(&c, &headers, &form) {
-        return form_expired(&s, &c);
-    }
     // A new card or bank account is saved first: automatic payments debit saved methods.
     if matches!(
         form.get("method").map(String::as_str),
@@ -292,24 +289,36 @@ pub(super) async fn autopay_review(
         }
         Err(e) => return service_failure(&s, &c, &e),
     };
+    review_page(&s, &c, &form, &terms, preview, StatusCode::OK)
+}
+
+/// The review: the terms, the first debit and the authorization text to accept.
+fn review_page(
+    s: &AppState,
+    c: &Ctx,
+    form: &HashMap<String, String>,
+    terms: &AutopayForm,
+    preview: AutopayPreview,
+    status: StatusCode,
+) -> Response {
     let kept = |k: &str| form.get(k).cloned().unwrap_or_default();
     let html = AutopayReviewPage {
-        c: &c,
+        c,
         title: c.t.autopay_review_title,
         method: preview.method.clone(),
         method_id: terms.method_id.to_string(),
         rule: kept("rule"),
-        rule_label: rule_label(&c, terms.amount_rule),
+        rule_label: rule_label(c, terms.amount_rule),
         fixed_amount: kept("fixed_amount"),
         frequency: kept("frequency"),
-        frequency_label: frequency_label(&c, terms.frequency).to_owned(),
+        frequency_label: frequency_label(c, terms.frequency).to_owned(),
         start_date: terms.start_date.to_string(),
         first_debit: c.date(preview.first_debit),
         estimated: c.money(preview.estimated_amount),
         authorization: preview.authorization_text,
     }
     .render();
-    page(&s, &c, StatusCode::OK, html)
+    page(s, c, status, html)
 }
 
 pub(super) async fn autopay_activate(
@@ -318,16 +327,13 @@ pub(super) async fn autopay_activate(
     uri: Uri,
     form: Result<Form<HashMap<String, String>>, FormRejection>,
 ) -> Response {
-    let mut c = visit(&s, &headers, &uri).await;
+    let (mut c, form) = match posted(&s, &headers, &uri, form).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
     let Some(id) = c.member else {
         return to_login();
     };
-    let Ok(Form(form)) = form else {
-        return form_expired(&s, &c);
-    };
-    if !csrf_ok(&c, &headers, &form) {
-        return form_expired(&s, &c);
-    }
     let account = match s.portal.account(id).await {
         Ok(a) => a,
         Err(e) => return service_failure(&s, &c, &e),
@@ -342,24 +348,14 @@ pub(super) async fn autopay_activate(
             Ok(p) => p,
             Err(e) => return service_failure(&s, &c, &e),
         };
-        let kept = |k: &str| form.get(k).cloned().unwrap_or_default();
-        let html = AutopayReviewPage {
-            c: &c,
-            title: c.t.autopay_review_title,
-            method: preview.method.clone(),
-            method_id: terms.method_id.to_string(),
-            rule: kept("rule"),
-            rule_label: rule_label(&c, terms.amount_rule),
-            fixed_amount: kept("fixed_amount"),
-            frequency: kept("frequency"),
-            frequency_label: frequency_label(&c, terms.frequency).to_owned(),
-            start_date: terms.start_date.to_string(),
-            first_debit: c.date(preview.first_debit),
-            estimated: c.money(preview.estimated_amount),
-            authorization: preview.authorization_text,
-        }
-        .render();
-        return page(&s, &c, StatusCode::UNPROCESSABLE_ENTITY, html);
+        return review_page(
+            &s,
+            &c,
+            &form,
+            &terms,
+            preview,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        );
     }
     let accepted = form.get("authorization").cloned().unwrap_or_default();
     match s
@@ -383,16 +379,13 @@ pub(super) async fn autopay_status(
     Path(raw): Path<String>,
     form: Result<Form<HashMap<String, String>>, FormRejection>,
 ) -> Response {
-    let c = visit(&s, &headers, &uri).await;
+    let (c, form) = match posted(&s, &headers, &uri, form).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
     let Some(id) = c.member else {
         return to_login();
     };
-    let Ok(Form(form)) = form else {
-        return form_expired(&s, &c);
-    };
-    if !csrf_ok(&c, &headers, &form) {
-        return form_expired(&s, &c);
-    }
     let Ok(mandate) = uuid::Uuid::parse_str(&raw).map(MandateId) else {
         return message(&s, &c, StatusCode::NOT_FOUND, c.t.not_found, c.t.not_found);
     };

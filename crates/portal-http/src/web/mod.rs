@@ -36,7 +36,8 @@ use portal_core::money::Money;
 use portal_core::payment::{Payment, PaymentStatus};
 use portal_core::reference::PaymentReference;
 use portal_core::services::{
-    AutopayForm, GuestMatch, GuestPayForm, LoginOutcome, MakePayment, PayWith, ServiceError,
+    AutopayForm, AutopayPreview, GuestMatch, GuestPayForm, LoginOutcome, MakePayment, PayWith,
+    ServiceError,
 };
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -72,6 +73,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/dashboard", get(account::dashboard))
         .route("/payments", get(account::history))
         .route("/payments.csv", get(account::history_csv))
+        .route("/plan", get(account::plan).post(account::plan_submit))
         .route("/pay", get(pay::pay_page))
         .route("/pay/review", post(pay::pay_review))
         .route("/pay/submit", post(pay::pay_submit))
@@ -230,6 +232,21 @@ fn browser_language(headers: &HeaderMap) -> Language {
         Language::Es
     } else {
         Language::En
+    }
+}
+
+/// A posted form and its visitor, the form's CSRF token checked; or the answer to give when
+/// the form cannot be read or its token is not this visitor's.
+async fn posted(
+    s: &AppState,
+    headers: &HeaderMap,
+    uri: &Uri,
+    form: Result<Form<HashMap<String, String>>, FormRejection>,
+) -> Result<(Ctx, HashMap<String, String>), Response> {
+    let c = visit(s, headers, uri).await;
+    match form {
+        Ok(Form(form)) if csrf_ok(&c, headers, &form) => Ok((c, form)),
+        _ => Err(form_expired(s, &c)),
     }
 }
 

@@ -143,16 +143,13 @@ pub(super) async fn pay_review(
     uri: Uri,
     form: Result<Form<HashMap<String, String>>, FormRejection>,
 ) -> Response {
-    let mut c = visit(&s, &headers, &uri).await;
+    let (mut c, form) = match posted(&s, &headers, &uri, form).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
     let Some(id) = c.member else {
         return to_login();
     };
-    let Ok(Form(form)) = form else {
-        return form_expired(&s, &c);
-    };
-    if !csrf_ok(&c, &headers, &form) {
-        return form_expired(&s, &c);
-    }
     let account = match s.portal.account(id).await {
         Ok(a) => a,
         Err(e) => return service_failure(&s, &c, &e),
@@ -207,16 +204,13 @@ pub(super) async fn pay_submit(
     uri: Uri,
     form: Result<Form<HashMap<String, String>>, FormRejection>,
 ) -> Response {
-    let mut c = visit(&s, &headers, &uri).await;
+    let (mut c, form) = match posted(&s, &headers, &uri, form).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
     let Some(id) = c.member else {
         return to_login();
     };
-    let Ok(Form(form)) = form else {
-        return form_expired(&s, &c);
-    };
-    if !csrf_ok(&c, &headers, &form) {
-        return form_expired(&s, &c);
-    }
     let key = form.get("key").filter(|k| plausible_token(k)).cloned();
     let parsed = read_payment(&mut c, &form);
     let (Some(key), Some((amount, with))) = (key, parsed) else {
@@ -465,13 +459,10 @@ pub(super) async fn guest_identify(
     uri: Uri,
     form: Result<Form<HashMap<String, String>>, FormRejection>,
 ) -> Response {
-    let mut c = visit(&s, &headers, &uri).await;
-    let Ok(Form(form)) = form else {
-        return form_expired(&s, &c);
+    let (mut c, form) = match posted(&s, &headers, &uri, form).await {
+        Ok(x) => x,
+        Err(r) => return r,
     };
-    if !csrf_ok(&c, &headers, &form) {
-        return form_expired(&s, &c);
-    }
     if s.limiter.check("guest", addr.ip()).is_err() {
         return guest_identify_page(&s, &c, &form, Some(c.t.too_many_attempts));
     }
@@ -495,13 +486,10 @@ pub(super) async fn guest_submit(
     uri: Uri,
     form: Result<Form<HashMap<String, String>>, FormRejection>,
 ) -> Response {
-    let mut c = visit(&s, &headers, &uri).await;
-    let Ok(Form(form)) = form else {
-        return form_expired(&s, &c);
+    let (mut c, form) = match posted(&s, &headers, &uri, form).await {
+        Ok(x) => x,
+        Err(r) => return r,
     };
-    if !csrf_ok(&c, &headers, &form) {
-        return form_expired(&s, &c);
-    }
     if s.limiter.check("guest", addr.ip()).is_err() {
         return guest_identify_page(&s, &c, &form, Some(c.t.too_many_attempts));
     }

@@ -3,9 +3,7 @@
 //! (refund, resend a receipt, set up a payment plan, record a check or money order).
 //! Agents are staff: these pages are in English only.
 
-use super::{
-    Ctx, csrf_ok, form_expired, message, page, plausible_token, service_failure, status_word, visit,
-};
+use super::{Ctx, message, page, plausible_token, posted, service_failure, status_word, visit};
 use crate::{AppState, session_cookies};
 use askama::Template;
 use axum::Router;
@@ -71,13 +69,10 @@ async fn login_submit(
     uri: Uri,
     form: Result<Form<HashMap<String, String>>, FormRejection>,
 ) -> Response {
-    let c = visit(&s, &headers, &uri).await;
-    let Ok(Form(form)) = form else {
-        return form_expired(&s, &c);
+    let (c, form) = match posted(&s, &headers, &uri, form).await {
+        Ok(x) => x,
+        Err(r) => return r,
     };
-    if !csrf_ok(&c, &headers, &form) {
-        return form_expired(&s, &c);
-    }
     let username = form.get("username").map(|u| u.trim()).unwrap_or_default();
     let password = form.get("password").map(String::as_str).unwrap_or_default();
     let said = if s.limiter.check("agent-login", addr.ip()).is_err() {
@@ -403,16 +398,10 @@ async fn agent_form(
     raw: &str,
     form: Result<Form<HashMap<String, String>>, FormRejection>,
 ) -> Result<(Ctx, AgentId, AccountId, HashMap<String, String>), Response> {
-    let c = visit(s, headers, uri).await;
+    let (c, form) = posted(s, headers, uri, form).await?;
     let Some(agent) = c.agent else {
         return Err(to_login());
     };
-    let Ok(Form(form)) = form else {
-        return Err(form_expired(s, &c));
-    };
-    if !csrf_ok(&c, headers, &form) {
-        return Err(form_expired(s, &c));
-    }
     let Some(id) = account_id(raw) else {
         return Err(message(
             s,
