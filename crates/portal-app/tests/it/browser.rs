@@ -285,14 +285,30 @@ impl Browser {
     }
 }
 
-/// Pays from the payment page with a new card; returns at the confirmation page.
-async fn pay_with_card(b: &Browser, amount: &str, number: &str, shot: Option<&str>) {
-    b.fill("#amount", amount).await;
+/// Chooses a new card and types its details (12/2034, CVC 123).
+async fn fill_card(b: &Browser, number: &str) {
     b.click("#method-card").await;
     b.fill("#card-number", number).await;
     b.fill("#card-exp-month", "12").await;
     b.fill("#card-exp-year", "2034").await;
     b.fill("#card-cvc", "123").await;
+}
+
+/// Sets a date input (typing into one depends on the browser's locale).
+async fn set_date(b: &Browser, id: &str, value: &str) {
+    b.client
+        .execute(
+            "document.getElementById(arguments[0]).value = arguments[1];",
+            vec![json!(id), json!(value)],
+        )
+        .await
+        .unwrap();
+}
+
+/// Pays from the payment page with a new card; returns at the review page.
+async fn pay_with_card(b: &Browser, amount: &str, number: &str, shot: Option<&str>) {
+    b.fill("#amount", amount).await;
+    fill_card(b, number).await;
     if let Some(name) = shot {
         b.check(name).await;
     }
@@ -309,13 +325,7 @@ async fn create_an_account(b: &Browser, app: &TestApp) {
     b.fill("#account_number", "HC1000002").await;
     b.fill("#first_name", "María").await;
     b.fill("#last_name", "López").await;
-    b.client
-        .execute(
-            "document.getElementById('date_of_birth').value = '1980-05-17';",
-            vec![],
-        )
-        .await
-        .unwrap();
+    set_date(b, "date_of_birth", "1980-05-17").await;
     b.fill("#ssn", "234-56-7890").await;
     b.fill("#email", "maria@example.com").await;
     b.fill("#username", "maria").await;
@@ -376,32 +386,16 @@ async fn pay_as_a_guest(b: &Browser, app: &TestApp) {
     b.fill("#account_number", "HC1000001").await;
     b.fill("#first_name", "Dana").await;
     b.fill("#last_name", "Someone Else").await;
-    b.client
-        .execute(
-            &format!("document.getElementById('date_of_birth').value = '{born}';"),
-            vec![],
-        )
-        .await
-        .unwrap();
+    set_date(b, "date_of_birth", &born).await;
     b.click("form.stack button[type=submit]").await;
     b.wait_for_text("p.alert", "don't match our records").await;
     b.fill("#last_name", "Rivera").await;
-    b.client
-        .execute(
-            &format!("document.getElementById('date_of_birth').value = '{born}';"),
-            vec![],
-        )
-        .await
-        .unwrap();
+    set_date(b, "date_of_birth", &born).await;
     b.click("form.stack button[type=submit]").await;
     b.wait_for_path("/guest").await;
     b.find("#pay-form").await;
     b.fill("#amount", "10.00").await;
-    b.click("#method-card").await;
-    b.fill("#card-number", "4242424242424242").await;
-    b.fill("#card-exp-month", "12").await;
-    b.fill("#card-exp-year", "2034").await;
-    b.fill("#card-cvc", "123").await;
+    fill_card(b, "4242424242424242").await;
     b.check("guest-pay-en").await;
     b.click("#pay-form button[type=submit]").await;
     b.wait_for_path("/guest/pay").await;
@@ -495,11 +489,7 @@ async fn en_espanol(b: &Browser, app: &TestApp) {
     b.wait_for_path("/dashboard").await;
     b.goto(&format!("{base}/pay")).await;
     b.fill("#amount", "12.345").await;
-    b.click("#method-card").await;
-    b.fill("#card-number", "4242424242424242").await;
-    b.fill("#card-exp-month", "12").await;
-    b.fill("#card-exp-year", "2034").await;
-    b.fill("#card-cvc", "123").await;
+    fill_card(b, "4242424242424242").await;
     b.click("#pay-form button[type=submit]").await;
     b.wait_for_text("#amount-error", "decimales").await;
     b.check("pay-error-es").await;
@@ -529,21 +519,11 @@ async fn en_espanol(b: &Browser, app: &TestApp) {
             app.running.app.portal.deps().clock.today().year() - 41
         )
     };
-    b.client
-        .execute(
-            &format!("document.getElementById('date_of_birth').value = '{born}';"),
-            vec![],
-        )
-        .await
-        .unwrap();
+    set_date(b, "date_of_birth", &born).await;
     b.click("form.stack button[type=submit]").await;
     b.find("#pay-form").await;
     b.fill("#amount", "3.00").await;
-    b.click("#method-card").await;
-    b.fill("#card-number", "4242424242424242").await;
-    b.fill("#card-exp-month", "12").await;
-    b.fill("#card-exp-year", "2034").await;
-    b.fill("#card-cvc", "123").await;
+    fill_card(b, "4242424242424242").await;
     b.check("guest-pay-es").await;
     b.click("#pay-form button[type=submit]").await;
     b.wait_for_path("/guest/pay").await;
