@@ -108,7 +108,14 @@ fn screenshots() -> Result<(), String> {
         .parent()
         .ok_or("xtask lives in the workspace")?;
     let dir = root.join("docs").join("screenshots");
-    let dir = dir.to_str().ok_or("a UTF-8 path")?;
+    // Taken into a fresh directory first: a failed walk leaves the committed set alone, and
+    // a page that is no longer visited leaves no stale picture behind.
+    let fresh = root.join("target").join("screenshots");
+    if fresh.exists() {
+        std::fs::remove_dir_all(&fresh).map_err(|e| format!("{}: {e}", fresh.display()))?;
+    }
+    std::fs::create_dir_all(&fresh).map_err(|e| format!("{}: {e}", fresh.display()))?;
+    let fresh_str = fresh.to_str().ok_or("a UTF-8 path")?;
     step_with_env(
         "screenshots",
         &[
@@ -121,10 +128,62 @@ fn screenshots() -> Result<(), String> {
             "--",
             "--nocapture",
         ],
-        &[("PORTAL_SCREENSHOTS", dir), ("CI", "true")],
+        &[("PORTAL_SCREENSHOTS", fresh_str), ("CI", "true")],
     )?;
-    println!("== screenshots saved in {dir}");
+    let names = png_names(&fresh)?;
+    let unpaired = unpaired_member_pages(&names);
+    if !unpaired.is_empty() {
+        return Err(format!(
+            "member pages without both languages: {}",
+            unpaired.join(", ")
+        ));
+    }
+    for old in png_names(&dir).unwrap_or_default() {
+        let path = dir.join(format!("{old}.png"));
+        std::fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for name in &names {
+        let file = format!("{name}.png");
+        std::fs::copy(fresh.join(&file), dir.join(&file)).map_err(|e| format!("{file}: {e}"))?;
+    }
+    println!("== {} screenshots saved in {}", names.len(), dir.display());
     Ok(())
+}
+
+/// The PNG files of a directory, by name without the extension, sorted.
+fn png_names(dir: &std::path::Path) -> Result<Vec<String>, String> {
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut names: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".png"))
+                .map(str::to_owned)
+        })
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// Member pages (every page but the support agents') pictured in one language only.
+fn unpaired_member_pages(names: &[String]) -> Vec<String> {
+    names
+        .iter()
+        .filter(|n| !n.starts_with("support-"))
+        .filter(|n| {
+            let twin = if let Some(page) = n.strip_suffix("-en") {
+                format!("{page}-es")
+            } else if let Some(page) = n.strip_suffix("-es") {
+                format!("{page}-en")
+            } else {
+                return true;
+            };
+            !names.contains(&twin)
+        })
+        .cloned()
+        .collect()
 }
 
 fn step(name: &str, args: &[&str]) -> Result<(), String> {
@@ -147,4 +206,17 @@ fn step_with_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Result<(), 
 
 fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unpaired_member_pages;
+
+    #[test]
+    fn member_pages_need_both_languages() {
+        let names: Vec<String> = ["home-en", "home-es", "pay-en", "support-search", "odd"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(unpaired_member_pages(&names), ["pay-en", "odd"]);
+    }
 }

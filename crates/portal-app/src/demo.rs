@@ -123,7 +123,7 @@ pub fn banner(url: &str, sandbox: Option<&str>) -> String {
         "\nHealth Connector Payment Portal is running at {url}\n\n  Demo login:     username {DEMO_USERNAME}, password {DEMO_PASSWORD}\n  Create Account: account number {UNREGISTERED_ACCOUNT}, María López, born 1980-05-17, SSN 234-56-7890\n  Test card:      4242 4242 4242 4242 (any future expiry, any CVC)\n  Test bank:      routing 110000000, account 000123456789\n"
     );
     s.push_str(&format!(
-        "  Support agent:  username {}, password {} (POST /api/v1/support/sessions)\n",
+        "  Support agent:  username {}, password {} at {url}/support/login\n",
         crate::wiring::DEMO_AGENT.0,
         crate::wiring::DEMO_AGENT.1
     ));

@@ -272,6 +272,17 @@ input_error!(EmailError, "email", {
 pub struct Email(String);
 
 impl Email {
+    /// The address as shown to someone not yet signed in: `m***@example.com`.
+    pub fn masked(&self) -> String {
+        match self.0.split_once('@') {
+            Some((local, domain)) => {
+                let first: String = local.chars().take(1).collect();
+                format!("{first}***@{domain}")
+            }
+            None => "***".into(),
+        }
+    }
+
     /// Checks an address.
     pub fn parse(input: &str) -> Result<Email, EmailError> {
         let s = input.trim();

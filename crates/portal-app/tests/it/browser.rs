@@ -346,6 +346,11 @@ async fn create_an_account(b: &Browser, app: &TestApp) {
     b.fill("#code", "000000").await;
     b.click("form.stack button[type=submit]").await;
     b.wait_for_text("#code-error", "not right").await;
+    // The same step in Spanish: the language switch keeps her on it.
+    b.link("Español").await.click().await.unwrap();
+    b.wait_for_text("h1", "Confirme su correo").await;
+    assert!(b.text("p.lead").await.contains("m***@example.com"));
+    b.check("verify-es").await;
     let code = app
         .outbox()
         .await
@@ -365,6 +370,9 @@ async fn create_an_account(b: &Browser, app: &TestApp) {
         "she chose Spanish"
     );
     b.check("dashboard-new-member-es").await;
+    b.link("English").await.click().await.unwrap();
+    b.wait_for_text("#due-title", "Amount due").await;
+    b.check("dashboard-new-member-en").await;
     b.click("nav button.link").await;
     b.wait_for_path("/").await;
 }
@@ -466,6 +474,22 @@ async fn en_espanol(b: &Browser, app: &TestApp) {
     assert_eq!(b.text("#payment-status").await, "Pagado");
     b.check("confirmation-es").await;
     let reference = b.text("#reference").await;
+    b.link("Hacer un pago").await.click().await.unwrap();
+    b.wait_for_path("/pay").await;
+    b.fill("#amount", "4.00").await;
+    b.click("#method-bank").await;
+    b.fill("#bank-routing", "110000000").await;
+    b.fill("#bank-account", "000123456789").await;
+    b.click("#save").await;
+    b.check("pay-bank-es").await;
+    b.click("#pay-form button[type=submit]").await;
+    b.wait_for_path("/pay/review").await;
+    b.click("form.stack button[type=submit]").await;
+    b.wait_for_path("/payments/").await;
+    assert_eq!(b.text("#payment-status").await, "En proceso");
+    b.wait_for_text("#bank-note", "Se espera que se complete")
+        .await;
+    b.check("confirmation-bank-es").await;
     b.click("nav button.link").await;
     b.wait_for_path("/").await;
     for (path, name) in [
@@ -481,6 +505,10 @@ async fn en_espanol(b: &Browser, app: &TestApp) {
         .await;
     assert_eq!(b.text("#payment-status").await, "Pagado");
     b.check("status-es").await;
+    b.fill("#reference", "AAAA-AAAA-AAAA").await;
+    b.click("form.stack button[type=submit]").await;
+    b.wait_for_text("#reference-error", "").await;
+    b.check("status-error-es").await;
     // A bad amount is explained in Spanish, on its field.
     b.goto(&format!("{base}/login")).await;
     b.fill("#username", DEMO_USER).await;
@@ -505,6 +533,43 @@ async fn en_espanol(b: &Browser, app: &TestApp) {
     b.click("form.stack button[type=submit]").await;
     b.wait_for_text("#autopay-notice", "activados").await;
     b.check("autopay-active-es").await;
+    b.link("Cambiar").await.click().await.unwrap();
+    b.wait_for_text("#setup-title", "Cambiar pagos automáticos")
+        .await;
+    b.check("autopay-change-es").await;
+    // Profile in Spanish: remove a saved method, then choose English and reminders again.
+    b.goto(&format!("{base}/profile")).await;
+    b.wait_for_text("h1", "Perfil y recordatorios").await;
+    b.check("profile-es").await;
+    let saved = b
+        .client
+        .find_all(Locator::Css("ul.methods li"))
+        .await
+        .unwrap()
+        .len();
+    b.click("ul.methods form button").await;
+    b.wait_for_text("#profile-notice", "Se eliminó").await;
+    let left = b
+        .client
+        .find_all(Locator::Css("ul.methods li"))
+        .await
+        .unwrap()
+        .len();
+    assert_eq!(left, saved - 1);
+    b.click("#language-en").await;
+    b.click("#reminders-on").await;
+    b.click("form[action='/profile/preferences'] button").await;
+    b.wait_for_text("#profile-notice", "preferences were saved")
+        .await;
+    let checked = |css: &'static str| async move {
+        b.find(css).await.prop("checked").await.unwrap() == Some("true".into())
+    };
+    assert!(checked("#language-en").await, "English is stored");
+    assert!(checked("#reminders-on").await, "reminders are on again");
+    b.goto(&format!("{base}/language?to=es&back=/dashboard"))
+        .await;
+    b.wait_for_text("#reminders-status", "Le enviamos un recordatorio")
+        .await;
     b.click("nav button.link").await;
     b.wait_for_path("/").await;
     // Guest pay and a password reset, in Spanish.
@@ -627,6 +692,15 @@ pub async fn a_member_pays_in_the_browser() {
     b.wait_for_text("p.alert", "username or password is incorrect")
         .await;
     b.check("login-error-en").await;
+    b.link("Español").await.click().await.unwrap();
+    b.wait_for_text("h1", "Iniciar sesión").await;
+    b.fill("#username", DEMO_USER).await;
+    b.fill("#password", "not the password").await;
+    b.click("form.stack button[type=submit]").await;
+    b.wait_for_text("p.alert", "no son correctos").await;
+    b.check("login-error-es").await;
+    b.link("English").await.click().await.unwrap();
+    b.wait_for_text("h1", "Log in").await;
 
     // Log in: the dashboard shows what is due and when.
     b.fill("#username", DEMO_USER).await;
@@ -648,7 +722,13 @@ pub async fn a_member_pays_in_the_browser() {
         due,
         "the amount defaults to the amount due"
     );
-    pay_with_card(&b, "25.00", "4000000000009995", Some("pay-en")).await;
+    b.check("pay-en").await;
+    b.fill("#amount", "12.345").await;
+    fill_card(&b, "4242424242424242").await;
+    b.click("#pay-form button[type=submit]").await;
+    b.wait_for_text("#amount-error", "decimal").await;
+    b.check("pay-error-en").await;
+    pay_with_card(&b, "25.00", "4000000000009995", None).await;
     b.check("review-en").await;
     b.click("form.stack button[type=submit]").await;
     b.wait_for_path("/payments/").await;
@@ -751,9 +831,63 @@ pub async fn a_member_pays_in_the_browser() {
     b.wait_for_text(".mandate-status", "Paused").await;
     b.click("button[value=resume]").await;
     b.wait_for_text(".mandate-status", "Active").await;
+    // Change: the form starts from the current settings; a new authorization is accepted.
+    b.link("Change").await.click().await.unwrap();
+    b.wait_for_url("change=").await;
+    assert_eq!(
+        b.find("#rule-due").await.prop("checked").await.unwrap(),
+        Some("true".into())
+    );
+    b.click("#rule-fixed").await;
+    b.fill("#fixed_amount", "150.00").await;
+    b.check("autopay-change-en").await;
+    b.click("#pay-form button[type=submit]").await;
+    b.wait_for_path("/settings/autopay/review").await;
+    assert!(b.text("#authorization-text").await.contains("150.00"));
+    b.click("#accept").await;
+    b.click("form.stack button[type=submit]").await;
+    b.wait_for_text("#autopay-notice", "were updated").await;
+    assert!(b.body().await.contains("A fixed amount ($150.00)"));
+    assert_eq!(
+        b.client
+            .find_all(Locator::Css(".mandate"))
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "changed, not added"
+    );
     b.link("Dashboard").await.click().await.unwrap();
     b.wait_for_path("/dashboard").await;
     assert_eq!(b.text("#autopay-status").await, "On");
+    assert_eq!(
+        b.text("#reminders-status").await,
+        "We email you a reminder before each due date."
+    );
+
+    // Profile and reminders: the details on record, the language and the reminders.
+    b.find("nav")
+        .await
+        .find(Locator::LinkText("Profile and reminders"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.wait_for_path("/profile").await;
+    assert_eq!(b.text("#profile-email").await, "dana.rivera@example.com");
+    assert!(b.body().await.contains("(Used by your automatic payments)"));
+    b.check("profile-en").await;
+    b.click("#reminders-on").await;
+    b.click("form[action='/profile/preferences'] button").await;
+    b.wait_for_text("#profile-notice", "preferences were saved")
+        .await;
+    b.link("Dashboard").await.click().await.unwrap();
+    b.wait_for_path("/dashboard").await;
+    assert_eq!(
+        b.text("#reminders-status").await,
+        "Due-date reminders are off."
+    );
 
     // Payment History: every payment, filters, and a CSV download.
     b.link("Payment History").await.click().await.unwrap();
@@ -962,12 +1096,19 @@ pub async fn a_late_member_sets_up_a_payment_plan() {
     b.wait_for_text(".alert-past-due", "Grace period ends")
         .await;
     b.check("dashboard-past-due-en").await;
-    b.link("Request a payment plan")
+    b.link("Español").await.click().await.unwrap();
+    b.wait_for_text(".alert-past-due", "El período de gracia termina")
+        .await;
+    b.check("dashboard-past-due-es").await;
+    b.link("Solicitar un plan de pagos")
         .await
         .click()
         .await
         .unwrap();
     b.wait_for_path("/plan").await;
+    b.check("plan-es").await;
+    b.link("English").await.click().await.unwrap();
+    b.wait_for_text("h1", "Payment plan").await;
     let past_due = b.text("#past-due").await;
     assert!(
         past_due.starts_with('$') && past_due != "$0.00",

@@ -106,17 +106,6 @@ pub struct PendingRegistration {
     pub email_masked: String,
 }
 
-fn mask_email(e: &Email) -> String {
-    let s = e.as_ref();
-    match s.split_once('@') {
-        Some((local, domain)) => {
-            let first: String = local.chars().take(1).collect();
-            format!("{first}***@{domain}")
-        }
-        None => "***".into(),
-    }
-}
-
 impl Portal {
     /// Registers a member: checks every field, verifies identity against the enrollment on
     /// record, checks uniqueness, and emails a one-time code. The account is usable once the
@@ -186,7 +175,7 @@ impl Portal {
         let expires_at = now + self.config.auth.email_code_ttl;
         let pending = PendingRegistration {
             account_id: Some(account_id),
-            email_masked: mask_email(&reg.email),
+            email_masked: reg.email.masked(),
         };
         self.update_account(account_id, |account, changes| {
             if account.member.as_ref().is_some_and(|m| m.email_verified_at.is_some()) {

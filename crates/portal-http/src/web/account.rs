@@ -32,6 +32,7 @@ pub(super) struct DashboardView {
     due_date: Option<String>,
     credit: Option<String>,
     autopay_on: bool,
+    reminders: bool,
     plan: bool,
     alerts: Vec<Alert>,
     coverage: Vec<CoverageRow>,
@@ -157,6 +158,7 @@ pub(super) fn dashboard_view(s: &AppState, c: &Ctx, a: &Account) -> DashboardVie
         due_date: summary.next_due_date.map(|d| c.date(d)),
         credit: (summary.credit.cents() > 0).then(|| c.money(summary.credit)),
         autopay_on: summary.autopay_active,
+        reminders: a.reminders.due_date_reminders,
         plan: summary.active_plan.is_some(),
         alerts,
         coverage,
@@ -190,7 +192,12 @@ pub(super) struct HistoryQuery {
     status: Option<String>,
     from: Option<String>,
     to: Option<String>,
+    /// 1-based page of the list.
+    page: Option<String>,
 }
+
+/// Payments per page of Payment History.
+pub(super) const PAGE_SIZE: usize = 20;
 
 pub(super) const STATUSES: [&str; 5] = ["succeeded", "pending", "failed", "returned", "refunded"];
 
@@ -236,6 +243,10 @@ pub(super) struct HistoryPage<'a> {
     from: String,
     to: String,
     rows: Vec<PaymentRow>,
+    /// How many payments match the filters.
+    total: usize,
+    page: usize,
+    pages: usize,
 }
 
 pub(super) async fn history(
@@ -254,8 +265,19 @@ pub(super) async fn history(
         Err(e) => return service_failure(&s, &c, &e),
     };
     let list = filtered(&mut c, &a, &q);
+    let total = list.len();
+    let pages = total.div_ceil(PAGE_SIZE).max(1);
+    // A page past the end (the list shrank) shows the last one.
+    let page = q
+        .page
+        .as_deref()
+        .and_then(|p| p.trim().parse::<usize>().ok())
+        .unwrap_or(1)
+        .clamp(1, pages);
     let rows = list
         .iter()
+        .skip((page - 1) * PAGE_SIZE)
+        .take(PAGE_SIZE)
         .map(|p| PaymentRow {
             id: p.id,
             date: c.date(p.initiated_on),
@@ -281,14 +303,12 @@ pub(super) async fn history(
         from: q.from.clone().unwrap_or_default(),
         to: q.to.clone().unwrap_or_default(),
         rows,
+        total,
+        page,
+        pages,
     }
     .render();
-    let status = if c.errors.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::UNPROCESSABLE_ENTITY
-    };
-    page(&s, &c, status, html)
+    form_page(&s, &c, html)
 }
 
 /// A CSV field, quoted when it needs to be; a leading formula character is defused so a
@@ -409,12 +429,7 @@ fn plan_page(s: &AppState, c: &Ctx, a: &Account, notice: Option<&str>) -> Respon
         choices: (2..=12).collect(),
     }
     .render();
-    let status = if c.errors.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::UNPROCESSABLE_ENTITY
-    };
-    page(s, c, status, html)
+    form_page(s, c, html)
 }
 
 #[derive(serde::Deserialize, Default)]

@@ -209,8 +209,8 @@ pub(super) fn register_form(
         login,
     }
     .render();
-    let status = if c.errors.is_empty() && message.is_none() {
-        StatusCode::OK
+    let status = if message.is_none() {
+        c.status()
     } else {
         StatusCode::UNPROCESSABLE_ENTITY
     };
@@ -246,12 +246,7 @@ pub(super) fn verify_form(s: &AppState, c: &Ctx, account: AccountId, email: &str
         email: email.to_owned(),
     }
     .render();
-    let status = if c.errors.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::UNPROCESSABLE_ENTITY
-    };
-    page(s, c, status, html)
+    form_page(s, c, html)
 }
 
 pub(super) async fn register_submit(
@@ -297,6 +292,32 @@ pub(super) async fn register_submit(
 
 pub(super) fn registration_id(raw: &str) -> Option<AccountId> {
     uuid::Uuid::parse_str(raw).ok().map(AccountId)
+}
+
+/// The emailed-code step again (a reload, or the page in the other language), while the
+/// registration is still waiting for its code.
+pub(super) async fn verify_page(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
+    Path(raw): Path<String>,
+) -> Response {
+    let c = visit(&s, &headers, &uri).await;
+    let Some(account) = registration_id(&raw) else {
+        return message(&s, &c, StatusCode::NOT_FOUND, c.t.not_found, c.t.not_found);
+    };
+    match s.portal.account(account).await {
+        Ok(a) => match a.member {
+            Some(m) if m.email_verified_at.is_none() => {
+                verify_form(&s, &c, account, &m.email.masked())
+            }
+            _ => to_login(),
+        },
+        Err(ServiceError::NotFound(_)) => {
+            message(&s, &c, StatusCode::NOT_FOUND, c.t.not_found, c.t.not_found)
+        }
+        Err(e) => service_failure(&s, &c, &e),
+    }
 }
 
 pub(super) async fn verify_submit(

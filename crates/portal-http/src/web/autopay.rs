@@ -13,6 +13,8 @@ pub(super) struct MandateView {
     start: String,
     /// (action, button label)
     actions: Vec<(&'static str, &'static str)>,
+    /// Active or paused: its settings can be changed.
+    changeable: bool,
 }
 
 #[derive(Template)]
@@ -23,6 +25,8 @@ pub(super) struct AutopayPage<'a> {
     notice: Option<&'a str>,
     mandates: Vec<MandateView>,
     can_set_up: bool,
+    /// The automatic payment being changed, when the form changes one.
+    changing: Option<String>,
     methods: Vec<MethodChoice>,
     chosen: String,
     rule: String,
@@ -84,6 +88,10 @@ pub(super) fn autopay_form_page(
                 frequency: frequency_label(c, m.frequency).to_owned(),
                 start: c.date(m.start_date),
                 actions,
+                changeable: matches!(
+                    m.status,
+                    MandateStatus::Active | MandateStatus::Paused { .. }
+                ),
             }
         })
         .collect();
@@ -103,6 +111,10 @@ pub(super) fn autopay_form_page(
         })
         .collect();
     let kept = |k: &str| form.get(k).cloned().unwrap_or_default();
+    let changing = form
+        .get("mandate")
+        .filter(|id| a.mandates.iter().any(|m| m.id.to_string() == **id))
+        .cloned();
     let chosen = match form.get("method") {
         Some(m) if !m.is_empty() => m.clone(),
         _ => methods
@@ -121,6 +133,7 @@ pub(super) fn autopay_form_page(
         notice,
         mandates,
         can_set_up,
+        changing,
         methods,
         chosen,
         rule: kept("rule"),
@@ -134,17 +147,14 @@ pub(super) fn autopay_form_page(
         publishable_key: publishable_key(s),
     }
     .render();
-    let status = if c.errors.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::UNPROCESSABLE_ENTITY
-    };
-    page(s, c, status, html)
+    form_page(s, c, html)
 }
 
 #[derive(serde::Deserialize, Default)]
 pub(super) struct AutopayQuery {
     done: Option<String>,
+    /// The automatic payment to change.
+    change: Option<String>,
 }
 
 pub(super) async fn autopay_page(
@@ -157,15 +167,64 @@ pub(super) async fn autopay_page(
     let Some(id) = c.member else {
         return to_login();
     };
-    let notice = match q.ok().and_then(|Query(q)| q.done).as_deref() {
+    let q = q.map(|Query(q)| q).unwrap_or_default();
+    let notice = match q.done.as_deref() {
         Some("activated") => Some(c.t.autopay_activated),
         Some("changed") => Some(c.t.autopay_changed),
         _ => None,
     };
-    match s.portal.account(id).await {
-        Ok(a) => autopay_form_page(&s, &c, &a, &HashMap::new(), notice),
-        Err(e) => service_failure(&s, &c, &e),
+    let a = match s.portal.account(id).await {
+        Ok(a) => a,
+        Err(e) => return service_failure(&s, &c, &e),
+    };
+    let form = match q.change {
+        Some(raw) => {
+            let today = s.portal.deps().clock.today();
+            let Some(m) = a.mandates.iter().find(|m| {
+                m.id.to_string() == raw
+                    && matches!(
+                        m.status,
+                        MandateStatus::Active | MandateStatus::Paused { .. }
+                    )
+            }) else {
+                return message(&s, &c, StatusCode::NOT_FOUND, c.t.not_found, c.t.not_found);
+            };
+            current_terms(m, today)
+        }
+        None => HashMap::new(),
+    };
+    autopay_form_page(&s, &c, &a, &form, notice)
+}
+
+/// An automatic payment's current settings as the form's fields, to start a change from.
+/// A start date already passed moves to the next debit on the same day of the month.
+fn current_terms(m: &portal_core::mandate::Mandate, today: NaiveDate) -> HashMap<String, String> {
+    let step = match m.frequency {
+        Frequency::Monthly => 1,
+        Frequency::Quarterly => 3,
+    };
+    let mut start = m.start_date;
+    let mut months = 0;
+    while start <= today && months < 1200 {
+        months += step;
+        start = m
+            .start_date
+            .checked_add_months(chrono::Months::new(months))
+            .unwrap_or(start);
     }
+    let (rule, fixed) = match m.amount_rule {
+        AmountRule::AmountDue => ("due", String::new()),
+        AmountRule::Fixed { amount } => ("fixed", amount.to_string()),
+    };
+    let frequency = if step == 3 { "quarterly" } else { "monthly" };
+    HashMap::from([
+        ("mandate".to_owned(), m.id.to_string()),
+        ("method".to_owned(), m.method_id.to_string()),
+        ("rule".to_owned(), rule.to_owned()),
+        ("fixed_amount".to_owned(), fixed),
+        ("frequency".to_owned(), frequency.to_owned()),
+        ("start_date".to_owned(), start.to_string()),
+    ])
 }
 
 /// The autopay terms of a form whose method is already a saved one; errors land on `c`.
@@ -238,6 +297,8 @@ pub(super) struct AutopayReviewPage<'a> {
     first_debit: String,
     estimated: String,
     authorization: String,
+    /// The automatic payment being changed, if any.
+    mandate: String,
 }
 
 pub(super) async fn autopay_review(
@@ -316,6 +377,7 @@ fn review_page(
         first_debit: c.date(preview.first_debit),
         estimated: c.money(preview.estimated_amount),
         authorization: preview.authorization_text,
+        mandate: kept("mandate"),
     }
     .render();
     page(s, c, status, html)
@@ -358,12 +420,29 @@ pub(super) async fn autopay_activate(
         );
     }
     let accepted = form.get("authorization").cloned().unwrap_or_default();
-    match s
-        .portal
-        .set_up_autopay(id, &terms, &accepted, ConsentSource::Web)
-        .await
-    {
-        Ok(_) => Redirect::to("/settings/autopay?done=activated").into_response(),
+    let changing = form.get("mandate").filter(|m| !m.is_empty());
+    let outcome = match changing {
+        Some(raw) => {
+            let Ok(mandate) = uuid::Uuid::parse_str(raw).map(MandateId) else {
+                return message(&s, &c, StatusCode::NOT_FOUND, c.t.not_found, c.t.not_found);
+            };
+            s.portal
+                .change_autopay(id, mandate, &terms, &accepted, ConsentSource::Web)
+                .await
+        }
+        None => {
+            s.portal
+                .set_up_autopay(id, &terms, &accepted, ConsentSource::Web)
+                .await
+        }
+    };
+    let done = if changing.is_some() {
+        "changed"
+    } else {
+        "activated"
+    };
+    match outcome {
+        Ok(_) => Redirect::to(&format!("/settings/autopay?done={done}")).into_response(),
         Err(ServiceError::Invalid(v)) => {
             c.fail_fields(&v.0, &[("payment_method_id", "method")]);
             autopay_form_page(&s, &c, &account, &form, None)

@@ -11,6 +11,7 @@ mod account;
 mod auth;
 mod autopay;
 mod pay;
+mod profile;
 mod support;
 mod text;
 
@@ -60,7 +61,10 @@ pub(crate) fn routes() -> Router<AppState> {
             "/register",
             get(auth::register_page).post(auth::register_submit),
         )
-        .route("/register/{id}/verify", post(auth::verify_submit))
+        .route(
+            "/register/{id}/verify",
+            get(auth::verify_page).post(auth::verify_submit),
+        )
         .route("/register/{id}/resend", post(auth::resend_submit))
         .route(
             "/forgot-password",
@@ -74,6 +78,9 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/payments", get(account::history))
         .route("/payments.csv", get(account::history_csv))
         .route("/plan", get(account::plan).post(account::plan_submit))
+        .route("/profile", get(profile::profile))
+        .route("/profile/preferences", post(profile::preferences_submit))
+        .route("/profile/methods/{id}/remove", post(profile::remove_method))
         .route("/pay", get(pay::pay_page))
         .route("/pay/review", post(pay::pay_review))
         .route("/pay/submit", post(pay::pay_submit))
@@ -109,7 +116,9 @@ pub(crate) struct Ctx {
     pub t: &'static Text,
     pub lang: Language,
     pub csrf: String,
-    pub path: String,
+    /// Where the language switch returns to: this page, or for a form's answer (which has no
+    /// address of its own) the page of that form.
+    pub back: String,
     pub signed_in: bool,
     /// A support agent is signed in.
     pub agent_in: bool,
@@ -153,6 +162,15 @@ impl Ctx {
                 .find(|(from, _)| *from == e.field)
                 .map_or(e.field.as_str(), |(_, to)| *to);
             self.fail(field, locale::field_message(self.lang, e));
+        }
+    }
+
+    /// 200, or 422 when the submitted form has errors to show.
+    fn status(&self) -> StatusCode {
+        if self.errors.is_empty() {
+            StatusCode::OK
+        } else {
+            StatusCode::UNPROCESSABLE_ENTITY
         }
     }
 
@@ -205,7 +223,7 @@ async fn visit(s: &AppState, headers: &HeaderMap, uri: &Uri) -> Ctx {
         t: Text::of(lang),
         lang,
         csrf,
-        path: uri.path().to_owned(),
+        back: return_address(uri),
         signed_in: member.is_some(),
         agent_in: agent.is_some(),
         errors: Vec::new(),
@@ -214,6 +232,38 @@ async fn visit(s: &AppState, headers: &HeaderMap, uri: &Uri) -> Ctx {
         member,
         agent,
     }
+}
+
+/// The page to come back to after switching language: the address itself (with its query,
+/// so filters and emailed links survive), except for addresses that only answer a form.
+fn return_address(uri: &Uri) -> String {
+    let path = uri.path();
+    let page = match path {
+        "/pay/review" | "/pay/submit" => "/pay",
+        "/guest/pay" => "/guest",
+        "/logout" => "/",
+        "/profile/preferences" => "/profile",
+        _ if path.starts_with("/settings/autopay/") => "/settings/autopay",
+        _ if path.starts_with("/profile/methods/") => "/profile",
+        _ => {
+            if let Some(id) = path
+                .strip_prefix("/register/")
+                .and_then(|r| r.strip_suffix("/resend"))
+            {
+                return format!("/register/{id}/verify");
+            }
+            if let Some((id, _)) = path
+                .strip_prefix("/support/accounts/")
+                .and_then(|r| r.split_once('/'))
+            {
+                return format!("/support/accounts/{id}");
+            }
+            return uri
+                .path_and_query()
+                .map_or_else(|| path.to_owned(), |pq| pq.as_str().to_owned());
+        }
+    };
+    page.to_owned()
 }
 
 fn plausible_token(t: &str) -> bool {
@@ -308,6 +358,11 @@ fn page(
         }
     }
     r
+}
+
+/// Renders a form's page: 200, or 422 with the errors shown on it.
+fn form_page(s: &AppState, c: &Ctx, html: Result<String, askama::Error>) -> Response {
+    page(s, c, c.status(), html)
 }
 
 fn gateway_url(s: &AppState) -> Option<String> {
@@ -450,18 +505,24 @@ async fn language(State(s): State<AppState>, Query(q): Query<LanguageQuery>) -> 
         .filter(|b| b.starts_with('/') && !b.starts_with("//") && !b.contains('\\'))
         .unwrap_or_else(|| "/".to_owned());
     let mut r = Redirect::to(&back).into_response();
+    if let Some(v) = language_cookie(&s, lang) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+    r
+}
+
+/// The cookie that keeps the chosen page language for a year.
+fn language_cookie(s: &AppState, lang: Language) -> Option<HeaderValue> {
     let secure = if s.config.secure_cookies {
         "; Secure"
     } else {
         ""
     };
-    if let Ok(v) = HeaderValue::from_str(&format!(
+    HeaderValue::from_str(&format!(
         "{LANG_COOKIE}={}; Path=/; SameSite=Lax; Max-Age=31536000{secure}",
         lang.code()
-    )) {
-        r.headers_mut().append(header::SET_COOKIE, v);
-    }
-    r
+    ))
+    .ok()
 }
 
 async fn css() -> Response {
@@ -504,4 +565,45 @@ struct Input {
     kind: &'static str,
     autocomplete: &'static str,
     value: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::return_address;
+    use axum::http::Uri;
+
+    fn back(address: &str) -> String {
+        return_address(&address.parse::<Uri>().expect("a valid address"))
+    }
+
+    #[test]
+    fn the_language_switch_returns_to_the_same_page() {
+        // Filters, looked-up references and emailed links keep their query.
+        assert_eq!(
+            back("/payments?status=failed&page=2"),
+            "/payments?status=failed&page=2"
+        );
+        assert_eq!(
+            back("/reset-password?token=abc"),
+            "/reset-password?token=abc"
+        );
+        assert_eq!(back("/dashboard"), "/dashboard");
+        assert_eq!(back("/register/r1/verify"), "/register/r1/verify");
+    }
+
+    #[test]
+    fn a_form_answer_returns_to_its_form() {
+        assert_eq!(back("/pay/review"), "/pay");
+        assert_eq!(back("/pay/submit"), "/pay");
+        assert_eq!(back("/guest/pay"), "/guest");
+        assert_eq!(back("/settings/autopay/review"), "/settings/autopay");
+        assert_eq!(back("/settings/autopay/m1/status"), "/settings/autopay");
+        assert_eq!(back("/profile/methods/m1/remove"), "/profile");
+        assert_eq!(back("/register/r1/resend"), "/register/r1/verify");
+        assert_eq!(
+            back("/support/accounts/a1/payments/p1/refund"),
+            "/support/accounts/a1"
+        );
+        assert_eq!(back("/logout"), "/");
+    }
 }

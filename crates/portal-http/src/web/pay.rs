@@ -58,12 +58,7 @@ pub(super) fn pay_form(
         publishable_key: publishable_key(s),
     }
     .render();
-    let status = if c.errors.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::UNPROCESSABLE_ENTITY
-    };
-    page(s, c, status, html)
+    form_page(s, c, html)
 }
 
 pub(super) async fn pay_page(State(s): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
@@ -371,8 +366,8 @@ pub(super) fn guest_identify_page(
         fields,
     }
     .render();
-    let status = if c.errors.is_empty() && message.is_none() {
-        StatusCode::OK
+    let status = if message.is_none() {
+        c.status()
     } else {
         StatusCode::UNPROCESSABLE_ENTITY
     };
@@ -444,12 +439,7 @@ pub(super) fn guest_pay_page(
         publishable_key: publishable_key(s),
     }
     .render();
-    let status = if c.errors.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::UNPROCESSABLE_ENTITY
-    };
-    page(s, c, status, html)
+    form_page(s, c, html)
 }
 
 pub(super) async fn guest_identify(
@@ -603,10 +593,5 @@ pub(super) async fn status_page(
         result,
     }
     .render();
-    let status = if c.errors.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::UNPROCESSABLE_ENTITY
-    };
-    page(&s, &c, status, html)
+    form_page(&s, &c, html)
 }

@@ -3,7 +3,9 @@
 //! (refund, resend a receipt, set up a payment plan, record a check or money order).
 //! Agents are staff: these pages are in English only.
 
-use super::{Ctx, message, page, plausible_token, posted, service_failure, status_word, visit};
+use super::{
+    Ctx, form_page, message, page, plausible_token, posted, service_failure, status_word, visit,
+};
 use crate::{AppState, session_cookies};
 use askama::Template;
 use axum::Router;
@@ -184,11 +186,6 @@ async fn search(
             .into_response();
         }
     }
-    let status = if c.errors.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::UNPROCESSABLE_ENTITY
-    };
     let html = SearchPage {
         c: &c,
         title: "Support search",
@@ -197,7 +194,7 @@ async fn search(
         results,
     }
     .render();
-    page(&s, &c, status, html)
+    form_page(&s, &c, html)
 }
 
 struct PaymentLine {
@@ -341,11 +338,6 @@ async fn render_account(
         Ok(v) => v,
         Err(e) => return service_failure(s, c, &e),
     };
-    let status = if c.errors.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::UNPROCESSABLE_ENTITY
-    };
     let title = v.name.clone();
     let html = AccountPage {
         c,
@@ -356,7 +348,7 @@ async fn render_account(
         today: s.portal.deps().clock.today().to_string(),
     }
     .render();
-    page(s, c, status, html)
+    form_page(s, c, html)
 }
 
 async fn account_page(
