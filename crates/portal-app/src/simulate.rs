@@ -379,7 +379,7 @@ async fn simulate(
                 frequency: Frequency::Monthly,
                 start_date: NaiveDate::from_ymd_opt(2026, 12, 20).context("date")?,
             };
-            let preview = app.portal.preview_autopay(h.id, &form).await?;
+            let preview = app.portal.preview_autopay(h.id, &form, None).await?;
             app.portal
                 .set_up_autopay(h.id, &form, &preview.authorization_text, ConsentSource::Web)
                 .await?;

@@ -438,6 +438,9 @@ pub enum Language {
 }
 
 impl Language {
+    /// Every language the portal speaks.
+    pub const ALL: [Language; 2] = [Language::En, Language::Es];
+
     /// Parses `en` or `es` (any case).
     pub fn parse(input: &str) -> Result<Language, LanguageError> {
         match input.trim().to_ascii_lowercase().as_str() {

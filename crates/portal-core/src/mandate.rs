@@ -3,7 +3,7 @@
 //! policy; and suspension after consecutive failures.
 
 use crate::calendar::{add_days, add_months_clamped, sub_days};
-use crate::identity::input_error;
+use crate::identity::{Language, input_error};
 use crate::ids::{AccountId, MandateId, MethodId};
 use crate::money::Money;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -210,26 +210,58 @@ impl MandateTerms {
         Ok(())
     }
 
-    /// The authorization text the member accepts, stating method, amount and schedule.
-    pub fn authorization_text(&self, method_label: &str) -> String {
-        let amount = match self.amount_rule {
-            AmountRule::AmountDue => "the amount due on my premium bills".to_owned(),
-            AmountRule::Fixed { amount } => format!("${amount}"),
-        };
-        let cap = self
-            .cap
-            .map(|c| format!(", never more than ${c} per debit"))
-            .unwrap_or_default();
-        let every = match self.frequency {
-            Frequency::Monthly => "every month",
-            Frequency::Quarterly => "every three months",
-        };
-        format!(
-            "I authorize the Health Connector to debit {amount}{cap} from my {method_label} {every}, starting {}. \
-             I will get a notice before each debit. I can change, pause or cancel this authorization at any time \
-             before a scheduled debit.",
-            self.start_date
-        )
+    /// The authorization text the member accepts, stating method, amount and schedule, in the
+    /// language it is shown in.
+    pub fn authorization_text(&self, method_label: &str, lang: Language) -> String {
+        let start = crate::locale::date(lang, self.start_date);
+        match lang {
+            Language::En => {
+                let amount = match self.amount_rule {
+                    AmountRule::AmountDue => "the amount due on my premium bills".to_owned(),
+                    AmountRule::Fixed { amount } => format!("${amount}"),
+                };
+                let cap = self
+                    .cap
+                    .map(|c| format!(", never more than ${c} per debit"))
+                    .unwrap_or_default();
+                let every = match self.frequency {
+                    Frequency::Monthly => "every month",
+                    Frequency::Quarterly => "every three months",
+                };
+                format!(
+                    "I authorize the Health Connector to debit {amount}{cap} from my {method_label} \
+                     {every}, starting {start}. I will get a notice before each debit. I can change, \
+                     pause or cancel this authorization at any time before a scheduled debit."
+                )
+            }
+            Language::Es => {
+                let amount = match self.amount_rule {
+                    AmountRule::AmountDue => "el monto a pagar de mis facturas de prima".to_owned(),
+                    AmountRule::Fixed { amount } => format!("${amount}"),
+                };
+                let cap = self
+                    .cap
+                    .map(|c| format!(", nunca más de ${c} por débito"))
+                    .unwrap_or_default();
+                let every = match self.frequency {
+                    Frequency::Monthly => "cada mes",
+                    Frequency::Quarterly => "cada tres meses",
+                };
+                format!(
+                    "Autorizo a Health Connector a debitar {amount}{cap} de mi {method_label} \
+                     {every}, a partir del {start}. Recibiré un aviso antes de cada débito. Puedo \
+                     cambiar, pausar o cancelar esta autorización en cualquier momento antes de un \
+                     débito programado."
+                )
+            }
+        }
+    }
+
+    /// The language of `accepted` if it is these terms' authorization text in one of them.
+    pub fn accepted_language(&self, method_label: &str, accepted: &str) -> Option<Language> {
+        Language::ALL
+            .into_iter()
+            .find(|l| accepted.trim() == self.authorization_text(method_label, *l))
     }
 }
 

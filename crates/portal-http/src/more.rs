@@ -143,9 +143,12 @@ pub(crate) async fn preview_autopay(
 ) -> Result<Response> {
     let b = Body::parse(&body)?;
     let mut v = Validator::new();
-    let form = autopay_form(&b, &[], &mut v);
+    let form = autopay_form(&b, &["language"], &mut v);
+    let language = b
+        .opt_str("language", &mut v)
+        .and_then(|l| v.check("language", Language::parse(&l)));
     let form = v.finish(form)?;
-    let p = s.portal.preview_autopay(id, &form).await?;
+    let p = s.portal.preview_autopay(id, &form, language).await?;
     Ok(axum::Json(json!({ "method": p.method, "first_debit": p.first_debit, "estimated_amount": p.estimated_amount, "authorization_text": p.authorization_text })).into_response())
 }
 

@@ -89,13 +89,17 @@ const PAYMENT: &[Field] = &[
     ),
     flag("save", "save the token as a payment method"),
 ];
-const AUTOPAY: &[Field] = &[
+const AUTOPAY_PREVIEW: &[Field] = &[
     req("payment_method_id", "a saved method"),
     req("amount_rule", "amount_due or fixed"),
     opt("fixed_amount", "with amount_rule fixed"),
     opt("cap", "never debit more than this"),
     req("frequency", "monthly or quarterly"),
     req("start_date", "YYYY-MM-DD, first debit"),
+    opt(
+        "language",
+        "en or es, the authorization text's language (default: the member's)",
+    ),
 ];
 const AUTOPAY_ACCEPT: &[Field] = &[
     req("payment_method_id", "a saved method"),
@@ -353,7 +357,7 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
             "Review automatic-payment settings and get the authorization text",
             "Automatic payments",
             Member,
-            AUTOPAY,
+            AUTOPAY_PREVIEW,
             200,
             || post(more::preview_autopay),
         ),

@@ -177,6 +177,16 @@ impl Browser {
         self.find(css).await.click().await.unwrap();
     }
 
+    /// Clicks a form's submit button and waits for the page that answers it.
+    async fn submit(&self, css: &str) {
+        self.client
+            .execute("document.body.dataset.answered = 'no';", vec![])
+            .await
+            .unwrap();
+        self.click(css).await;
+        self.find("body:not([data-answered])").await;
+    }
+
     async fn url(&self) -> String {
         self.client
             .current_url()
@@ -528,6 +538,11 @@ async fn en_espanol(b: &Browser, app: &TestApp) {
     b.click("#method-saved-1").await;
     b.click("#pay-form button[type=submit]").await;
     b.wait_for_path("/settings/autopay/review").await;
+    let authorization = b.text("#authorization-text").await;
+    assert!(
+        authorization.starts_with("Autorizo a Health Connector a debitar"),
+        "{authorization}"
+    );
     b.check("autopay-review-es").await;
     b.click("#accept").await;
     b.click("form.stack button[type=submit]").await;
@@ -684,6 +699,30 @@ pub async fn a_member_pays_in_the_browser() {
     b.link("Log in").await.click().await.unwrap();
     b.wait_for_path("/login").await;
     b.check("login-en").await;
+
+    // Guessing a password locks the login for a while, and the page says for how long.
+    let mut tries = 0;
+    loop {
+        b.fill("#username", "maria").await;
+        b.fill("#password", "not her password").await;
+        b.submit("form.stack button[type=submit]").await;
+        if b.text("p.alert").await.contains("logging in is paused for") {
+            break;
+        }
+        tries += 1;
+        assert!(tries < 6, "no lockout after {tries} wrong passwords");
+    }
+    assert!(b.text("p.alert").await.ends_with(" minutes."));
+    b.check("login-locked-en").await;
+    b.link("Español").await.click().await.unwrap();
+    b.wait_for_text("h1", "Iniciar sesión").await;
+    b.fill("#username", "maria").await;
+    b.fill("#password", "a long and happy passphrase").await;
+    b.click("form.stack button[type=submit]").await;
+    b.wait_for_text("p.alert", "en pausa durante").await;
+    b.check("login-locked-es").await;
+    b.link("English").await.click().await.unwrap();
+    b.wait_for_text("h1", "Log in").await;
 
     // A wrong password says so, without saying which part was wrong.
     b.fill("#username", DEMO_USER).await;

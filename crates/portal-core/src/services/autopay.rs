@@ -6,6 +6,7 @@ use super::{Portal, ServiceError};
 use crate::account::Account;
 use crate::audit::Actor;
 use crate::error::{FieldError, ValidationErrors};
+use crate::identity::Language;
 use crate::ids::{AccountId, MandateId, MethodId, PaymentId};
 use crate::mandate::{
     AmountRule, Consent, ConsentSource, Frequency, Mandate, MandateAction, MandateStatus,
@@ -91,13 +92,18 @@ impl Portal {
         Ok(method.details.masked())
     }
 
-    /// The review step: summary and authorization text, changing nothing.
+    /// The review step: summary and authorization text, changing nothing. The text is in
+    /// `language`, or the member's preferred language when none is given.
     pub async fn preview_autopay(
         &self,
         account_id: AccountId,
         form: &AutopayForm,
+        language: Option<Language>,
     ) -> Result<AutopayPreview, ServiceError> {
         let account = self.account(account_id).await?;
+        let language = language
+            .or(account.member.as_ref().map(|m| m.language))
+            .unwrap_or_default();
         let label = self.check_autopay(&account, form)?;
         let terms = form.terms();
         let probe = Mandate::new(
@@ -116,7 +122,7 @@ impl Portal {
             method: label.clone(),
             first_debit: form.start_date,
             estimated_amount,
-            authorization_text: terms.authorization_text(&label),
+            authorization_text: terms.authorization_text(&label, language),
         })
     }
 
@@ -132,8 +138,8 @@ impl Portal {
         let id: MandateId = self.new_id();
         self.update_account(account_id, |account, changes| {
             let label = self.check_autopay(account, form)?;
-            let expected = form.terms().authorization_text(&label);
-            if accepted_text.trim() != expected {
+            let terms = form.terms();
+            if terms.accepted_language(&label, accepted_text).is_none() {
                 return Err(ValidationErrors::one(FieldError::new(
                     "authorization",
                     "not_accepted",
@@ -141,6 +147,7 @@ impl Portal {
                 ))
                 .into());
             }
+            let expected = accepted_text.trim().to_owned();
             if account.current_mandate().is_some() {
                 return Err(ServiceError::Conflict(
                     "automatic payments are already set up; change them instead".into(),
@@ -149,7 +156,7 @@ impl Portal {
             let m = Mandate::new(
                 id,
                 account_id,
-                form.terms(),
+                terms,
                 Consent {
                     text: expected,
                     accepted_at: now,
@@ -186,8 +193,8 @@ impl Portal {
         let now = self.now();
         self.update_account(account_id, |account, changes| {
             let label = self.check_autopay(account, form)?;
-            let expected = form.terms().authorization_text(&label);
-            if accepted_text.trim() != expected {
+            let terms = form.terms();
+            if terms.accepted_language(&label, accepted_text).is_none() {
                 return Err(ValidationErrors::one(FieldError::new(
                     "authorization",
                     "not_accepted",
@@ -195,11 +202,12 @@ impl Portal {
                 ))
                 .into());
             }
+            let expected = accepted_text.trim().to_owned();
             let m = account
                 .mandate_mut(mandate_id)
                 .ok_or(ServiceError::NotFound("automatic payment"))?;
             m.change(
-                form.terms(),
+                terms,
                 Consent {
                     text: expected,
                     accepted_at: now,

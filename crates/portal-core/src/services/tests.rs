@@ -8,7 +8,7 @@ use crate::billing::{BillKind, BillStatus};
 use crate::calendar::CoverageMonth;
 use crate::delinquency::CoverageStatus;
 use crate::enrollment::{CoverageKind, Enrollment};
-use crate::identity::{AccountNumber, PersonName};
+use crate::identity::{AccountNumber, Language, PersonName};
 use crate::ids::{AccountId, AgentId, EnrollmentId};
 use crate::instrument::{BankAccountType, CardBrand, CardExpiry, GatewayToken, MethodDetails};
 use crate::mandate::{AmountRule, ConsentSource, Frequency, MandateStatus};
@@ -857,7 +857,11 @@ async fn autopay_harness() -> (Harness, crate::mandate::Mandate) {
         frequency: Frequency::Monthly,
         start_date: d(2026, 12, 20),
     };
-    let preview = h.portal.preview_autopay(h.account_id, &form).await.unwrap();
+    let preview = h
+        .portal
+        .preview_autopay(h.account_id, &form, None)
+        .await
+        .unwrap();
     assert_eq!(preview.estimated_amount, usd("200"));
     let bad = h
         .portal
@@ -877,6 +881,82 @@ async fn autopay_harness() -> (Harness, crate::mandate::Mandate) {
         .unwrap();
     assert_eq!(m.consent.text, preview.authorization_text);
     (h, m)
+}
+
+#[tokio::test]
+async fn autopay_authorization_is_shown_and_accepted_in_spanish() {
+    let h = Harness::new().await;
+    h.register().await;
+    h.set_date(d(2026, 12, 2)).await;
+    let method = h
+        .portal
+        .add_payment_method(h.account_id, GatewayToken::parse("pm_card_ok").unwrap())
+        .await
+        .unwrap();
+    let form = AutopayForm {
+        method_id: method.id,
+        amount_rule: AmountRule::Fixed { amount: usd("150") },
+        cap: None,
+        frequency: Frequency::Quarterly,
+        start_date: d(2026, 12, 20),
+    };
+    let es = h
+        .portal
+        .preview_autopay(h.account_id, &form, Some(Language::Es))
+        .await
+        .unwrap();
+    assert!(
+        es.authorization_text
+            .starts_with("Autorizo a Health Connector a debitar $150.00"),
+        "{}",
+        es.authorization_text
+    );
+    assert!(
+        es.authorization_text
+            .contains("cada tres meses, a partir del 20 de diciembre de 2026")
+    );
+    let en = h
+        .portal
+        .preview_autopay(h.account_id, &form, Some(Language::En))
+        .await
+        .unwrap();
+    assert!(
+        en.authorization_text
+            .contains("every three months, starting December 20, 2026")
+    );
+    // The Spanish text of other terms is not an authorization of these.
+    let other = AutopayForm {
+        frequency: Frequency::Monthly,
+        ..form.clone()
+    };
+    let other_es = h
+        .portal
+        .preview_autopay(h.account_id, &other, Some(Language::Es))
+        .await
+        .unwrap();
+    let refused = h
+        .portal
+        .set_up_autopay(
+            h.account_id,
+            &form,
+            &other_es.authorization_text,
+            ConsentSource::Web,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, ServiceError::Invalid(ref e) if e.has("authorization")));
+    // The Spanish text accepted is the consent kept with the mandate.
+    let m = h
+        .portal
+        .set_up_autopay(
+            h.account_id,
+            &form,
+            &es.authorization_text,
+            ConsentSource::Web,
+        )
+        .await
+        .unwrap();
+    assert_eq!(m.consent.text, es.authorization_text);
 }
 
 #[tokio::test]
@@ -1488,7 +1568,11 @@ async fn quarterly_autopay_covers_the_quarter_through_credit() {
         frequency: Frequency::Quarterly,
         start_date: d(2026, 12, 20),
     };
-    let preview = h.portal.preview_autopay(h.account_id, &form).await.unwrap();
+    let preview = h
+        .portal
+        .preview_autopay(h.account_id, &form, None)
+        .await
+        .unwrap();
     // January (billed) plus February and March, whose bills come due before the next debit (Mar 20).
     assert_eq!(preview.estimated_amount, usd("600"));
     h.portal

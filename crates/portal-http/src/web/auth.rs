@@ -69,12 +69,14 @@ pub(super) async fn login_submit(
                 message = Some(c.t.wrong_credentials.to_owned());
             }
             Err(ServiceError::Locked { until }) => {
-                let local = until.with_timezone(&chrono::Local);
+                // In minutes from now: the server's time zone need not be the member's.
+                let seconds = (until - s.portal.deps().clock.now()).num_seconds().max(0);
+                let minutes = (seconds + 59) / 60;
                 message = Some(format!(
                     "{} {} {}.",
                     c.t.locked_out,
-                    c.date(local.date_naive()),
-                    local.format("%H:%M")
+                    minutes.max(1),
+                    c.t.minutes
                 ));
             }
             Err(ServiceError::EmailNotVerified { .. }) => {

@@ -342,7 +342,7 @@ pub(super) async fn autopay_review(
     let Some(terms) = read_autopay(&mut c, &form) else {
         return autopay_form_page(&s, &c, &account, &form, None);
     };
-    let preview = match s.portal.preview_autopay(id, &terms).await {
+    let preview = match s.portal.preview_autopay(id, &terms, Some(c.lang)).await {
         Ok(p) => p,
         Err(ServiceError::Invalid(v)) => {
             c.fail_fields(&v.0, &[("payment_method_id", "method")]);
@@ -406,7 +406,7 @@ pub(super) async fn autopay_activate(
     if form.get("accept").is_none_or(|a| a != "yes") {
         // Back to the review, with the box to tick.
         c.fail("accept", c.t.accept_required);
-        let preview = match s.portal.preview_autopay(id, &terms).await {
+        let preview = match s.portal.preview_autopay(id, &terms, Some(c.lang)).await {
             Ok(p) => p,
             Err(e) => return service_failure(&s, &c, &e),
         };
