@@ -177,6 +177,14 @@ impl Browser {
         self.find(css).await.click().await.unwrap();
     }
 
+    /// How many elements match `css`.
+    async fn count(&self, css: &str) -> usize {
+        self.client
+            .find_all(Locator::Css(css))
+            .await
+            .map_or(0, |all| all.len())
+    }
+
     /// Clicks a form's submit button and waits for the page that answers it.
     async fn submit(&self, css: &str) {
         self.client
@@ -1173,6 +1181,50 @@ pub async fn a_late_member_sets_up_a_payment_plan() {
     b.wait_for_path("/plan").await;
     b.wait_for_text("h1", "Plan de pagos").await;
     b.check("plan-created-es").await;
+
+    // Payment History pages: twenty payments to a page, newest first.
+    let portal = &app.running.app.portal;
+    let id = portal
+        .find_accounts("HC1000777")
+        .await
+        .unwrap()
+        .into_iter()
+        .next()
+        .unwrap();
+    for n in 0..21 {
+        portal
+            .make_payment(portal_core::services::MakePayment {
+                account_id: id,
+                amount: Some(portal_core::money::Money::from_cents(100 + n)),
+                method: portal_core::services::PayWith::Token {
+                    token: crate::common::card_token(&app.sandbox).await,
+                    save: false,
+                },
+                idempotency_key: format!("history-page-{n}"),
+            })
+            .await
+            .unwrap();
+    }
+    b.link("English").await.click().await.unwrap();
+    b.wait_for_text("h1", "Payment plan").await;
+    b.link("Payment History").await.click().await.unwrap();
+    b.wait_for_path("/payments").await;
+    assert_eq!(b.count("tbody tr").await, 20);
+    assert!(b.text("caption").await.contains("Page 1/2"));
+    // The newest payment ($1.20) is on the first page; the binder on the second.
+    assert!(b.body().await.contains("$1.20"));
+    b.click("#older").await;
+    b.wait_for_url("page=2").await;
+    assert_eq!(
+        b.count("tbody tr").await,
+        2,
+        "the 21st small payment and the binder"
+    );
+    assert!(b.text("caption").await.contains("Page 2/2"));
+    assert!(b.body().await.contains("$1.00"));
+    b.link("Newer payments").await.click().await.unwrap();
+    b.wait_for_url("page=1").await;
+    assert_eq!(b.count("tbody tr").await, 20);
     b.stop().await;
 }
 
