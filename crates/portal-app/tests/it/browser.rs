@@ -849,11 +849,10 @@ pub async fn a_member_pays_in_the_browser() {
     // Spanish, from any page.
     // Settings → Automatic Payments: a bank account entered here, the amount due monthly,
     // the authorization to accept, then pause and resume.
-    b.link("Settings: Automatic Payments")
-        .await
-        .click()
-        .await
-        .unwrap();
+    // "Go to the Settings menu and select Automatic Payments."
+    b.click("nav summary").await;
+    b.check("settings-menu-en").await;
+    b.link("Automatic Payments").await.click().await.unwrap();
     b.wait_for_path("/settings/autopay").await;
     assert!(b.body().await.contains("no automatic payments"));
     b.click("#method-bank").await;
@@ -913,6 +912,7 @@ pub async fn a_member_pays_in_the_browser() {
     );
 
     // Profile and reminders: the details on record, the language and the reminders.
+    b.click("nav summary").await;
     b.find("nav")
         .await
         .find(Locator::LinkText("Profile and reminders"))
@@ -985,11 +985,9 @@ pub async fn a_member_pays_in_the_browser() {
     b.link("Hacer un pago").await.click().await.unwrap();
     b.wait_for_path("/pay").await;
     b.check("pay-es").await;
-    b.link("Configuración: Pagos automáticos")
-        .await
-        .click()
-        .await
-        .unwrap();
+    b.click("nav summary").await;
+    b.check("settings-menu-es").await;
+    b.link("Pagos automáticos").await.click().await.unwrap();
     b.wait_for_path("/settings/autopay").await;
     b.check("autopay-es").await;
     b.link("Historial de pagos").await.click().await.unwrap();
