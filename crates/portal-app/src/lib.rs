@@ -124,14 +124,26 @@ impl Running {
 /// database, starts the sandbox gateway when no gateway is configured, seeds the demo
 /// households, serves HTTP, and runs the worker if asked.
 pub async fn start(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    with_worker: bool,
+) -> anyhow::Result<Running> {
+    let clock = Arc::new(SystemClock(config.timezone));
+    start_with_clock(config, listener, with_worker, clock).await
+}
+
+/// [`start`] with the portal's clock given: tests move it to put households in the states
+/// that only time brings (a premium gone past due).
+pub async fn start_with_clock(
     mut config: Config,
     listener: tokio::net::TcpListener,
     with_worker: bool,
+    clock: Arc<dyn portal_core::ports::Clock>,
 ) -> anyhow::Result<Running> {
     config.listen = listener
         .local_addr()
         .context("the listener has no address")?;
-    let app = Arc::new(wiring::build(&config, Arc::new(SystemClock(config.timezone)), true).await?);
+    let app = Arc::new(wiring::build(&config, clock, true).await?);
     if config.demo_mode() && demo::seed(&app.portal).await? {
         tracing::info!("seeded the demo households");
     }

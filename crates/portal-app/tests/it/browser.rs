@@ -1028,7 +1028,8 @@ const LATE_USER: &str = "lee.late";
 const LATE_PASSWORD: &str = "a late but honest household";
 
 /// A household whose coverage started two months ago: the binder is paid, the premiums since
-/// are not, so it is past due and in its grace period.
+/// are not, so it is past due and in its grace period. The portal's clock walks the days from
+/// the start of coverage to today, issuing bills and checking delinquency as the daily jobs do.
 async fn late_household(app: &TestApp) {
     use chrono::Utc;
     use portal_core::account::{Account, Holder, Member, NewAccount};
@@ -1044,13 +1045,15 @@ async fn late_household(app: &TestApp) {
     let portal = &app.running.app.portal;
     let deps = portal.deps();
     let today = deps.clock.today();
+    let start = CoverageMonth::of(today).plus(-2).first_day();
+    app.clock.set_today(start);
     let enrollment = Enrollment::new(
         EnrollmentId(deps.ids.new_id()),
         CoverageKind::Health,
         "ConnectorCare Plan 3A",
         Money::from_cents(50_000),
         Money::from_cents(20_000),
-        CoverageMonth::of(today).plus(-2),
+        CoverageMonth::of(start),
     )
     .unwrap();
     let mut account = Account::open(
@@ -1067,16 +1070,16 @@ async fn late_household(app: &TestApp) {
             contact_email: None,
             enrollments: vec![enrollment],
         },
-        Utc::now(),
+        deps.clock.now(),
     );
     let password = Password::new(LATE_PASSWORD, &[LATE_USER]).unwrap();
     account.member = Some(Member {
         username: Username::parse(LATE_USER).unwrap(),
         email: Email::parse("lee.late@example.com").unwrap(),
-        email_verified_at: Some(Utc::now()),
+        email_verified_at: Some(deps.clock.now()),
         email_code: None,
         password_hash: deps.hasher.hash(&password).await.unwrap(),
-        password_changed_at: Utc::now(),
+        password_changed_at: deps.clock.now(),
         language: Language::En,
         ssn_sealed: deps.sealer.seal("345678901").unwrap(),
         ssn_digest: deps.sealer.lookup_digest("345678901"),
@@ -1106,23 +1109,16 @@ async fn late_household(app: &TestApp) {
         })
         .await
         .unwrap();
-    // Bills issued today for past months fall due today; the portal's clock cannot be moved
-    // here, so the unpaid premiums are given the due dates they had three weeks ago.
-    let mut account = portal.account(id).await.unwrap();
-    let unpaid: Vec<_> = account
-        .ledger
-        .bills
-        .iter()
-        .filter(|b| b.open_amount().cents() > 0)
-        .map(|b| b.id)
-        .collect();
-    let due = today - chrono::Days::new(21);
-    for bill in unpaid.iter().take(2) {
-        let b = account.ledger.bill_mut(*bill).unwrap();
-        b.due_date = due;
-        b.issued_on = due - chrono::Days::new(21);
+    // Nothing more is paid while the days go by.
+    let mut day = start;
+    while day < today {
+        day = day.succ_opt().unwrap();
+        app.clock.set_today(day);
+        portal.bill_account(id).await.unwrap();
+        portal.remind_account(id).await.unwrap();
+        portal.delinquency_account(id).await.unwrap();
     }
-    deps.store.commit(Changes::account(account)).await.unwrap();
+    assert_eq!(deps.clock.today(), today);
 }
 
 pub async fn a_late_member_sets_up_a_payment_plan() {
