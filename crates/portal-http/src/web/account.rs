@@ -167,9 +167,9 @@ pub(super) fn dashboard_view(s: &AppState, c: &Ctx, a: &Account) -> DashboardVie
 }
 
 pub(super) async fn dashboard(State(s): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
-    let c = visit(&s, &headers, &uri).await;
-    let Some(id) = c.member else {
-        return to_login();
+    let (c, id) = match member_visit(&s, &headers, &uri).await {
+        Ok(x) => x,
+        Err(r) => return r,
     };
     let a = match s.portal.account(id).await {
         Ok(a) => a,
@@ -255,9 +255,9 @@ pub(super) async fn history(
     uri: Uri,
     q: Result<Query<HistoryQuery>, QueryRejection>,
 ) -> Response {
-    let mut c = visit(&s, &headers, &uri).await;
-    let Some(id) = c.member else {
-        return to_login();
+    let (mut c, id) = match member_visit(&s, &headers, &uri).await {
+        Ok(x) => x,
+        Err(r) => return r,
     };
     let q = q.map(|Query(q)| q).unwrap_or_default();
     let a = match s.portal.account(id).await {
@@ -332,9 +332,9 @@ pub(super) async fn history_csv(
     uri: Uri,
     q: Result<Query<HistoryQuery>, QueryRejection>,
 ) -> Response {
-    let mut c = visit(&s, &headers, &uri).await;
-    let Some(id) = c.member else {
-        return to_login();
+    let (mut c, id) = match member_visit(&s, &headers, &uri).await {
+        Ok(x) => x,
+        Err(r) => return r,
     };
     let q = q.map(|Query(q)| q).unwrap_or_default();
     let a = match s.portal.account(id).await {
@@ -443,9 +443,9 @@ pub(super) async fn plan(
     uri: Uri,
     q: Result<Query<PlanQuery>, QueryRejection>,
 ) -> Response {
-    let c = visit(&s, &headers, &uri).await;
-    let Some(id) = c.member else {
-        return to_login();
+    let (c, id) = match member_visit(&s, &headers, &uri).await {
+        Ok(x) => x,
+        Err(r) => return r,
     };
     let notice = q.ok().and_then(|Query(q)| q.done).map(|_| c.t.plan_created);
     match s.portal.account(id).await {
@@ -460,12 +460,9 @@ pub(super) async fn plan_submit(
     uri: Uri,
     form: Result<Form<HashMap<String, String>>, FormRejection>,
 ) -> Response {
-    let (mut c, form) = match posted(&s, &headers, &uri, form).await {
+    let (mut c, form, id) = match member_posted(&s, &headers, &uri, form).await {
         Ok(x) => x,
         Err(r) => return r,
-    };
-    let Some(id) = c.member else {
-        return to_login();
     };
     let n = form
         .get("installments")

@@ -211,12 +211,7 @@ pub(super) fn register_form(
         login,
     }
     .render();
-    let status = if message.is_none() {
-        c.status()
-    } else {
-        StatusCode::UNPROCESSABLE_ENTITY
-    };
-    page(s, c, status, html)
+    page(s, c, c.status_with(message), html)
 }
 
 pub(super) async fn register_page(
@@ -306,7 +301,7 @@ pub(super) async fn verify_page(
 ) -> Response {
     let c = visit(&s, &headers, &uri).await;
     let Some(account) = registration_id(&raw) else {
-        return message(&s, &c, StatusCode::NOT_FOUND, c.t.not_found, c.t.not_found);
+        return not_found(&s, &c);
     };
     match s.portal.account(account).await {
         Ok(a) => match a.member {
@@ -315,11 +310,31 @@ pub(super) async fn verify_page(
             }
             _ => to_login(),
         },
-        Err(ServiceError::NotFound(_)) => {
-            message(&s, &c, StatusCode::NOT_FOUND, c.t.not_found, c.t.not_found)
-        }
+        Err(ServiceError::NotFound(_)) => not_found(&s, &c),
         Err(e) => service_failure(&s, &c, &e),
     }
+}
+
+/// A posted form of the emailed-code step: the visitor, the form, its registration and the
+/// masked address the step shows; or the answer to give instead (attempts are limited).
+async fn code_step(
+    s: &AppState,
+    addr: SocketAddr,
+    headers: &HeaderMap,
+    uri: &Uri,
+    raw: &str,
+    form: Result<Form<HashMap<String, String>>, FormRejection>,
+) -> Result<(Ctx, HashMap<String, String>, AccountId, String), Response> {
+    let (mut c, form) = posted(s, headers, uri, form).await?;
+    let Some(account) = registration_id(raw) else {
+        return Err(not_found(s, &c));
+    };
+    let email = form.get("email").cloned().unwrap_or_default();
+    if s.limiter.check("confirm", addr.ip()).is_err() {
+        c.fail("code", c.t.too_many_attempts);
+        return Err(verify_form(s, &c, account, &email));
+    }
+    Ok((c, form, account, email))
 }
 
 pub(super) async fn verify_submit(
@@ -330,18 +345,11 @@ pub(super) async fn verify_submit(
     Path(raw): Path<String>,
     form: Result<Form<HashMap<String, String>>, FormRejection>,
 ) -> Response {
-    let (mut c, form) = match posted(&s, &headers, &uri, form).await {
+    let (mut c, form, account, email) = match code_step(&s, addr, &headers, &uri, &raw, form).await
+    {
         Ok(x) => x,
         Err(r) => return r,
     };
-    let Some(account) = registration_id(&raw) else {
-        return message(&s, &c, StatusCode::NOT_FOUND, c.t.not_found, c.t.not_found);
-    };
-    let email = form.get("email").cloned().unwrap_or_default();
-    if s.limiter.check("confirm", addr.ip()).is_err() {
-        c.fail("code", c.t.too_many_attempts);
-        return verify_form(&s, &c, account, &email);
-    }
     let code = form.get("code").map(|x| x.trim()).unwrap_or_default();
     match s.portal.confirm_email(account, code).await {
         Ok(grant) => {
@@ -367,18 +375,10 @@ pub(super) async fn resend_submit(
     Path(raw): Path<String>,
     form: Result<Form<HashMap<String, String>>, FormRejection>,
 ) -> Response {
-    let (mut c, form) = match posted(&s, &headers, &uri, form).await {
+    let (c, _, account, email) = match code_step(&s, addr, &headers, &uri, &raw, form).await {
         Ok(x) => x,
         Err(r) => return r,
     };
-    let Some(account) = registration_id(&raw) else {
-        return message(&s, &c, StatusCode::NOT_FOUND, c.t.not_found, c.t.not_found);
-    };
-    let email = form.get("email").cloned().unwrap_or_default();
-    if s.limiter.check("confirm", addr.ip()).is_err() {
-        c.fail("code", c.t.too_many_attempts);
-        return verify_form(&s, &c, account, &email);
-    }
     match s.portal.resend_email_code(account).await {
         Ok(()) | Err(ServiceError::NotFound(_) | ServiceError::Rejected(_)) => {
             verify_form(&s, &c, account, &email)

@@ -163,9 +163,9 @@ pub(super) async fn autopay_page(
     uri: Uri,
     q: Result<Query<AutopayQuery>, QueryRejection>,
 ) -> Response {
-    let c = visit(&s, &headers, &uri).await;
-    let Some(id) = c.member else {
-        return to_login();
+    let (c, id) = match member_visit(&s, &headers, &uri).await {
+        Ok(x) => x,
+        Err(r) => return r,
     };
     let q = q.map(|Query(q)| q).unwrap_or_default();
     let notice = match q.done.as_deref() {
@@ -187,7 +187,7 @@ pub(super) async fn autopay_page(
                         MandateStatus::Active | MandateStatus::Paused { .. }
                     )
             }) else {
-                return message(&s, &c, StatusCode::NOT_FOUND, c.t.not_found, c.t.not_found);
+                return not_found(&s, &c);
             };
             current_terms(m, today)
         }
@@ -307,12 +307,9 @@ pub(super) async fn autopay_review(
     uri: Uri,
     form: Result<Form<HashMap<String, String>>, FormRejection>,
 ) -> Response {
-    let (mut c, mut form) = match posted(&s, &headers, &uri, form).await {
+    let (mut c, mut form, id) = match member_posted(&s, &headers, &uri, form).await {
         Ok(x) => x,
         Err(r) => return r,
-    };
-    let Some(id) = c.member else {
-        return to_login();
     };
     // A new card or bank account is saved first: automatic payments debit saved methods.
     if matches!(
@@ -389,12 +386,9 @@ pub(super) async fn autopay_activate(
     uri: Uri,
     form: Result<Form<HashMap<String, String>>, FormRejection>,
 ) -> Response {
-    let (mut c, form) = match posted(&s, &headers, &uri, form).await {
+    let (mut c, form, id) = match member_posted(&s, &headers, &uri, form).await {
         Ok(x) => x,
         Err(r) => return r,
-    };
-    let Some(id) = c.member else {
-        return to_login();
     };
     let account = match s.portal.account(id).await {
         Ok(a) => a,
@@ -424,7 +418,7 @@ pub(super) async fn autopay_activate(
     let outcome = match changing {
         Some(raw) => {
             let Ok(mandate) = uuid::Uuid::parse_str(raw).map(MandateId) else {
-                return message(&s, &c, StatusCode::NOT_FOUND, c.t.not_found, c.t.not_found);
+                return not_found(&s, &c);
             };
             s.portal
                 .change_autopay(id, mandate, &terms, &accepted, ConsentSource::Web)
@@ -458,15 +452,12 @@ pub(super) async fn autopay_status(
     Path(raw): Path<String>,
     form: Result<Form<HashMap<String, String>>, FormRejection>,
 ) -> Response {
-    let (c, form) = match posted(&s, &headers, &uri, form).await {
+    let (c, form, id) = match member_posted(&s, &headers, &uri, form).await {
         Ok(x) => x,
         Err(r) => return r,
     };
-    let Some(id) = c.member else {
-        return to_login();
-    };
     let Ok(mandate) = uuid::Uuid::parse_str(&raw).map(MandateId) else {
-        return message(&s, &c, StatusCode::NOT_FOUND, c.t.not_found, c.t.not_found);
+        return not_found(&s, &c);
     };
     let status = match form.get("action").map(String::as_str) {
         Some("pause") => MandateStatus::Paused { until: None },

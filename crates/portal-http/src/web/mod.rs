@@ -167,7 +167,12 @@ impl Ctx {
 
     /// 200, or 422 when the submitted form has errors to show.
     fn status(&self) -> StatusCode {
-        if self.errors.is_empty() {
+        self.status_with(None)
+    }
+
+    /// 200, or 422 when the form has errors or the page says what went wrong (`problem`).
+    fn status_with(&self, problem: Option<&str>) -> StatusCode {
+        if self.errors.is_empty() && problem.is_none() {
             StatusCode::OK
         } else {
             StatusCode::UNPROCESSABLE_ENTITY
@@ -300,6 +305,34 @@ async fn posted(
     }
 }
 
+/// A signed-in member's posted form, its CSRF token checked; or the answer to give instead
+/// (the log-in page for a visitor who is not signed in).
+async fn member_posted(
+    s: &AppState,
+    headers: &HeaderMap,
+    uri: &Uri,
+    form: Result<Form<HashMap<String, String>>, FormRejection>,
+) -> Result<(Ctx, HashMap<String, String>, AccountId), Response> {
+    let (c, form) = posted(s, headers, uri, form).await?;
+    match c.member {
+        Some(id) => Ok((c, form, id)),
+        None => Err(to_login()),
+    }
+}
+
+/// The signed-in member's visit, or the log-in page.
+async fn member_visit(
+    s: &AppState,
+    headers: &HeaderMap,
+    uri: &Uri,
+) -> Result<(Ctx, AccountId), Response> {
+    let c = visit(s, headers, uri).await;
+    match c.member {
+        Some(id) => Ok((c, id)),
+        None => Err(to_login()),
+    }
+}
+
 /// Whether a submitted form carries this visitor's CSRF token.
 fn csrf_ok(c: &Ctx, headers: &HeaderMap, form: &HashMap<String, String>) -> bool {
     let Some(sent) = form.get("csrf") else {
@@ -414,12 +447,15 @@ fn message(s: &AppState, c: &Ctx, status: StatusCode, title: &str, text: &str) -
     page(s, c, status, html)
 }
 
+/// The page for an address or record that does not exist (or is not this visitor's).
+fn not_found(s: &AppState, c: &Ctx) -> Response {
+    message(s, c, StatusCode::NOT_FOUND, c.t.not_found, c.t.not_found)
+}
+
 /// What a failed use case shows: its field errors on the form, or one plain message.
 fn service_failure(s: &AppState, c: &Ctx, e: &ServiceError) -> Response {
     match e {
-        ServiceError::NotFound(_) => {
-            message(s, c, StatusCode::NOT_FOUND, c.t.not_found, c.t.not_found)
-        }
+        ServiceError::NotFound(_) => not_found(s, c),
         ServiceError::Unauthenticated => to_login(),
         ServiceError::Store(_) | ServiceError::Internal(_) | ServiceError::Gateway(_) => {
             tracing::warn!(error = %e, "page request failed");

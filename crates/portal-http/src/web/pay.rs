@@ -62,9 +62,9 @@ pub(super) fn pay_form(
 }
 
 pub(super) async fn pay_page(State(s): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
-    let c = visit(&s, &headers, &uri).await;
-    let Some(id) = c.member else {
-        return to_login();
+    let (c, id) = match member_visit(&s, &headers, &uri).await {
+        Ok(x) => x,
+        Err(r) => return r,
     };
     match s.portal.account(id).await {
         Ok(a) => pay_form(&s, &c, &a, None, ""),
@@ -138,12 +138,9 @@ pub(super) async fn pay_review(
     uri: Uri,
     form: Result<Form<HashMap<String, String>>, FormRejection>,
 ) -> Response {
-    let (mut c, form) = match posted(&s, &headers, &uri, form).await {
+    let (mut c, form, id) = match member_posted(&s, &headers, &uri, form).await {
         Ok(x) => x,
         Err(r) => return r,
-    };
-    let Some(id) = c.member else {
-        return to_login();
     };
     let account = match s.portal.account(id).await {
         Ok(a) => a,
@@ -199,12 +196,9 @@ pub(super) async fn pay_submit(
     uri: Uri,
     form: Result<Form<HashMap<String, String>>, FormRejection>,
 ) -> Response {
-    let (mut c, form) = match posted(&s, &headers, &uri, form).await {
+    let (mut c, form, id) = match member_posted(&s, &headers, &uri, form).await {
         Ok(x) => x,
         Err(r) => return r,
-    };
-    let Some(id) = c.member else {
-        return to_login();
     };
     let key = form.get("key").filter(|k| plausible_token(k)).cloned();
     let parsed = read_payment(&mut c, &form);
@@ -262,12 +256,12 @@ pub(super) async fn payment_page(
     uri: Uri,
     Path(pid): Path<String>,
 ) -> Response {
-    let c = visit(&s, &headers, &uri).await;
-    let Some(id) = c.member else {
-        return to_login();
+    let (c, id) = match member_visit(&s, &headers, &uri).await {
+        Ok(x) => x,
+        Err(r) => return r,
     };
     let Ok(pid) = uuid::Uuid::parse_str(&pid).map(PaymentId) else {
-        return message(&s, &c, StatusCode::NOT_FOUND, c.t.not_found, c.t.not_found);
+        return not_found(&s, &c);
     };
     let p = match s.portal.payment(id, pid).await {
         Ok(p) => p,
@@ -366,12 +360,7 @@ pub(super) fn guest_identify_page(
         fields,
     }
     .render();
-    let status = if message.is_none() {
-        c.status()
-    } else {
-        StatusCode::UNPROCESSABLE_ENTITY
-    };
-    page(s, c, status, html)
+    page(s, c, c.status_with(message), html)
 }
 
 pub(super) async fn guest_page(

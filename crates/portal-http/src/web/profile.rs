@@ -72,9 +72,9 @@ pub(super) async fn profile(
     uri: Uri,
     q: Result<Query<ProfileQuery>, QueryRejection>,
 ) -> Response {
-    let c = visit(&s, &headers, &uri).await;
-    let Some(id) = c.member else {
-        return to_login();
+    let (c, id) = match member_visit(&s, &headers, &uri).await {
+        Ok(x) => x,
+        Err(r) => return r,
     };
     let notice = match q.ok().and_then(|Query(q)| q.done).as_deref() {
         Some("saved") => Some(c.t.preferences_saved),
@@ -94,12 +94,9 @@ pub(super) async fn preferences_submit(
     uri: Uri,
     form: Result<Form<HashMap<String, String>>, FormRejection>,
 ) -> Response {
-    let (mut c, form) = match posted(&s, &headers, &uri, form).await {
+    let (mut c, form, id) = match member_posted(&s, &headers, &uri, form).await {
         Ok(x) => x,
         Err(r) => return r,
-    };
-    let Some(id) = c.member else {
-        return to_login();
     };
     let language = match Language::parse(form.get("language").map_or("", String::as_str)) {
         Ok(l) => l,
@@ -137,15 +134,12 @@ pub(super) async fn remove_method(
     Path(raw): Path<String>,
     form: Result<Form<HashMap<String, String>>, FormRejection>,
 ) -> Response {
-    let (mut c, _) = match posted(&s, &headers, &uri, form).await {
+    let (mut c, _, id) = match member_posted(&s, &headers, &uri, form).await {
         Ok(x) => x,
         Err(r) => return r,
     };
-    let Some(id) = c.member else {
-        return to_login();
-    };
     let Ok(method) = uuid::Uuid::parse_str(&raw).map(MethodId) else {
-        return message(&s, &c, StatusCode::NOT_FOUND, c.t.not_found, c.t.not_found);
+        return not_found(&s, &c);
     };
     match s.portal.remove_payment_method(id, method).await {
         Ok(()) => Redirect::to("/profile?done=removed").into_response(),
