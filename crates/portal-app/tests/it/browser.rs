@@ -1136,6 +1136,7 @@ pub async fn a_late_member_sets_up_a_payment_plan() {
     // Missed payment: a past-due banner with the grace period's end, pay now, or a plan.
     b.wait_for_text(".alert-past-due", "Grace period ends")
         .await;
+    assert!(b.body().await.contains("Past due since"));
     b.check("dashboard-past-due-en").await;
     b.link("Español").await.click().await.unwrap();
     b.wait_for_text(".alert-past-due", "El período de gracia termina")

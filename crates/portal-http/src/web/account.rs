@@ -30,6 +30,8 @@ pub(super) struct DashboardView {
     has_due: bool,
     amount_due: String,
     due_date: Option<String>,
+    /// The due date shown has passed.
+    overdue: bool,
     credit: Option<String>,
     autopay_on: bool,
     reminders: bool,
@@ -156,6 +158,7 @@ pub(super) fn dashboard_view(s: &AppState, c: &Ctx, a: &Account) -> DashboardVie
         has_due: summary.amount_due.cents() > 0,
         amount_due: c.money(summary.amount_due),
         due_date: summary.next_due_date.map(|d| c.date(d)),
+        overdue: summary.next_due_date.is_some_and(|d| d < today),
         credit: (summary.credit.cents() > 0).then(|| c.money(summary.credit)),
         autopay_on: summary.autopay_active,
         reminders: a.reminders.due_date_reminders,

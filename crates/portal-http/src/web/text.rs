@@ -251,6 +251,7 @@ pub struct Text {
     pub change_autopay_lead: &'static str,
     pub save_changes: &'static str,
     pub newer: &'static str,
+    pub past_due_since: &'static str,
     pub older: &'static str,
     pub page_of: &'static str,
 }
@@ -505,6 +506,7 @@ pub static EN: Text = Text {
     change_autopay_lead: "Choose the new settings. Nothing changes until you review and accept the new authorization.",
     save_changes: "Save changes",
     newer: "Newer payments",
+    past_due_since: "Past due since",
     older: "Older payments",
     page_of: "Page",
 };
@@ -749,6 +751,7 @@ pub static ES: Text = Text {
     change_autopay_lead: "Elija la nueva configuración. Nada cambia hasta que revise y acepte la nueva autorización.",
     save_changes: "Guardar cambios",
     newer: "Pagos más recientes",
+    past_due_since: "Vencido desde",
     older: "Pagos anteriores",
     page_of: "Página",
 };
