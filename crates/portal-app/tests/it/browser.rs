@@ -665,6 +665,12 @@ async fn forget_the_password(b: &Browser, app: &TestApp) {
         !b.text("#password-error").await.is_empty(),
         "a weak password is refused"
     );
+    // Switching language here keeps the emailed link's token: the form is still there.
+    b.link("Español").await.click().await.unwrap();
+    b.wait_for_text("h1", "Crear una contraseña nueva").await;
+    b.find("#password").await;
+    b.link("English").await.click().await.unwrap();
+    b.wait_for_text("h1", "Set a new password").await;
     b.fill("#password", "a brand new premium passphrase").await;
     b.click("form.stack button[type=submit]").await;
     b.wait_for_text("main", "Your password was changed").await;
