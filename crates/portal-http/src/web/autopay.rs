@@ -197,26 +197,19 @@ pub(super) async fn autopay_page(
 }
 
 /// An automatic payment's current settings as the form's fields, to start a change from.
-/// A start date already passed moves to the next debit on the same day of the month.
+/// A start date already passed moves to the first scheduled debit after today.
 fn current_terms(m: &portal_core::mandate::Mandate, today: NaiveDate) -> HashMap<String, String> {
-    let step = match m.frequency {
-        Frequency::Monthly => 1,
-        Frequency::Quarterly => 3,
-    };
-    let mut start = m.start_date;
-    let mut months = 0;
-    while start <= today && months < 1200 {
-        months += step;
-        start = m
-            .start_date
-            .checked_add_months(chrono::Months::new(months))
-            .unwrap_or(start);
-    }
+    let start = m
+        .period_at(today)
+        .map_or(m.start_date, |k| m.debit_date(k + 1));
     let (rule, fixed) = match m.amount_rule {
         AmountRule::AmountDue => ("due", String::new()),
         AmountRule::Fixed { amount } => ("fixed", amount.to_string()),
     };
-    let frequency = if step == 3 { "quarterly" } else { "monthly" };
+    let frequency = match m.frequency {
+        Frequency::Monthly => "monthly",
+        Frequency::Quarterly => "quarterly",
+    };
     HashMap::from([
         ("mandate".to_owned(), m.id.to_string()),
         ("method".to_owned(), m.method_id.to_string()),
@@ -468,5 +461,63 @@ pub(super) async fn autopay_status(
     match s.portal.set_autopay_status(id, mandate, status).await {
         Ok(_) => Redirect::to("/settings/autopay?done=changed").into_response(),
         Err(e) => service_failure(&s, &c, &e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::current_terms;
+    use chrono::{NaiveDate, Utc};
+    use portal_core::ids::{AccountId, MandateId, MethodId};
+    use portal_core::mandate::{
+        AmountRule, Consent, ConsentSource, Frequency, Mandate, MandateTerms,
+    };
+    use portal_core::money::Money;
+
+    fn d(y: i32, m: u32, day: u32) -> NaiveDate {
+        NaiveDate::from_ymd_opt(y, m, day).expect("a real date")
+    }
+
+    fn mandate(frequency: Frequency) -> Mandate {
+        Mandate::new(
+            MandateId(uuid::Uuid::nil()),
+            AccountId(uuid::Uuid::nil()),
+            MandateTerms {
+                method_id: MethodId(uuid::Uuid::nil()),
+                amount_rule: AmountRule::Fixed {
+                    amount: Money::from_cents(15_000),
+                },
+                cap: None,
+                frequency,
+                start_date: d(2026, 1, 31),
+            },
+            Consent {
+                text: "accepted".into(),
+                accepted_at: Utc::now(),
+                source: ConsentSource::Web,
+            },
+        )
+        .expect("valid terms")
+    }
+
+    #[test]
+    fn a_change_starts_from_the_current_settings_and_the_next_debit() {
+        let monthly = mandate(Frequency::Monthly);
+        let before = current_terms(&monthly, d(2026, 1, 10));
+        assert_eq!(
+            before["start_date"], "2026-01-31",
+            "not started yet: unchanged"
+        );
+        assert_eq!(before["rule"], "fixed");
+        assert_eq!(before["fixed_amount"], "150.00");
+        assert_eq!(before["frequency"], "monthly");
+        // Passed: the first debit after today, on the same (clamped) day of the month.
+        let later = current_terms(&monthly, d(2026, 3, 5));
+        assert_eq!(later["start_date"], "2026-03-31");
+        let on_the_day = current_terms(&monthly, d(2026, 2, 28));
+        assert_eq!(on_the_day["start_date"], "2026-03-31");
+        let quarterly = current_terms(&mandate(Frequency::Quarterly), d(2026, 3, 5));
+        assert_eq!(quarterly["start_date"], "2026-04-30");
+        assert_eq!(quarterly["frequency"], "quarterly");
     }
 }
