@@ -1033,11 +1033,15 @@ async fn member_pages_in_a_real_browser() {
 const LATE_USER: &str = "lee.late";
 const LATE_PASSWORD: &str = "a late but honest household";
 
-/// A household whose coverage started two months ago: the binder is paid, the premiums since
-/// are not, so it is past due and in its grace period. The portal's clock walks the days from
-/// the start of coverage to today, issuing bills and checking delinquency as the daily jobs do.
-async fn late_household(app: &TestApp) {
-    use chrono::Utc;
+/// Opens a household on the portal's today with one health enrollment starting this month and
+/// a portal login, bills it and pays the binder by card.
+async fn open_household(
+    app: &TestApp,
+    number: &str,
+    (first, last): (&str, &str),
+    (username, password): (&str, &str),
+    subsidy_cents: i64,
+) -> portal_core::ids::AccountId {
     use portal_core::account::{Account, Holder, Member, NewAccount};
     use portal_core::calendar::CoverageMonth;
     use portal_core::enrollment::{CoverageKind, Enrollment};
@@ -1050,25 +1054,22 @@ async fn late_household(app: &TestApp) {
 
     let portal = &app.running.app.portal;
     let deps = portal.deps();
-    let today = deps.clock.today();
-    let start = CoverageMonth::of(today).plus(-2).first_day();
-    app.clock.set_today(start);
     let enrollment = Enrollment::new(
         EnrollmentId(deps.ids.new_id()),
         CoverageKind::Health,
         "ConnectorCare Plan 3A",
         Money::from_cents(50_000),
-        Money::from_cents(20_000),
-        CoverageMonth::of(start),
+        Money::from_cents(subsidy_cents),
+        CoverageMonth::of(deps.clock.today()),
     )
     .unwrap();
     let mut account = Account::open(
         AccountId(deps.ids.new_id()),
         NewAccount {
-            number: AccountNumber::parse("HC1000777").unwrap(),
+            number: AccountNumber::parse(number).unwrap(),
             holder: Holder {
-                first_name: PersonName::parse("Lee").unwrap(),
-                last_name: PersonName::parse("Late").unwrap(),
+                first_name: PersonName::parse(first).unwrap(),
+                last_name: PersonName::parse(last).unwrap(),
                 date_of_birth: chrono::NaiveDate::from_ymd_opt(1975, 3, 3).unwrap(),
                 ssn_digest: deps.sealer.lookup_digest("345678901"),
                 ssn_last4: "8901".into(),
@@ -1078,31 +1079,26 @@ async fn late_household(app: &TestApp) {
         },
         deps.clock.now(),
     );
-    let password = Password::new(LATE_PASSWORD, &[LATE_USER]).unwrap();
     account.member = Some(Member {
-        username: Username::parse(LATE_USER).unwrap(),
-        email: Email::parse("lee.late@example.com").unwrap(),
+        username: Username::parse(username).unwrap(),
+        email: Email::parse(&format!("{username}@example.com")).unwrap(),
         email_verified_at: Some(deps.clock.now()),
         email_code: None,
-        password_hash: deps.hasher.hash(&password).await.unwrap(),
+        password_hash: deps
+            .hasher
+            .hash(&Password::new(password, &[username]).unwrap())
+            .await
+            .unwrap(),
         password_changed_at: deps.clock.now(),
         language: Language::En,
         ssn_sealed: deps.sealer.seal("345678901").unwrap(),
         ssn_digest: deps.sealer.lookup_digest("345678901"),
-        created_at: Utc::now(),
+        created_at: deps.clock.now(),
     });
     let id = account.id;
     deps.store.commit(Changes::account(account)).await.unwrap();
     portal.bill_account(id).await.unwrap();
-    let binder = portal
-        .account(id)
-        .await
-        .unwrap()
-        .ledger
-        .bills
-        .first()
-        .map(|b| b.amount)
-        .unwrap();
+    let binder = portal.account(id).await.unwrap().ledger.bills[0].amount;
     portal
         .make_payment(MakePayment {
             account_id: id,
@@ -1111,20 +1107,52 @@ async fn late_household(app: &TestApp) {
                 token: crate::common::card_token(&app.sandbox).await,
                 save: false,
             },
-            idempotency_key: "late-household-binder".into(),
+            idempotency_key: format!("{number}-binder"),
         })
         .await
         .unwrap();
-    // Nothing more is paid while the days go by.
-    let mut day = start;
-    while day < today {
+    id
+}
+
+/// Moves the portal's clock a day at a time, running that household's billing, reminders and
+/// delinquency as the daily jobs would, until `done` holds; returns the day it stopped on.
+async fn walk_days(
+    app: &TestApp,
+    id: portal_core::ids::AccountId,
+    done: impl Fn(&portal_core::account::Account, chrono::NaiveDate) -> bool,
+) -> chrono::NaiveDate {
+    let portal = &app.running.app.portal;
+    let mut day = portal.deps().clock.today();
+    for _ in 0..400 {
+        if done(&portal.account(id).await.unwrap(), day) {
+            return day;
+        }
         day = day.succ_opt().unwrap();
         app.clock.set_today(day);
         portal.bill_account(id).await.unwrap();
         portal.remind_account(id).await.unwrap();
         portal.delinquency_account(id).await.unwrap();
     }
-    assert_eq!(deps.clock.today(), today);
+    panic!("the household never reached the state the test needs");
+}
+
+/// A household whose coverage started two months ago: the binder is paid, the premiums since
+/// are not, so it is past due and in its grace period. The clock walks from the start of
+/// coverage to today.
+async fn late_household(app: &TestApp) {
+    use portal_core::calendar::CoverageMonth;
+    let today = app.running.app.portal.deps().clock.today();
+    app.clock
+        .set_today(CoverageMonth::of(today).plus(-2).first_day());
+    let id = open_household(
+        app,
+        "HC1000777",
+        ("Lee", "Late"),
+        (LATE_USER, LATE_PASSWORD),
+        20_000,
+    )
+    .await;
+    walk_days(app, id, |_, day| day >= today).await;
 }
 
 pub async fn a_late_member_sets_up_a_payment_plan() {
@@ -1232,4 +1260,81 @@ pub async fn a_late_member_sets_up_a_payment_plan() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missed_payments_in_a_real_browser() {
     a_late_member_sets_up_a_payment_plan().await;
+}
+
+const ENDED_USER: &str = "robin.ended";
+const ENDED_PASSWORD: &str = "coverage lapsed but not forgotten";
+
+pub async fn a_terminated_member_pays_to_restore_coverage() {
+    use portal_core::delinquency::CoverageStatus;
+    let Some((driver, axe)) = tools() else {
+        return;
+    };
+    let app = TestApp::start(Db::Sqlite).await.unwrap();
+    let portal = app.running.app.portal.clone();
+    // No subsidy: a one-month grace period, then the coverage ends for non-payment.
+    let id = open_household(
+        &app,
+        "HC1000888",
+        ("Robin", "Ended"),
+        (ENDED_USER, ENDED_PASSWORD),
+        0,
+    )
+    .await;
+    let terminated = |a: &portal_core::account::Account, day| {
+        a.summary(&portal.config().delinquency, day)
+            .enrollments
+            .iter()
+            .any(|e| matches!(e.status, CoverageStatus::Terminated { .. }))
+    };
+    walk_days(&app, id, terminated).await;
+
+    let b = Browser::start(&driver, axe).await;
+    b.goto(&format!("{}/login", app.base)).await;
+    b.fill("#username", ENDED_USER).await;
+    b.fill("#password", ENDED_PASSWORD).await;
+    b.click("form.stack button[type=submit]").await;
+    b.wait_for_path("/dashboard").await;
+    // The alert says what restoring the coverage takes and until when.
+    b.wait_for_text(".alert-terminated", "To restore it, pay $")
+        .await;
+    let alert = b.text(".alert-terminated").await;
+    b.check("dashboard-terminated-en").await;
+    b.link("Español").await.click().await.unwrap();
+    b.wait_for_text(".alert-terminated", "Para restablecerla, pague")
+        .await;
+    b.check("dashboard-terminated-es").await;
+    b.link("English").await.click().await.unwrap();
+    b.wait_for_text(".alert-terminated", "To restore it").await;
+    let amount = alert
+        .split_once("pay $")
+        .and_then(|(_, rest)| rest.split_once(" by "))
+        .map(|(amount, _)| amount.replace(',', ""))
+        .unwrap_or_else(|| panic!("no amount in {alert:?}"));
+    // "Pay now" starts the payment from that amount.
+    b.find(".alert-terminated a").await.click().await.unwrap();
+    b.wait_for_path("/pay").await;
+    assert_eq!(
+        b.find("#amount").await.prop("value").await.unwrap(),
+        Some(amount.clone())
+    );
+    pay_with_card(&b, &amount, "4242424242424242", None).await;
+    b.click("form.stack button[type=submit]").await;
+    b.wait_for_path("/payments/").await;
+    assert_eq!(b.text("#payment-status").await, "Paid");
+    b.goto(&format!("{}/dashboard", app.base)).await;
+    b.wait_for_text(".alert-terminated", "restored within a day")
+        .await;
+    // The next daily run restores it.
+    portal.delinquency_account(id).await.unwrap();
+    b.goto(&format!("{}/dashboard", app.base)).await;
+    b.wait_for_path("/dashboard").await;
+    assert_eq!(b.count(".alert-terminated").await, 0, "{}", b.body().await);
+    assert!(!b.body().await.contains("Ended for non-payment"));
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminated_member_in_a_real_browser() {
+    a_terminated_member_pays_to_restore_coverage().await;
 }

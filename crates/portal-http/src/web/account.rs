@@ -7,6 +7,8 @@ use super::*;
 pub(super) struct Alert {
     kind: &'static str,
     text: String,
+    /// Where "Pay now" leads, for an alert that a payment resolves.
+    pay: Option<String>,
 }
 
 pub(super) struct CoverageRow {
@@ -49,7 +51,29 @@ pub(super) struct DashboardPage<'a> {
     v: DashboardView,
 }
 
-pub(super) fn dashboard_view(s: &AppState, c: &Ctx, a: &Account) -> DashboardView {
+/// What restoring each terminated coverage still takes, while it can be restored by paying.
+pub(super) async fn reinstatement_due(
+    s: &AppState,
+    a: &Account,
+) -> Result<HashMap<EnrollmentId, Money>, ServiceError> {
+    let today = s.portal.deps().clock.today();
+    let mut due = HashMap::new();
+    for e in &a.summary(&s.portal.config().delinquency, today).enrollments {
+        if matches!(e.status, CoverageStatus::Terminated { reinstatable_until, .. } if reinstatable_until >= today)
+        {
+            let quote = s.portal.reinstatement_quote(a.id, e.enrollment_id).await?;
+            due.insert(e.enrollment_id, quote.to_pay);
+        }
+    }
+    Ok(due)
+}
+
+pub(super) fn dashboard_view(
+    s: &AppState,
+    c: &Ctx,
+    a: &Account,
+    reinstatement: &HashMap<EnrollmentId, Money>,
+) -> DashboardView {
     let today = s.portal.deps().clock.today();
     let summary = a.summary(&s.portal.config().delinquency, today);
     let mut alerts = Vec::new();
@@ -76,6 +100,7 @@ pub(super) fn dashboard_view(s: &AppState, c: &Ctx, a: &Account) -> DashboardVie
                             c.t.alert_grace_ends,
                             c.date(grace.grace_ends_on)
                         ),
+                        pay: Some("/pay".to_owned()),
                     });
                     format!(
                         "{} · {} {}",
@@ -88,9 +113,26 @@ pub(super) fn dashboard_view(s: &AppState, c: &Ctx, a: &Account) -> DashboardVie
                     effective,
                     reinstatable_until,
                 } => {
+                    let (text, pay) = match reinstatement.get(&e.enrollment_id) {
+                        None => (c.t.alert_terminated_closed.to_owned(), None),
+                        Some(to_pay) if to_pay.cents() == 0 => {
+                            (c.t.alert_reinstating.to_owned(), None)
+                        }
+                        Some(to_pay) => (
+                            format!(
+                                "{} {} {} {}.",
+                                c.t.alert_terminated,
+                                c.money(*to_pay),
+                                c.t.alert_terminated_by,
+                                c.date(*reinstatable_until)
+                            ),
+                            Some(format!("/pay?amount={to_pay}")),
+                        ),
+                    };
                     alerts.push(Alert {
                         kind: "terminated",
-                        text: format!("{} {}.", c.t.alert_terminated, c.date(*reinstatable_until)),
+                        text,
+                        pay,
                     });
                     format!("{} {}", c.t.status_terminated, c.date(*effective))
                 }
@@ -115,6 +157,7 @@ pub(super) fn dashboard_view(s: &AppState, c: &Ctx, a: &Account) -> DashboardVie
                     locale::decline_reason(c.lang, reason),
                     p.reference
                 ),
+                pay: None,
             }),
             PaymentStatus::Returned { code } => alerts.push(Alert {
                 kind: "returned",
@@ -124,6 +167,7 @@ pub(super) fn dashboard_view(s: &AppState, c: &Ctx, a: &Account) -> DashboardVie
                     locale::return_reason(c.lang, code),
                     p.reference
                 ),
+                pay: None,
             }),
             _ => {}
         }
@@ -138,6 +182,7 @@ pub(super) fn dashboard_view(s: &AppState, c: &Ctx, a: &Account) -> DashboardVie
                 c.money(t.amount),
                 t.reference
             ),
+            pay: None,
         });
     }
     let payments = recent
@@ -178,7 +223,11 @@ pub(super) async fn dashboard(State(s): State<AppState>, headers: HeaderMap, uri
         Ok(a) => a,
         Err(e) => return service_failure(&s, &c, &e),
     };
-    let v = dashboard_view(&s, &c, &a);
+    let reinstatement = match reinstatement_due(&s, &a).await {
+        Ok(r) => r,
+        Err(e) => return service_failure(&s, &c, &e),
+    };
+    let v = dashboard_view(&s, &c, &a, &reinstatement);
     let html = DashboardPage {
         c: &c,
         title: c.t.dashboard,

@@ -61,13 +61,30 @@ pub(super) fn pay_form(
     form_page(s, c, html)
 }
 
-pub(super) async fn pay_page(State(s): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
+#[derive(serde::Deserialize, Default)]
+pub(super) struct PayQuery {
+    /// An amount to start from (a link from an alert), instead of the amount due.
+    amount: Option<String>,
+}
+
+pub(super) async fn pay_page(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
+    q: Result<Query<PayQuery>, QueryRejection>,
+) -> Response {
     let (c, id) = match member_visit(&s, &headers, &uri).await {
         Ok(x) => x,
         Err(r) => return r,
     };
+    // Only a valid amount is taken; anything else leaves the amount due in the field.
+    let suggested = q
+        .ok()
+        .and_then(|Query(q)| q.amount)
+        .and_then(|a| Money::parse_positive(a.trim()).ok())
+        .map(|m| m.to_string());
     match s.portal.account(id).await {
-        Ok(a) => pay_form(&s, &c, &a, None, ""),
+        Ok(a) => pay_form(&s, &c, &a, suggested.as_deref(), ""),
         Err(e) => service_failure(&s, &c, &e),
     }
 }
