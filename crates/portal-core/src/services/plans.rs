@@ -2,6 +2,7 @@
 
 use super::jobs::{reinstate_enrollment, reinstatement_amount};
 use super::{Portal, ServiceError};
+use crate::account::Account;
 use crate::audit::Actor;
 use crate::billing::{Bill, BillKind, BillNotice};
 use crate::calendar::CoverageMonth;
@@ -134,13 +135,22 @@ impl Portal {
         enrollment: EnrollmentId,
     ) -> Result<ReinstatementQuote, ServiceError> {
         let account = self.account(account_id).await?;
+        self.reinstatement_quote_of(&account, enrollment)
+    }
+
+    /// [`Portal::reinstatement_quote`] over an account already loaded (no I/O).
+    pub fn reinstatement_quote_of(
+        &self,
+        account: &Account,
+        enrollment: EnrollmentId,
+    ) -> Result<ReinstatementQuote, ServiceError> {
         let e = account
             .enrollment(enrollment)
             .ok_or(ServiceError::NotFound("enrollment"))?;
         let Some(t) = &e.termination else {
             return Ok(ReinstatementQuote::default());
         };
-        let required = reinstatement_amount(&account, enrollment, self.today());
+        let required = reinstatement_amount(account, enrollment, self.today());
         let credit = account.ledger.credit();
         Ok(ReinstatementQuote {
             required,

@@ -51,29 +51,7 @@ pub(super) struct DashboardPage<'a> {
     v: DashboardView,
 }
 
-/// What restoring each terminated coverage still takes, while it can be restored by paying.
-pub(super) async fn reinstatement_due(
-    s: &AppState,
-    a: &Account,
-) -> Result<HashMap<EnrollmentId, Money>, ServiceError> {
-    let today = s.portal.deps().clock.today();
-    let mut due = HashMap::new();
-    for e in &a.summary(&s.portal.config().delinquency, today).enrollments {
-        if matches!(e.status, CoverageStatus::Terminated { reinstatable_until, .. } if reinstatable_until >= today)
-        {
-            let quote = s.portal.reinstatement_quote(a.id, e.enrollment_id).await?;
-            due.insert(e.enrollment_id, quote.to_pay);
-        }
-    }
-    Ok(due)
-}
-
-pub(super) fn dashboard_view(
-    s: &AppState,
-    c: &Ctx,
-    a: &Account,
-    reinstatement: &HashMap<EnrollmentId, Money>,
-) -> DashboardView {
+pub(super) fn dashboard_view(s: &AppState, c: &Ctx, a: &Account) -> DashboardView {
     let today = s.portal.deps().clock.today();
     let summary = a.summary(&s.portal.config().delinquency, today);
     let mut alerts = Vec::new();
@@ -113,7 +91,12 @@ pub(super) fn dashboard_view(
                     effective,
                     reinstatable_until,
                 } => {
-                    let (text, pay) = match reinstatement.get(&e.enrollment_id) {
+                    // What restoring it still takes, while paying can restore it.
+                    let to_pay = (*reinstatable_until >= today)
+                        .then(|| s.portal.reinstatement_quote_of(a, e.enrollment_id).ok())
+                        .flatten()
+                        .map(|q| q.to_pay);
+                    let (text, pay) = match to_pay {
                         None => (c.t.alert_terminated_closed.to_owned(), None),
                         Some(to_pay) if to_pay.cents() == 0 => {
                             (c.t.alert_reinstating.to_owned(), None)
@@ -122,7 +105,7 @@ pub(super) fn dashboard_view(
                             format!(
                                 "{} {} {} {}.",
                                 c.t.alert_terminated,
-                                c.money(*to_pay),
+                                c.money(to_pay),
                                 c.t.alert_terminated_by,
                                 c.date(*reinstatable_until)
                             ),
@@ -223,11 +206,7 @@ pub(super) async fn dashboard(State(s): State<AppState>, headers: HeaderMap, uri
         Ok(a) => a,
         Err(e) => return service_failure(&s, &c, &e),
     };
-    let reinstatement = match reinstatement_due(&s, &a).await {
-        Ok(r) => r,
-        Err(e) => return service_failure(&s, &c, &e),
-    };
-    let v = dashboard_view(&s, &c, &a, &reinstatement);
+    let v = dashboard_view(&s, &c, &a);
     let html = DashboardPage {
         c: &c,
         title: c.t.dashboard,

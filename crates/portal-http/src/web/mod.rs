@@ -30,7 +30,7 @@ use portal_core::account::{Account, Principal};
 use portal_core::delinquency::CoverageStatus;
 use portal_core::error::{FieldError, Validator};
 use portal_core::identity::Language;
-use portal_core::ids::{AccountId, AgentId, EnrollmentId, MandateId, MethodId, PaymentId};
+use portal_core::ids::{AccountId, AgentId, MandateId, MethodId, PaymentId};
 use portal_core::locale;
 use portal_core::mandate::{AmountRule, ConsentSource, Frequency, MandateStatus};
 use portal_core::money::Money;
