@@ -16,6 +16,7 @@ use chrono::{DateTime, Datelike, Days, Months, NaiveDate, TimeZone, Utc};
 use portal_core::account::{Account, Holder, LookupDigest, NewAccount};
 use portal_core::billing::BillKind;
 use portal_core::calendar::CoverageMonth;
+use portal_core::coverage::CoverageState;
 use portal_core::enrollment::{CoverageKind, Enrollment};
 use portal_core::identity::{AccountNumber, Email as EmailAddress, PersonName};
 use portal_core::ids::{AccountId, EnrollmentId, MethodId};
@@ -61,6 +62,8 @@ pub struct MonthRow {
     pub returns: u64,
     /// Enrollments terminated for non-payment in the month.
     pub terminations: u64,
+    /// Enrollments cancelled in the month because their binder was not paid.
+    pub cancelled_binders: u64,
     /// Money billed (bills issued in the month, less what termination voided).
     pub billed: Money,
     /// Money collected (payments made in the month that count, less refunds).
@@ -102,7 +105,7 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "{:<8} {:>6} {:>8} {:>9} {:>7} {:>8} {:>8} {:>8} {:>6} {:>14} {:>14} {:>14}",
+            "{:<8} {:>6} {:>8} {:>9} {:>7} {:>8} {:>8} {:>8} {:>6} {:>18} {:>14} {:>14} {:>14}",
             "month",
             "bills",
             "on time",
@@ -112,6 +115,7 @@ impl Report {
             "ap fail",
             "returns",
             "terms",
+            "cancelled (binder)",
             "billed",
             "collected",
             "outstanding"
@@ -119,7 +123,7 @@ impl Report {
         for r in &self.rows {
             let _ = writeln!(
                 out,
-                "{:<8} {:>6} {:>8} {:>9} {:>7} {:>8} {:>8} {:>8} {:>6} {:>14} {:>14} {:>14}",
+                "{:<8} {:>6} {:>8} {:>9} {:>7} {:>8} {:>8} {:>8} {:>6} {:>18} {:>14} {:>14} {:>14}",
                 r.month,
                 r.bills_issued,
                 r.paid_on_time,
@@ -129,6 +133,7 @@ impl Report {
                 r.autopay_failed,
                 r.returns,
                 r.terminations,
+                r.cancelled_binders,
                 format!("${}", r.billed),
                 format!("${}", r.collected),
                 format!("${}", r.outstanding)
@@ -666,10 +671,18 @@ async fn build_report(
             }
         }
         for e in &a.enrollments {
-            if let Some(t) = &e.termination {
-                if let Some(r) = rows.get_mut(&month_label(t.processed_on)) {
-                    r.terminations += 1;
+            match &e.coverage.state {
+                CoverageState::Terminated { processed_on, .. } => {
+                    if let Some(r) = rows.get_mut(&month_label(*processed_on)) {
+                        r.terminations += 1;
+                    }
                 }
+                CoverageState::Cancelled { processed_on, .. } => {
+                    if let Some(r) = rows.get_mut(&month_label(*processed_on)) {
+                        r.cancelled_binders += 1;
+                    }
+                }
+                _ => {}
             }
         }
     }

@@ -3,9 +3,10 @@
 //! idempotency records.
 
 use crate::audit::{Actor, AuditEvent};
-use crate::billing::{Bill, BillStatus};
+use crate::billing::{Bill, BillKind, BillNotice, BillStatus};
 use crate::calendar::CoverageMonth;
-use crate::delinquency::{self, CoverageStatus, DelinquencyPolicy};
+use crate::coverage::{self, CoverageEvent, CoverageState, Facts};
+use crate::delinquency::{CoverageStatus, DelinquencyPolicy};
 use crate::enrollment::Enrollment;
 use crate::identity::{AccountNumber, Email, Language, PersonName, Username};
 use crate::ids::{AccountId, EnrollmentId, MandateId, MethodId, PaymentId, PlanId, SessionId};
@@ -19,6 +20,7 @@ use crate::plan::{PaymentPlan, PlanStatus};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
+use std::collections::BTreeSet;
 use std::fmt;
 
 /// A keyed hash (HMAC) of a secret value, for lookups that must not reveal the value (SSN).
@@ -233,8 +235,17 @@ pub struct EnrollmentSummary {
     pub status: CoverageStatus,
     /// Paid through this day.
     pub paid_through: Option<NaiveDate>,
-    /// "Coverage at risk on DATE", when something is unpaid.
+    /// "Coverage at risk on DATE": the last day paying keeps (or starts) coverage, when
+    /// something is unpaid.
     pub at_risk_on: Option<NaiveDate>,
+    /// Past due on this enrollment's bills now.
+    pub past_due: Money,
+    /// What keeps (or starts, or restores) coverage, and by when.
+    pub to_keep_coverage: Option<(Money, NaiveDate)>,
+    /// The next grace notice and the day it goes out, if nothing is paid.
+    pub next_notice: Option<(BillNotice, NaiveDate)>,
+    /// Coverage months voided by a termination.
+    pub voided: Vec<CoverageMonth>,
 }
 
 /// What the member sees first: what is due, when, and the state of coverage.
@@ -364,22 +375,20 @@ impl Account {
         }
     }
 
-    /// Everything the dashboard shows, from the core alone.
+    /// Everything the dashboard shows, from the core alone: the coverage machine walked to
+    /// `today` on a copy (what the daily job will record), then read.
     pub fn summary(&self, policy: &DelinquencyPolicy, today: NaiveDate) -> AccountSummary {
+        let mut walked = self.clone();
+        walked.advance_coverage(policy, today);
+        walked.summary_as_is(policy, today)
+    }
+
+    /// The summary from the coverage states as they are (already walked to `today`).
+    pub fn summary_as_is(&self, policy: &DelinquencyPolicy, today: NaiveDate) -> AccountSummary {
         let enrollments = self
             .enrollments
             .iter()
-            .map(|e| {
-                let bills = self.bills_of(e.id);
-                EnrollmentSummary {
-                    enrollment_id: e.id,
-                    plan_name: e.plan_name.clone(),
-                    premium_share: e.premium_share(),
-                    status: delinquency::coverage_status(e, &bills, policy, today),
-                    paid_through: delinquency::paid_through(e, &bills, policy),
-                    at_risk_on: delinquency::at_risk_on(&bills),
-                }
-            })
+            .map(|e| self.enrollment_summary(e, policy, today))
             .collect();
         let mut open: Vec<&Bill> = self
             .ledger
@@ -422,6 +431,352 @@ impl Account {
                 .current_mandate()
                 .is_some_and(|m| m.status == MandateStatus::Active),
             active_plan: self.active_plan().map(|p| p.id),
+        }
+    }
+
+    fn enrollment_summary(
+        &self,
+        e: &Enrollment,
+        policy: &DelinquencyPolicy,
+        today: NaiveDate,
+    ) -> EnrollmentSummary {
+        let facts = Facts {
+            enrollment: e,
+            bills: &self.ledger.bills,
+            payments: &self.ledger.payments,
+            policy,
+        };
+        let bills = self.bills_of(e.id);
+        let past_due = Money::sum(
+            bills
+                .iter()
+                .filter(|b| b.due_date < today)
+                .map(|b| b.open_amount()),
+        )
+        .unwrap_or(Money::ZERO);
+        let open_through = |date: NaiveDate| {
+            Money::sum(
+                bills
+                    .iter()
+                    .filter(|b| b.due_date <= date)
+                    .map(|b| b.open_amount()),
+            )
+            .unwrap_or(Money::ZERO)
+        };
+        let earliest_open = bills
+            .iter()
+            .filter(|b| b.open_amount().is_positive())
+            .map(|b| b.due_date)
+            .min();
+        let mut voided = Vec::new();
+        let mut next_notice = None;
+        let (status, to_keep) = match &e.coverage.state {
+            CoverageState::PendingBinder => match bills.iter().find(|b| b.kind == BillKind::Binder)
+            {
+                Some(binder) => {
+                    let deadline =
+                        crate::calendar::add_days(binder.due_date, policy.binder_grace_days);
+                    (
+                        CoverageStatus::PendingBinder {
+                            due_date: binder.due_date,
+                            deadline,
+                        },
+                        Some((binder.open_amount(), deadline)),
+                    )
+                }
+                None => (CoverageStatus::Active, None),
+            },
+            CoverageState::Active => (
+                CoverageStatus::Active,
+                earliest_open.map(|d| (open_through(d), d)),
+            ),
+            CoverageState::InGrace { grace } => {
+                let end = grace.grace_ends_on;
+                next_notice = [
+                    (BillNotice::PastDue, grace.past_due_since),
+                    (BillNotice::TerminationWarning, grace.first_warning_on),
+                    (
+                        BillNotice::SecondTerminationWarning,
+                        grace.second_warning_on,
+                    ),
+                ]
+                .into_iter()
+                .find(|(n, on)| *on > today && !e.coverage.notices.iter().any(|x| x >= n))
+                .or(Some((
+                    BillNotice::Issued,
+                    crate::calendar::add_days(end, 1),
+                )))
+                .filter(|(n, _)| *n != BillNotice::Issued);
+                (
+                    CoverageStatus::InGrace { grace: *grace },
+                    Some((open_through(end.min(today)).max(past_due), end)),
+                )
+            }
+            CoverageState::Terminated {
+                grace,
+                reinstatable_until,
+                voided: v,
+                ..
+            } => {
+                voided = v.clone();
+                let keep = (today <= *reinstatable_until).then(|| {
+                    (
+                        self.reinstatement_amount(e.id, today)
+                            .saturating_sub(self.ledger.credit()),
+                        *reinstatable_until,
+                    )
+                });
+                (
+                    CoverageStatus::Terminated {
+                        effective: grace.termination_effective,
+                        reinstatable_until: *reinstatable_until,
+                    },
+                    keep,
+                )
+            }
+            CoverageState::Cancelled { deadline, .. } => (
+                CoverageStatus::Cancelled {
+                    deadline: *deadline,
+                },
+                None,
+            ),
+        };
+        let to_keep = to_keep.filter(|(m, _)| m.is_positive());
+        EnrollmentSummary {
+            enrollment_id: e.id,
+            plan_name: e.plan_name.clone(),
+            premium_share: e.premium_share(),
+            status,
+            paid_through: coverage::paid_through(&facts, &e.coverage.state, today),
+            at_risk_on: to_keep.map(|(_, d)| d),
+            past_due,
+            to_keep_coverage: to_keep,
+            next_notice,
+            voided,
+        }
+    }
+
+    /// What reinstating an enrollment needs: its past-due balance (including the months voided
+    /// at termination, which reinstatement restores) plus the next month's premium.
+    pub fn reinstatement_amount(&self, enrollment: EnrollmentId, today: NaiveDate) -> Money {
+        let next = CoverageMonth::of(today).plus(1);
+        let bills = self.bills_of(enrollment);
+        let mut total = Money::ZERO;
+        for b in &bills {
+            let owed = if b.void {
+                b.amount.saturating_sub(b.transferred)
+            } else {
+                b.open_amount()
+            };
+            if b.coverage_month <= next
+                && (b.void || b.due_date <= today || b.coverage_month == next)
+            {
+                total = total.checked_add(owed).unwrap_or(total);
+            }
+        }
+        let next_billed = bills
+            .iter()
+            .any(|b| b.kind.is_premium() && b.coverage_month == next);
+        if !next_billed {
+            if let Some(e) = self.enrollment(enrollment) {
+                total = total
+                    .checked_add(e.premium_share_for(next))
+                    .unwrap_or(total);
+            }
+        }
+        total
+    }
+
+    /// Walks every enrollment's coverage machine from where it was last evaluated to `today`,
+    /// a day at a time, applying each transition's effect on the ledger (voiding months,
+    /// restoring them, taking voided months out of payment plans). Returns the transitions.
+    pub fn advance_coverage(
+        &mut self,
+        policy: &DelinquencyPolicy,
+        today: NaiveDate,
+    ) -> Vec<(EnrollmentId, NaiveDate, CoverageEvent)> {
+        let mut out = Vec::new();
+        // A machine the daily job walked starts from its last evaluation (at most a day back:
+        // days the job did not run are caught up in one step, which the as-of rules make
+        // equivalent); a new one from its first due date.
+        let yesterday = today.pred_opt().unwrap_or(today);
+        let earliest = today - chrono::Duration::days(800);
+        let starts: Vec<NaiveDate> = self
+            .enrollments
+            .iter()
+            .map(|e| match e.coverage.evaluated_on {
+                Some(d) => d.max(yesterday),
+                None => self
+                    .bills_of(e.id)
+                    .iter()
+                    .map(|b| b.due_date)
+                    .min()
+                    .unwrap_or(today)
+                    .min(today),
+            })
+            .map(|d| d.max(earliest))
+            .collect();
+        let Some(start) = starts.iter().min().copied() else {
+            return out;
+        };
+        // Days on which something can change without new money: a day after a due date or a
+        // binder deadline, a notice day, the day after a grace period ends.
+        let mut marks: BTreeSet<NaiveDate> = self
+            .ledger
+            .bills
+            .iter()
+            .flat_map(|b| {
+                [
+                    crate::calendar::add_days(b.due_date, 1),
+                    crate::calendar::add_days(b.due_date, policy.binder_grace_days + 1),
+                ]
+            })
+            .collect();
+        marks.insert(start);
+        marks.insert(today);
+        let mut day = start;
+        while day <= today {
+            for e in &self.enrollments {
+                if let CoverageState::InGrace { grace } = &e.coverage.state {
+                    marks.extend([
+                        grace.first_warning_on,
+                        grace.second_warning_on,
+                        crate::calendar::add_days(grace.grace_ends_on, 1),
+                    ]);
+                }
+            }
+            if marks.contains(&day) {
+                self.coverage_day(policy, day, &starts, &mut out);
+            }
+            let Some(next) = marks.range(day.succ_opt().unwrap_or(day)..).next().copied() else {
+                break;
+            };
+            if next <= day {
+                break;
+            }
+            day = next;
+        }
+        out
+    }
+
+    fn coverage_day(
+        &mut self,
+        policy: &DelinquencyPolicy,
+        day: NaiveDate,
+        starts: &[NaiveDate],
+        out: &mut Vec<(EnrollmentId, NaiveDate, CoverageEvent)>,
+    ) {
+        for i in 0..self.enrollments.len() {
+            let Some(e) = self.enrollments.get(i) else {
+                continue;
+            };
+            if starts.get(i).is_some_and(|s| *s > day) {
+                continue;
+            }
+            let reinstate_with = matches!(e.coverage.state, CoverageState::Terminated { .. })
+                .then(|| (self.ledger.credit(), self.reinstatement_amount(e.id, day)));
+            let facts = Facts {
+                enrollment: e,
+                bills: &self.ledger.bills,
+                payments: &self.ledger.payments,
+                policy,
+            };
+            let events = coverage::step(&e.coverage, &facts, day, reinstate_with);
+            let id = e.id;
+            for event in events {
+                self.coverage_effect(id, &event);
+                if let Some(e) = self.enrollments.get_mut(i) {
+                    if e.coverage.apply(&event, day).is_err() {
+                        break;
+                    }
+                }
+                out.push((id, day, event));
+            }
+            if let Some(e) = self.enrollments.get_mut(i) {
+                e.coverage.evaluated_on = Some(day);
+            }
+        }
+    }
+
+    /// What a transition does to the ledger.
+    fn coverage_effect(&mut self, enrollment: EnrollmentId, event: &CoverageEvent) {
+        let state = self
+            .enrollment(enrollment)
+            .map(|e| e.coverage.state.clone());
+        let ids = |a: &Account, f: &dyn Fn(&Bill) -> bool| -> Vec<crate::ids::BillId> {
+            a.ledger
+                .bills
+                .iter()
+                .filter(|b| b.enrollment_id == enrollment && f(b))
+                .map(|b| b.id)
+                .collect()
+        };
+        match event {
+            CoverageEvent::Cancelled { .. } => {
+                for id in ids(self, &|b| !b.void) {
+                    let _ = self.ledger.void_bill(id);
+                }
+            }
+            CoverageEvent::CancellationReversed => {
+                for id in ids(self, &|b| b.void) {
+                    let _ = self.ledger.unvoid_bill(id);
+                }
+            }
+            CoverageEvent::Terminated { voided, .. } => {
+                let to_void = ids(self, &|b| {
+                    b.kind.is_premium() && !b.void && voided.contains(&b.coverage_month)
+                });
+                let moved = Money::sum(
+                    to_void
+                        .iter()
+                        .filter_map(|id| self.ledger.bill(*id))
+                        .map(|b| b.transferred),
+                )
+                .unwrap_or(Money::ZERO);
+                for id in to_void {
+                    let _ = self.ledger.void_bill(id);
+                }
+                self.take_out_of_plans(enrollment, moved);
+            }
+            CoverageEvent::TerminationReversed | CoverageEvent::Reinstated => {
+                if let Some(CoverageState::Terminated { voided, .. }) = state {
+                    for id in ids(self, &|b| {
+                        b.kind.is_premium() && b.void && voided.contains(&b.coverage_month)
+                    }) {
+                        let _ = self.ledger.unvoid_bill(id);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A payment plan never turns a voided month into debt: what moved into plans from
+    /// months now voided comes off the enrollment's unpaid installments, latest first.
+    fn take_out_of_plans(&mut self, enrollment: EnrollmentId, mut amount: Money) {
+        let mut installments: Vec<(NaiveDate, crate::ids::BillId)> = self
+            .ledger
+            .bills
+            .iter()
+            .filter(|b| {
+                b.enrollment_id == enrollment
+                    && matches!(b.kind, BillKind::Installment { .. })
+                    && b.open_amount().is_positive()
+            })
+            .map(|b| (b.due_date, b.id))
+            .collect();
+        installments.sort();
+        for (_, id) in installments.into_iter().rev() {
+            if amount.is_zero() {
+                break;
+            }
+            let Some(b) = self.ledger.bill(id) else {
+                continue;
+            };
+            let cut = b.open_amount().min(amount);
+            let new_amount = b.amount.saturating_sub(cut);
+            amount = amount.saturating_sub(cut);
+            let _ = self.ledger.reprice_bill(id, new_amount);
         }
     }
 

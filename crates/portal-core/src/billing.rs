@@ -6,7 +6,6 @@ use crate::identity::input_error;
 use crate::ids::{BillId, EnrollmentId, PlanId};
 use crate::money::Money;
 use chrono::NaiveDate;
-use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 input_error!(BillingPolicyError, "billing", {
@@ -240,25 +239,6 @@ impl Bill {
         self.notices.contains(&n)
     }
 
-    /// Whether the bill counts as paid in full for delinquency under the premium payment
-    /// threshold (45 CFR 155.400(g)): paid at least `percent`% of it, or short by at most
-    /// `shortfall`. The shortfall stays owed.
-    pub fn meets_threshold(&self, percent: Decimal, shortfall: Money) -> bool {
-        if self.void {
-            return true;
-        }
-        let covered = self
-            .allocated
-            .checked_add(self.transferred)
-            .unwrap_or(self.amount);
-        let owed = self.amount;
-        if covered >= owed {
-            return true;
-        }
-        let needed = owed.amount() * percent / Decimal::ONE_HUNDRED;
-        covered.amount() >= needed || owed.saturating_sub(covered) <= shortfall
-    }
-
     /// The earliest day reminders for this bill may go out.
     pub fn reminder_date(&self, days_before: u32) -> NaiveDate {
         sub_days(self.due_date, days_before)
@@ -325,36 +305,6 @@ mod tests {
         assert_eq!(months, vec![month(2027, 1), month(2027, 2), month(2027, 3)]);
         let capped = p.months_to_bill(month(2027, 1), Some(month(2027, 2)), today);
         assert_eq!(capped.len(), 2);
-    }
-
-    #[test]
-    fn threshold() {
-        let mut b = Bill {
-            id: BillId(uuid::Uuid::nil()),
-            enrollment_id: EnrollmentId(uuid::Uuid::nil()),
-            kind: BillKind::Premium,
-            coverage_month: month(2027, 3),
-            amount: Money::from_cents(40_000),
-            allocated: Money::from_cents(38_000),
-            transferred: Money::ZERO,
-            due_date: NaiveDate::from_ymd_opt(2027, 2, 23).unwrap(),
-            issued_on: NaiveDate::from_ymd_opt(2027, 2, 2).unwrap(),
-            void: false,
-            notices: vec![],
-            late_fee_assessed: false,
-        };
-        let pct = Decimal::from(95);
-        let ten = Money::from_cents(1000);
-        assert!(b.meets_threshold(pct, ten), "exactly 95%");
-        b.allocated = Money::from_cents(37_999);
-        assert!(!b.meets_threshold(pct, ten), "short by $20.01");
-        b.amount = Money::from_cents(10_000);
-        b.allocated = Money::from_cents(9_000);
-        assert!(b.meets_threshold(pct, ten), "short by exactly $10");
-        b.allocated = Money::from_cents(8_999);
-        assert!(!b.meets_threshold(pct, ten));
-        assert_eq!(b.open_amount(), Money::from_cents(1001));
-        assert_eq!(b.status(), BillStatus::PartiallyPaid);
     }
 
     proptest! {

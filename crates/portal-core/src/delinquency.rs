@@ -1,18 +1,17 @@
-//! Missed payments: past due, grace period, premium payment threshold, the notice sequence,
-//! termination for non-payment, reinstatement, and late fees.
+//! Missed payments: the policy (grace months, premium payment threshold, binder deadline,
+//! notice days, reinstatement window, late fees), grace-period dates, and the coverage status
+//! shown to members. The state machine that applies them is `coverage`.
 //!
 //! The grace period is counted in coverage months from the first unpaid month: 3 for members
-//! who receive a subsidy and have paid at least one full month in the benefit year, 1 otherwise.
-//! It ends on the last day of its last month. Coverage left unpaid at its end terminates: for
-//! subsidised members back to the last day of the first grace month, otherwise at the end of
-//! the last paid month.
+//! who receive a subsidy and have paid at least one full month in the benefit year, otherwise
+//! the state rule. It ends on the last day of its last month. Coverage left unpaid at its end
+//! terminates: for subsidised members back to the last day of the first grace month, otherwise
+//! at the end of the last paid month.
 
-use crate::billing::{Bill, BillKind, BillNotice};
 use crate::calendar::{CoverageMonth, add_days, sub_days};
-use crate::enrollment::Enrollment;
 use crate::identity::input_error;
 use crate::money::Money;
-use chrono::{Datelike, NaiveDate};
+use chrono::NaiveDate;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
@@ -60,19 +59,24 @@ input_error!(DelinquencyPolicyError, "delinquency", {
     Reinstatement => ("reinstatement_days", "the reinstatement window must be between 0 and 90 days"),
     LateFee => ("late_fee", "a late fee must be positive and a percentage at most 25%"),
     Warnings => ("warning_days", "the first termination warning must come before the second"),
+    BinderDays => ("binder_grace_days", "the binder deadline must be between 0 and 30 days after its due date"),
 });
 
 /// Configurable delinquency rules; defaults follow the Massachusetts Health Connector.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct DelinquencyPolicy {
     /// Grace months for subsidised members with a full month paid this benefit year.
     pub grace_months_subsidised: u32,
-    /// Grace months for everyone else.
+    /// Grace months for everyone else (the state rule).
     pub grace_months_other: u32,
-    /// A bill paid at least this percent counts as paid for delinquency.
+    /// Paying at least this percent of the total owed counts as paid in full.
     pub threshold_percent: Decimal,
-    /// A bill short by at most this counts as paid for delinquency.
+    /// Short of the total owed by at most this counts as paid in full (off at zero, the
+    /// default; a month with no payment at all is never forgiven).
     pub threshold_shortfall: Money,
+    /// Days after the binder's due date that paying it still effectuates coverage.
+    pub binder_grace_days: u32,
     /// The first termination warning goes out this many days before the grace period ends
     /// (never before it starts).
     pub first_warning_days_before_end: u32,
@@ -90,7 +94,8 @@ impl Default for DelinquencyPolicy {
             grace_months_subsidised: 3,
             grace_months_other: 1,
             threshold_percent: Decimal::from(95),
-            threshold_shortfall: Money::from_cents(1000),
+            threshold_shortfall: Money::ZERO,
+            binder_grace_days: 0,
             first_warning_days_before_end: 30,
             second_warning_days_before_end: 10,
             reinstatement_days: 35,
@@ -115,6 +120,9 @@ impl DelinquencyPolicy {
         if self.threshold_shortfall.is_negative() {
             return Err(DelinquencyPolicyError::Shortfall);
         }
+        if self.binder_grace_days > 30 {
+            return Err(DelinquencyPolicyError::BinderDays);
+        }
         if self.reinstatement_days > 90 {
             return Err(DelinquencyPolicyError::Reinstatement);
         }
@@ -133,16 +141,24 @@ impl DelinquencyPolicy {
             _ => Ok(()),
         }
     }
+}
 
-    /// Whether a bill counts as paid for delinquency purposes.
-    pub fn counts_as_paid(&self, bill: &Bill) -> bool {
-        bill.meets_threshold(self.threshold_percent, self.threshold_shortfall)
-    }
+/// Which rule a grace period follows, fixed when it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GraceKind {
+    /// Three months for an enrollee receiving APTC who paid a full month in the benefit year
+    /// (45 CFR 156.270(d),(g)).
+    Aptc,
+    /// The state rule (default one month, 956 CMR 12.12).
+    State,
 }
 
 /// The grace-period dates for a first unpaid coverage month.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GraceDates {
+    /// Which rule.
+    pub kind: GraceKind,
     /// The first unpaid coverage month.
     pub first_unpaid_month: CoverageMonth,
     /// The day the account became past due (the day after the bill's due date).
@@ -186,6 +202,11 @@ pub fn grace_dates(
     let second_warning_on =
         sub_days(grace_ends_on, policy.second_warning_days_before_end).max(first_warning_on);
     GraceDates {
+        kind: if long_grace {
+            GraceKind::Aptc
+        } else {
+            GraceKind::State
+        },
         first_unpaid_month: month,
         past_due_since,
         grace_ends_on,
@@ -204,6 +225,8 @@ pub enum CoverageStatus {
     PendingBinder {
         /// The binder's due date.
         due_date: NaiveDate,
+        /// The last day paying it starts coverage.
+        deadline: NaiveDate,
     },
     /// Covered and up to date.
     Active,
@@ -219,152 +242,16 @@ pub enum CoverageStatus {
         /// Until when paying what is owed reinstates it.
         reinstatable_until: NaiveDate,
     },
-}
-
-/// Bills that drive delinquency: premiums and installments, not late fees.
-fn drives_delinquency(b: &Bill) -> bool {
-    !b.void && !matches!(b.kind, BillKind::LateFee { .. })
-}
-
-/// Whether a full month was paid in the benefit year of `month` (earlier months only).
-fn paid_a_full_month(bills: &[&Bill], month: CoverageMonth) -> bool {
-    bills.iter().any(|b| {
-        b.kind.is_premium()
-            && b.coverage_month < month
-            && b.coverage_month.year() == month.year()
-            && b.open_amount().is_zero()
-            && b.transferred.is_zero()
-    })
-}
-
-/// The enrollment's coverage status on `today`, from its bills alone.
-pub fn coverage_status(
-    enrollment: &Enrollment,
-    bills: &[&Bill],
-    policy: &DelinquencyPolicy,
-    today: NaiveDate,
-) -> CoverageStatus {
-    if let Some(t) = &enrollment.termination {
-        return CoverageStatus::Terminated {
-            effective: t.effective,
-            reinstatable_until: t.reinstatable_until,
-        };
-    }
-    if let Some(binder) = bills.iter().find(|b| b.kind == BillKind::Binder && !b.void) {
-        if !policy.counts_as_paid(binder) {
-            return CoverageStatus::PendingBinder {
-                due_date: binder.due_date,
-            };
-        }
-    }
-    let first_unpaid = bills
-        .iter()
-        .filter(|b| drives_delinquency(b) && b.due_date < today && !policy.counts_as_paid(b))
-        .min_by_key(|b| (b.due_date, b.coverage_month));
-    match first_unpaid {
-        None => CoverageStatus::Active,
-        Some(b) => {
-            let long = enrollment.is_subsidised() && paid_a_full_month(bills, b.coverage_month);
-            CoverageStatus::InGrace {
-                grace: grace_dates(b.coverage_month, b.due_date, long, policy),
-            }
-        }
-    }
-}
-
-/// What the delinquency run must do for one enrollment on a day.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DelinquencyStep {
-    /// Send this notice about the first unpaid bill (and record it on the bill).
-    Notice {
-        /// Which.
-        notice: BillNotice,
-        /// Dates to quote.
-        grace: GraceDates,
+    /// The binder was not paid by its deadline: coverage never started and nothing is owed.
+    Cancelled {
+        /// The deadline that passed.
+        deadline: NaiveDate,
     },
-    /// Terminate coverage.
-    Terminate {
-        /// Dates.
-        grace: GraceDates,
-    },
-}
-
-/// The next step of the notice sequence on `today`, given what was already sent for the first
-/// unpaid bill: past-due warning, termination warning, second termination warning, then
-/// termination. Catching up after missed runs sends only the latest notice that applies.
-pub fn next_step(
-    status: &CoverageStatus,
-    first_unpaid_notices: &[BillNotice],
-    today: NaiveDate,
-) -> Option<DelinquencyStep> {
-    let CoverageStatus::InGrace { grace } = status else {
-        return None;
-    };
-    if today > grace.grace_ends_on {
-        return Some(DelinquencyStep::Terminate { grace: *grace });
-    }
-    let due = if today >= grace.second_warning_on {
-        BillNotice::SecondTerminationWarning
-    } else if today >= grace.first_warning_on {
-        BillNotice::TerminationWarning
-    } else {
-        BillNotice::PastDue
-    };
-    let already = first_unpaid_notices.iter().any(|n| {
-        matches!(
-            n,
-            BillNotice::PastDue
-                | BillNotice::TerminationWarning
-                | BillNotice::SecondTerminationWarning
-        ) && *n >= due
-    });
-    (!already).then_some(DelinquencyStep::Notice {
-        notice: due,
-        grace: *grace,
-    })
 }
 
 /// The day reinstatement closes for a termination processed on `processed_on`.
 pub fn reinstatable_until(processed_on: NaiveDate, policy: &DelinquencyPolicy) -> NaiveDate {
     add_days(processed_on, policy.reinstatement_days)
-}
-
-/// "Coverage at risk on DATE": the due date of the earliest open bill, when anything is unpaid.
-pub fn at_risk_on(bills: &[&Bill]) -> Option<NaiveDate> {
-    bills
-        .iter()
-        .filter(|b| drives_delinquency(b) && b.open_amount().is_positive())
-        .map(|b| b.due_date)
-        .min()
-}
-
-/// The paid-through date: the last day of the last coverage month paid with every month
-/// before it also paid.
-pub fn paid_through(
-    enrollment: &Enrollment,
-    bills: &[&Bill],
-    policy: &DelinquencyPolicy,
-) -> Option<NaiveDate> {
-    let mut months: Vec<&&Bill> = bills
-        .iter()
-        .filter(|b| b.kind.is_premium() && !b.void)
-        .collect();
-    months.sort_by_key(|b| b.coverage_month);
-    let mut through = None;
-    let mut expected = enrollment.coverage_start;
-    for b in months {
-        if b.coverage_month != expected || !policy.counts_as_paid(b) {
-            break;
-        }
-        through = Some(b.coverage_month.last_day());
-        expected = expected.plus(1);
-    }
-    through
-}
-
-/// Whether `today` is within a month's last days (used by notices to say "this month").
-pub fn is_same_month(a: NaiveDate, b: NaiveDate) -> bool {
-    (a.year(), a.month()) == (b.year(), b.month())
 }
 
 #[cfg(test)]
@@ -409,6 +296,8 @@ mod tests {
 
     #[test]
     fn notice_sequence_catches_up_to_the_latest_only() {
+        use crate::billing::BillNotice;
+        use crate::coverage::next_notice;
         let p = DelinquencyPolicy::default();
         let g = grace_dates(
             m(2027, 3),
@@ -416,42 +305,28 @@ mod tests {
             true,
             &p,
         );
-        let s = CoverageStatus::InGrace { grace: g };
         let on = |y, mo, d| NaiveDate::from_ymd_opt(y, mo, d).unwrap();
         assert_eq!(
-            next_step(&s, &[], on(2027, 2, 23)),
-            Some(DelinquencyStep::Notice {
-                notice: BillNotice::PastDue,
-                grace: g
-            })
-        );
-        assert_eq!(next_step(&s, &[BillNotice::PastDue], on(2027, 3, 10)), None);
-        assert_eq!(
-            next_step(&s, &[BillNotice::PastDue], on(2027, 5, 2)),
-            Some(DelinquencyStep::Notice {
-                notice: BillNotice::TerminationWarning,
-                grace: g
-            })
+            next_notice(&g, &[], on(2027, 2, 24)),
+            Some(BillNotice::PastDue)
         );
         assert_eq!(
-            next_step(&s, &[], on(2027, 5, 25)),
-            Some(DelinquencyStep::Notice {
-                notice: BillNotice::SecondTerminationWarning,
-                grace: g
-            })
-        );
-        assert_eq!(
-            next_step(&s, &[BillNotice::SecondTerminationWarning], on(2027, 5, 30)),
+            next_notice(&g, &[BillNotice::PastDue], on(2027, 3, 10)),
             None
         );
         assert_eq!(
-            next_step(&s, &[], on(2027, 6, 1)),
-            Some(DelinquencyStep::Terminate { grace: g })
+            next_notice(&g, &[BillNotice::PastDue], on(2027, 5, 2)),
+            Some(BillNotice::TerminationWarning)
         );
         assert_eq!(
-            next_step(&CoverageStatus::Active, &[], on(2027, 6, 1)),
+            next_notice(&g, &[], on(2027, 5, 25)),
+            Some(BillNotice::SecondTerminationWarning)
+        );
+        assert_eq!(
+            next_notice(&g, &[BillNotice::SecondTerminationWarning], on(2027, 5, 30)),
             None
         );
+        assert_eq!(next_notice(&g, &[], on(2027, 6, 1)), None, "grace is over");
     }
 
     #[test]

@@ -2,10 +2,10 @@
 //! subsidy (advance premium tax credit), and so the member's premium share.
 
 use crate::calendar::CoverageMonth;
+use crate::coverage::{Coverage, CoverageState};
 use crate::identity::input_error;
 use crate::ids::EnrollmentId;
 use crate::money::Money;
-use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 
 /// The kind of coverage.
@@ -31,19 +31,6 @@ pub enum TerminationReason {
     NonPayment,
 }
 
-/// A termination of coverage.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Termination {
-    /// Last day of coverage.
-    pub effective: NaiveDate,
-    /// Why.
-    pub reason: TerminationReason,
-    /// When the termination was processed.
-    pub processed_on: NaiveDate,
-    /// Last day the member can be reinstated by paying what is owed.
-    pub reinstatable_until: NaiveDate,
-}
-
 /// One enrollment of a household.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Enrollment {
@@ -55,14 +42,18 @@ pub struct Enrollment {
     pub plan_name: String,
     /// Monthly gross premium.
     pub gross_premium: Money,
-    /// Monthly subsidy (APTC).
+    /// Monthly subsidy (APTC) from the latest change on.
     pub subsidy: Money,
+    /// Earlier subsidies: each applies from its month until the next change.
+    #[serde(default)]
+    pub subsidy_history: Vec<(CoverageMonth, Money)>,
     /// First coverage month.
     pub coverage_start: CoverageMonth,
     /// Last coverage month, if the plan year ends.
     pub coverage_end: Option<CoverageMonth>,
-    /// Set when coverage was terminated.
-    pub termination: Option<Termination>,
+    /// Coverage: the state machine of spec §3.
+    #[serde(default)]
+    pub coverage: Coverage,
 }
 
 impl Enrollment {
@@ -84,7 +75,8 @@ impl Enrollment {
             subsidy,
             coverage_start,
             coverage_end: None,
-            termination: None,
+            subsidy_history: Vec::new(),
+            coverage: Coverage::default(),
         })
     }
 
@@ -93,19 +85,55 @@ impl Enrollment {
         self.gross_premium.saturating_sub(self.subsidy)
     }
 
-    /// Whether the household receives a subsidy on this enrollment.
-    pub fn is_subsidised(&self) -> bool {
-        self.subsidy.is_positive()
+    /// The subsidy for a coverage month, as changes over time set it.
+    pub fn subsidy_for(&self, month: CoverageMonth) -> Money {
+        self.subsidy_history
+            .iter()
+            .rev()
+            .find(|(from, _)| *from <= month)
+            .map_or(self.subsidy, |(_, s)| *s)
+    }
+
+    /// The member's share for a coverage month.
+    pub fn premium_share_for(&self, month: CoverageMonth) -> Money {
+        self.gross_premium.saturating_sub(self.subsidy_for(month))
+    }
+
+    /// Records a subsidy change from `effective` on; months before keep what they had.
+    pub fn change_subsidy(&mut self, subsidy: Money, effective: CoverageMonth) {
+        let before: Vec<(CoverageMonth, Money)> = {
+            let mut months: Vec<CoverageMonth> = self
+                .subsidy_history
+                .iter()
+                .map(|(m, _)| *m)
+                .filter(|m| *m < effective)
+                .collect();
+            months.insert(0, self.coverage_start.min(effective));
+            months.sort();
+            months.dedup();
+            months
+                .into_iter()
+                .filter(|m| *m < effective)
+                .map(|m| (m, self.subsidy_for(m)))
+                .collect()
+        };
+        self.subsidy_history = before;
+        self.subsidy = subsidy;
+        // The latest subsidy applies from `effective`; the history says what came before.
+        self.subsidy_history.push((effective, subsidy));
     }
 
     /// Whether coverage for `month` falls within the enrollment and is not terminated.
     pub fn covers(&self, month: CoverageMonth) -> bool {
         month >= self.coverage_start
             && self.coverage_end.is_none_or(|e| month <= e)
-            && self
-                .termination
-                .as_ref()
-                .is_none_or(|t| month <= CoverageMonth::of(t.effective))
+            && match &self.coverage.state {
+                CoverageState::Cancelled { .. } => false,
+                CoverageState::Terminated { grace, .. } => {
+                    month <= CoverageMonth::of(grace.termination_effective)
+                }
+                _ => true,
+            }
     }
 }
 

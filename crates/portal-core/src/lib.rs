@@ -8,6 +8,7 @@ pub mod account;
 pub mod audit;
 pub mod billing;
 pub mod calendar;
+pub mod coverage;
 pub mod delinquency;
 pub mod enrollment;
 pub mod error;

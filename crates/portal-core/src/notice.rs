@@ -44,6 +44,8 @@ pub enum NoticeKind {
     CoverageTerminated,
     /// Coverage reinstated.
     CoverageReinstated,
+    /// The binder was not paid by its deadline: the enrollment is cancelled.
+    CoverageCancelled,
     /// A payment plan was set up.
     PaymentPlanSetUp,
     /// Password reset link.
@@ -56,7 +58,7 @@ pub enum NoticeKind {
 
 impl NoticeKind {
     /// Every kind, so adapters can prove each has every template.
-    pub const ALL: [NoticeKind; 19] = [
+    pub const ALL: [NoticeKind; 20] = [
         NoticeKind::EmailVerification,
         NoticeKind::AccountCreated,
         NoticeKind::PaymentConfirmation,
@@ -72,6 +74,7 @@ impl NoticeKind {
         NoticeKind::SecondTerminationWarning,
         NoticeKind::CoverageTerminated,
         NoticeKind::CoverageReinstated,
+        NoticeKind::CoverageCancelled,
         NoticeKind::PaymentPlanSetUp,
         NoticeKind::PasswordReset,
         NoticeKind::PasswordChanged,
@@ -210,7 +213,9 @@ pub enum NoticeBody {
     },
     /// Past due.
     PastDue {
-        /// What is owed.
+        /// The enrollment it concerns.
+        plan_name: String,
+        /// What is past due on that enrollment.
         amount: Money,
         /// The missed due date.
         due_date: NaiveDate,
@@ -219,7 +224,9 @@ pub enum NoticeBody {
     },
     /// Termination warning (first or second).
     TerminationWarning {
-        /// What is owed.
+        /// The enrollment it concerns.
+        plan_name: String,
+        /// What is past due on that enrollment.
         amount: Money,
         /// End of grace.
         grace_ends_on: NaiveDate,
@@ -240,6 +247,13 @@ pub enum NoticeBody {
         amount_to_reinstate: Money,
     },
     /// Reinstated.
+    CoverageCancelled {
+        /// Plan name.
+        plan_name: String,
+        /// The binder deadline that passed.
+        deadline: NaiveDate,
+    },
+    /// Coverage restored.
     CoverageReinstated {
         /// Plan name.
         plan_name: String,
@@ -292,6 +306,7 @@ impl NoticeBody {
             NoticeBody::TerminationWarning { .. } => NoticeKind::TerminationWarning,
             NoticeBody::CoverageTerminated { .. } => NoticeKind::CoverageTerminated,
             NoticeBody::CoverageReinstated { .. } => NoticeKind::CoverageReinstated,
+            NoticeBody::CoverageCancelled { .. } => NoticeKind::CoverageCancelled,
             NoticeBody::PaymentPlanSetUp { .. } => NoticeKind::PaymentPlanSetUp,
             NoticeBody::PasswordReset { .. } => NoticeKind::PasswordReset,
             NoticeBody::PasswordChanged { .. } => NoticeKind::PasswordChanged,

@@ -175,24 +175,24 @@ fn english(kind: NoticeKind, body: &NoticeBody, b: &Branding) -> Content {
             }
             c("Your automatic payment did not go through".into(), p, vec![("Amount", money(*amount)), ("Payment method", method.clone())], pay)
         }
-        NoticeBody::PastDue { amount, due_date, grace_ends_on } => c(
-            "Your premium payment is past due".into(),
+        NoticeBody::PastDue { plan_name, amount, due_date, grace_ends_on } => c(
+            format!("Your {plan_name} premium is past due"),
             vec![
-                format!("We did not receive your payment due {}. {} is now past due.", date(l, *due_date), money(*amount)),
+                format!("We did not receive your {plan_name} payment due {}. {} is now past due on this plan.", date(l, *due_date), money(*amount)),
                 format!("Your grace period ends {}. Pay the full amount by then to keep your coverage. If you cannot pay it all at once, you can request a payment plan.", date(l, *grace_ends_on)),
             ],
-            vec![("Amount past due", money(*amount)), ("Missed due date", date(l, *due_date)), ("Grace period ends", date(l, *grace_ends_on))],
+            vec![("Plan", plan_name.clone()), ("Amount past due", money(*amount)), ("Missed due date", date(l, *due_date)), ("Grace period ends", date(l, *grace_ends_on))],
             pay,
         ),
-        NoticeBody::TerminationWarning { amount, grace_ends_on, termination_effective } => {
+        NoticeBody::TerminationWarning { plan_name, amount, grace_ends_on, termination_effective } => {
             let second = kind == NoticeKind::SecondTerminationWarning;
             c(
-                if second { "Final notice: your coverage will end unless you pay".into() } else { "Your coverage will end unless you pay".into() },
+                if second { format!("Final notice: your {plan_name} coverage will end unless you pay") } else { format!("Your {plan_name} coverage will end unless you pay") },
                 vec![
-                    format!("You owe {}. If it is not paid by {}, your coverage will be terminated for non-payment, effective {}.", money(*amount), date(l, *grace_ends_on), date(l, *termination_effective)),
+                    format!("You owe {} on {plan_name}. If it is not paid by {}, this coverage will be terminated for non-payment, effective {}.", money(*amount), date(l, *grace_ends_on), date(l, *termination_effective)),
                     "Pay now, or contact us to set up a payment plan.".into(),
                 ],
-                vec![("Amount due", money(*amount)), ("Pay by", date(l, *grace_ends_on)), ("Coverage would end on", date(l, *termination_effective))],
+                vec![("Plan", plan_name.clone()), ("Amount due", money(*amount)), ("Pay by", date(l, *grace_ends_on)), ("Coverage would end on", date(l, *termination_effective))],
                 pay,
             )
         }
@@ -206,6 +206,15 @@ fn english(kind: NoticeKind, body: &NoticeBody, b: &Branding) -> Content {
             ],
             vec![("Plan", plan_name.clone()), ("Last day of coverage", date(l, *effective)), ("Amount to restore coverage", money(*amount_to_reinstate)), ("Restore by", date(l, *reinstatable_until))],
             pay,
+        ),
+        NoticeBody::CoverageCancelled { plan_name, deadline } => c(
+            format!("Your {plan_name} coverage did not start"),
+            vec![
+                format!("We did not receive your first payment for {plan_name} by {}, so this coverage did not start and has been cancelled. Nothing is owed for it.", date(l, *deadline)),
+                "Any money you paid toward it stays on your account as credit. To get coverage, contact the Health Connector about enrolling again.".into(),
+            ],
+            vec![("Plan", plan_name.clone()), ("First payment was due by", date(l, *deadline))],
+            Some(("View your account".into(), format!("{url}/dashboard"))),
         ),
         NoticeBody::CoverageReinstated { plan_name } => c(
             format!("Your {plan_name} coverage is restored"),
@@ -353,24 +362,24 @@ fn spanish(kind: NoticeKind, body: &NoticeBody, b: &Branding) -> Content {
             }
             c("Su pago automático no se procesó".into(), p, vec![("Monto", money(*amount)), ("Método de pago", method.clone())], pay)
         }
-        NoticeBody::PastDue { amount, due_date, grace_ends_on } => c(
-            "Su pago de la prima está atrasado".into(),
+        NoticeBody::PastDue { plan_name, amount, due_date, grace_ends_on } => c(
+            format!("Su prima del plan {plan_name} está atrasada"),
             vec![
-                format!("No recibimos su pago con vencimiento el {}. Tiene {} atrasado.", date(l, *due_date), money(*amount)),
+                format!("No recibimos su pago del plan {plan_name} con vencimiento el {}. Tiene {} atrasado en este plan.", date(l, *due_date), money(*amount)),
                 format!("Su período de gracia termina el {}. Pague el monto total antes de esa fecha para mantener su cobertura. Si no puede pagarlo todo de una vez, puede solicitar un plan de pagos.", date(l, *grace_ends_on)),
             ],
-            vec![("Monto atrasado", money(*amount)), ("Vencimiento no pagado", date(l, *due_date)), ("Fin del período de gracia", date(l, *grace_ends_on))],
+            vec![("Plan", plan_name.clone()), ("Monto atrasado", money(*amount)), ("Vencimiento no pagado", date(l, *due_date)), ("Fin del período de gracia", date(l, *grace_ends_on))],
             pay,
         ),
-        NoticeBody::TerminationWarning { amount, grace_ends_on, termination_effective } => {
+        NoticeBody::TerminationWarning { plan_name, amount, grace_ends_on, termination_effective } => {
             let second = kind == NoticeKind::SecondTerminationWarning;
             c(
-                if second { "Aviso final: su cobertura terminará si no paga".into() } else { "Su cobertura terminará si no paga".into() },
+                if second { format!("Aviso final: su cobertura del plan {plan_name} terminará si no paga") } else { format!("Su cobertura del plan {plan_name} terminará si no paga") },
                 vec![
-                    format!("Usted debe {}. Si no se paga antes del {}, su cobertura se cancelará por falta de pago a partir del {}.", money(*amount), date(l, *grace_ends_on), date(l, *termination_effective)),
+                    format!("Usted debe {} del plan {plan_name}. Si no se paga antes del {}, esta cobertura terminará por falta de pago a partir del {}.", money(*amount), date(l, *grace_ends_on), date(l, *termination_effective)),
                     "Pague ahora o comuníquese con nosotros para establecer un plan de pagos.".into(),
                 ],
-                vec![("Monto adeudado", money(*amount)), ("Pague antes del", date(l, *grace_ends_on)), ("La cobertura terminaría el", date(l, *termination_effective))],
+                vec![("Plan", plan_name.clone()), ("Monto adeudado", money(*amount)), ("Pague antes del", date(l, *grace_ends_on)), ("La cobertura terminaría el", date(l, *termination_effective))],
                 pay,
             )
         }
@@ -384,6 +393,15 @@ fn spanish(kind: NoticeKind, body: &NoticeBody, b: &Branding) -> Content {
             ],
             vec![("Plan", plan_name.clone()), ("Último día de cobertura", date(l, *effective)), ("Monto para restablecer la cobertura", money(*amount_to_reinstate)), ("Restablezca antes del", date(l, *reinstatable_until))],
             pay,
+        ),
+        NoticeBody::CoverageCancelled { plan_name, deadline } => c(
+            format!("Su cobertura del plan {plan_name} no comenzó"),
+            vec![
+                format!("No recibimos su primer pago del plan {plan_name} antes del {}, por lo que esta cobertura no comenzó y fue cancelada. No debe nada por ella.", date(l, *deadline)),
+                "El dinero que haya pagado queda en su cuenta como crédito. Para obtener cobertura, comuníquese con el Health Connector para inscribirse de nuevo.".into(),
+            ],
+            vec![("Plan", plan_name.clone()), ("El primer pago vencía el", date(l, *deadline))],
+            Some(("Ver su cuenta".into(), format!("{url}/dashboard?lang=es"))),
         ),
         NoticeBody::CoverageReinstated { plan_name } => c(
             format!("Su cobertura del plan {plan_name} fue restablecida"),

@@ -8,8 +8,8 @@ use crate::account::Account;
 use crate::audit::Actor;
 use crate::billing::{Bill, BillKind, BillNotice};
 use crate::calendar::CoverageMonth;
-use crate::delinquency::{self, DelinquencyStep};
-use crate::enrollment::{Termination, TerminationReason};
+use crate::coverage::CoverageEvent;
+use crate::enrollment::TerminationReason;
 use crate::ids::{AccountId, BillId};
 use crate::mandate::MandateStatus;
 use crate::money::Money;
@@ -282,7 +282,7 @@ impl Portal {
             .filter(|m| m.status == MandateStatus::Active)
             .and_then(|m| m.next_debit_on(today));
         for e in account.enrollments.clone() {
-            if e.termination.is_some() {
+            if e.coverage.state.is_closed() {
                 continue;
             }
             let first_billed = account
@@ -313,7 +313,7 @@ impl Portal {
                         BillKind::Premium
                     },
                     coverage_month: month,
-                    amount: e.premium_share(),
+                    amount: e.premium_share_for(month),
                     allocated: Money::ZERO,
                     transferred: Money::ZERO,
                     due_date,
@@ -475,128 +475,10 @@ impl Portal {
         {
             let mut steps = 0u32;
             steps += default_missed_plans(account, changes, today, &actor, now);
+            steps += self.record_coverage(account, changes, today, &actor);
             steps += assess_late_fees(account, changes, policy, today, &actor, now, &mut || {
                 BillId(self.deps.ids.new_id())
             });
-            for e in account.enrollments.clone() {
-                let bills = account.bills_of(e.id);
-                let status = delinquency::coverage_status(&e, &bills, policy, today);
-                let first_unpaid = bills
-                    .iter()
-                    .filter(|b| {
-                        !b.void
-                            && !matches!(b.kind, BillKind::LateFee { .. })
-                            && b.due_date < today
-                            && !policy.counts_as_paid(b)
-                    })
-                    .min_by_key(|b| (b.due_date, b.coverage_month))
-                    .map(|b| (b.id, b.notices.clone()));
-                let Some((bill_id, notices)) = first_unpaid else {
-                    continue;
-                };
-                let owed = account.amount_due();
-                match delinquency::next_step(&status, &notices, today) {
-                    None => {}
-                    Some(DelinquencyStep::Notice { notice, grace }) => {
-                        let body = match notice {
-                            BillNotice::PastDue => NoticeBody::PastDue {
-                                amount: owed,
-                                due_date: crate::calendar::sub_days(grace.past_due_since, 1),
-                                grace_ends_on: grace.grace_ends_on,
-                            },
-                            _ => NoticeBody::TerminationWarning {
-                                amount: owed,
-                                grace_ends_on: grace.grace_ends_on,
-                                termination_effective: grace.termination_effective,
-                            },
-                        };
-                        let mut n =
-                            account.notice(format!("delinquency:{bill_id}:{notice:?}"), body);
-                        if let Some(n) = n.as_mut() {
-                            n.kind = match notice {
-                                BillNotice::PastDue => crate::notice::NoticeKind::PastDue,
-                                BillNotice::SecondTerminationWarning => {
-                                    crate::notice::NoticeKind::SecondTerminationWarning
-                                }
-                                _ => crate::notice::NoticeKind::TerminationWarning,
-                            };
-                        }
-                        changes.notify([n]);
-                        if let Some(b) = account.ledger.bill_mut(bill_id) {
-                            b.notices.push(notice);
-                        }
-                        changes.audit.push(account.audit(
-                            now,
-                            actor.clone(),
-                            format!("bill:{bill_id}"),
-                            "delinquency.notice",
-                            format!("{notice:?}; grace ends {}", grace.grace_ends_on),
-                        ));
-                        steps += 1;
-                    }
-                    Some(DelinquencyStep::Terminate { grace }) => {
-                        let until = delinquency::reinstatable_until(today, policy);
-                        let effective_month = CoverageMonth::of(grace.termination_effective);
-                        if let Some(en) = account.enrollments.iter_mut().find(|x| x.id == e.id) {
-                            en.termination = Some(Termination {
-                                effective: grace.termination_effective,
-                                reason: TerminationReason::NonPayment,
-                                processed_on: today,
-                                reinstatable_until: until,
-                            });
-                        }
-                        let to_void: Vec<BillId> = account
-                            .bills_of(e.id)
-                            .iter()
-                            .filter(|b| {
-                                b.kind.is_premium() && b.coverage_month > effective_month && !b.void
-                            })
-                            .map(|b| b.id)
-                            .collect();
-                        for b in to_void {
-                            account.ledger.void_bill(b)?;
-                        }
-                        let quote = reinstatement_amount(account, e.id, today);
-                        changes.notify([account.notice(
-                            format!("terminated:{}:{}", e.id, grace.termination_effective),
-                            NoticeBody::CoverageTerminated {
-                                plan_name: e.plan_name.clone(),
-                                effective: grace.termination_effective,
-                                reason: TerminationReason::NonPayment,
-                                reinstatable_until: until,
-                                amount_to_reinstate: quote,
-                            },
-                        )]);
-                        changes.audit.push(account.audit(
-                            now,
-                            actor.clone(),
-                            format!("enrollment:{}", e.id),
-                            "coverage.terminated",
-                            format!("effective {}", grace.termination_effective),
-                        ));
-                        steps += 1;
-                    }
-                }
-            }
-            // Reinstate terminated enrollments that payments now cover, inside the window.
-            for e in account.enrollments.clone() {
-                if let Some(t) = &e.termination {
-                    if today <= t.reinstatable_until
-                        && account.ledger.credit() >= reinstatement_amount(account, e.id, today)
-                    {
-                        steps += reinstate_enrollment(
-                            account,
-                            changes,
-                            e.id,
-                            today,
-                            &actor,
-                            now,
-                            &mut || BillId(self.deps.ids.new_id()),
-                            &self.config.billing,
-                        );
-                    }
-                }
-            }
             Ok((steps > 0).then_some(steps))
         }
     }
@@ -772,6 +654,8 @@ fn assess_late_fees(
     now: chrono::DateTime<chrono::Utc>,
     new_id: &mut dyn FnMut() -> BillId,
 ) -> u32 {
+    // Once per late premium of an enrollment in a grace period: never on a binder, never
+    // before coverage started.
     let late: Vec<Bill> = account
         .ledger
         .bills
@@ -779,9 +663,15 @@ fn assess_late_fees(
         .filter(|b| {
             !b.late_fee_assessed
                 && !b.void
-                && !matches!(b.kind, BillKind::LateFee { .. })
+                && b.kind == BillKind::Premium
                 && b.due_date < today
-                && !policy.counts_as_paid(b)
+                && b.open_amount().is_positive()
+                && account.enrollment(b.enrollment_id).is_some_and(|e| {
+                    matches!(
+                        e.coverage.state,
+                        crate::coverage::CoverageState::InGrace { .. }
+                    )
+                })
         })
         .cloned()
         .collect();
@@ -820,97 +710,139 @@ fn assess_late_fees(
     n
 }
 
-/// What reinstating an enrollment needs: its past-due balance (including months voided at
-/// termination) plus the next month's premium.
-pub(crate) fn reinstatement_amount(
-    account: &Account,
-    enrollment: crate::ids::EnrollmentId,
-    today: NaiveDate,
-) -> Money {
-    let next = CoverageMonth::of(today).plus(1);
-    let bills = account.bills_of(enrollment);
-    let mut total = Money::ZERO;
-    for b in &bills {
-        let owed = if b.void {
-            b.amount.saturating_sub(b.transferred)
-        } else {
-            b.open_amount()
-        };
-        if b.coverage_month <= next && (b.void || b.due_date <= today || b.coverage_month == next) {
-            total = total.checked_add(owed).unwrap_or(total);
+impl Portal {
+    /// Walks the account's coverage machines to today and records what they did: audit
+    /// entries for every transition, and each enrollment's notices with its own amounts and
+    /// dates. Returns how many transitions there were.
+    pub(crate) fn record_coverage(
+        &self,
+        account: &mut Account,
+        changes: &mut Changes,
+        today: NaiveDate,
+        actor: &Actor,
+    ) -> u32 {
+        let now = self.now();
+        let policy = &self.config.delinquency;
+        let events = account.advance_coverage(policy, today);
+        let mut n = 0;
+        for (enrollment, day, event) in events {
+            let Some(e) = account.enrollment(enrollment).cloned() else {
+                continue;
+            };
+            let detail = match &event {
+                CoverageEvent::GraceStarted { grace } => format!(
+                    "{:?} grace from {} ({}), ends {}",
+                    grace.kind, grace.first_unpaid_month, grace.past_due_since, grace.grace_ends_on
+                ),
+                CoverageEvent::Notice { notice, grace } => {
+                    format!("{notice:?}; grace ends {}", grace.grace_ends_on)
+                }
+                CoverageEvent::Terminated { grace, voided, .. } => format!(
+                    "effective {}; voided {}",
+                    grace.termination_effective,
+                    voided
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                CoverageEvent::Cancelled { deadline } => {
+                    format!("binder unpaid by {deadline}")
+                }
+                _ => String::new(),
+            };
+            changes.audit.push(account.audit(
+                now,
+                actor.clone(),
+                format!("enrollment:{enrollment}"),
+                event.action(),
+                format!("{day}: {detail}"),
+            ));
+            n += 1;
+            // Notices only for what still stands today (a grace started and cured the same
+            // day says nothing).
+            let past_due = Money::sum(
+                account
+                    .bills_of(enrollment)
+                    .iter()
+                    .filter(|b| b.due_date < today)
+                    .map(|b| b.open_amount()),
+            )
+            .unwrap_or(Money::ZERO);
+            let notice = match &event {
+                CoverageEvent::Notice { notice, grace } if day == today => {
+                    let body = match notice {
+                        BillNotice::PastDue => NoticeBody::PastDue {
+                            plan_name: e.plan_name.clone(),
+                            amount: past_due,
+                            due_date: crate::calendar::sub_days(grace.past_due_since, 1),
+                            grace_ends_on: grace.grace_ends_on,
+                        },
+                        _ => NoticeBody::TerminationWarning {
+                            plan_name: e.plan_name.clone(),
+                            amount: past_due,
+                            grace_ends_on: grace.grace_ends_on,
+                            termination_effective: grace.termination_effective,
+                        },
+                    };
+                    let mut n = account.notice(
+                        format!(
+                            "delinquency:{enrollment}:{}:{notice:?}",
+                            grace.past_due_since
+                        ),
+                        body,
+                    );
+                    if let Some(n) = n.as_mut() {
+                        n.kind = match notice {
+                            BillNotice::PastDue => crate::notice::NoticeKind::PastDue,
+                            BillNotice::SecondTerminationWarning => {
+                                crate::notice::NoticeKind::SecondTerminationWarning
+                            }
+                            _ => crate::notice::NoticeKind::TerminationWarning,
+                        };
+                    }
+                    n
+                }
+                CoverageEvent::Terminated {
+                    grace,
+                    reinstatable_until,
+                    ..
+                } => account.notice(
+                    format!("terminated:{enrollment}:{}", grace.termination_effective),
+                    NoticeBody::CoverageTerminated {
+                        plan_name: e.plan_name.clone(),
+                        effective: grace.termination_effective,
+                        reason: TerminationReason::NonPayment,
+                        reinstatable_until: *reinstatable_until,
+                        amount_to_reinstate: account.reinstatement_amount(enrollment, today),
+                    },
+                ),
+                CoverageEvent::Cancelled { deadline } => account.notice(
+                    format!("cancelled:{enrollment}"),
+                    NoticeBody::CoverageCancelled {
+                        plan_name: e.plan_name.clone(),
+                        deadline: *deadline,
+                    },
+                ),
+                CoverageEvent::Reinstated | CoverageEvent::TerminationReversed => account.notice(
+                    format!("reinstated:{enrollment}:{day}"),
+                    NoticeBody::CoverageReinstated {
+                        plan_name: e.plan_name.clone(),
+                    },
+                ),
+                _ => None,
+            };
+            changes.notify([notice]);
+            if matches!(
+                event,
+                CoverageEvent::Reinstated
+                    | CoverageEvent::TerminationReversed
+                    | CoverageEvent::CancellationReversed
+            ) {
+                // Billing resumes at once: the months that came due while it was closed.
+                self.issue_due_bills(account, changes);
+            }
         }
+        n
     }
-    let next_billed = bills
-        .iter()
-        .any(|b| b.kind.is_premium() && b.coverage_month == next);
-    if !next_billed {
-        if let Some(e) = account.enrollment(enrollment) {
-            total = total.checked_add(e.premium_share()).unwrap_or(total);
-        }
-    }
-    total
-}
-
-/// Restores coverage: voided months come back (and are paid from credit), the next month is
-/// billed if it was not, the termination is lifted.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn reinstate_enrollment(
-    account: &mut Account,
-    changes: &mut Changes,
-    enrollment: crate::ids::EnrollmentId,
-    today: NaiveDate,
-    actor: &Actor,
-    now: chrono::DateTime<chrono::Utc>,
-    new_id: &mut dyn FnMut() -> BillId,
-    billing: &crate::billing::BillingPolicy,
-) -> u32 {
-    let next = CoverageMonth::of(today).plus(1);
-    let voided: Vec<BillId> = account
-        .bills_of(enrollment)
-        .iter()
-        .filter(|b| b.void && b.coverage_month <= next)
-        .map(|b| b.id)
-        .collect();
-    for id in voided {
-        let _ = account.ledger.unvoid_bill(id);
-    }
-    let Some(e) = account.enrollments.iter_mut().find(|e| e.id == enrollment) else {
-        return 0;
-    };
-    e.termination = None;
-    let e = e.clone();
-    let next_billed = account
-        .bills_of(enrollment)
-        .iter()
-        .any(|b| b.kind.is_premium() && b.coverage_month == next);
-    if !next_billed && e.covers(next) {
-        account.ledger.add_bill(Bill {
-            id: new_id(),
-            enrollment_id: enrollment,
-            kind: BillKind::Premium,
-            coverage_month: next,
-            amount: e.premium_share(),
-            allocated: Money::ZERO,
-            transferred: Money::ZERO,
-            due_date: billing.due_date(next).max(today),
-            issued_on: today,
-            void: false,
-            notices: vec![BillNotice::Issued],
-            late_fee_assessed: false,
-        });
-    }
-    changes.notify([account.notice(
-        format!("reinstated:{enrollment}:{today}"),
-        NoticeBody::CoverageReinstated {
-            plan_name: e.plan_name.clone(),
-        },
-    )]);
-    changes.audit.push(account.audit(
-        now,
-        actor.clone(),
-        format!("enrollment:{enrollment}"),
-        "coverage.reinstated",
-        "",
-    ));
-    1
 }

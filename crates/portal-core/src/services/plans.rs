@@ -1,6 +1,5 @@
 //! Payment plans, reinstatement and subsidy changes.
 
-use super::jobs::{reinstate_enrollment, reinstatement_amount};
 use super::{Portal, ServiceError};
 use crate::account::Account;
 use crate::audit::Actor;
@@ -40,7 +39,7 @@ impl Portal {
         let now = self.now();
         let first_due = first_due.unwrap_or(today);
         let plan_id: PlanId = self.new_id();
-        let ids: Vec<BillId> = (0..installments.min(plan::MAX_INSTALLMENTS))
+        let ids: Vec<BillId> = (0..2 * installments.min(plan::MAX_INSTALLMENTS))
             .map(|_| self.new_id())
             .collect();
         self.update_account(account_id, |account, changes| {
@@ -50,11 +49,19 @@ impl Portal {
                 ))
                 .into());
             }
+            // Past-due premiums of effectuated enrollments only: never a binder, a voided
+            // month, a late fee or another plan's installment.
             let past_due: Vec<Bill> = account
                 .ledger
                 .bills
                 .iter()
-                .filter(|b| b.is_past_due(today) && !matches!(b.kind, BillKind::Installment { .. }))
+                .filter(|b| {
+                    b.is_past_due(today)
+                        && b.kind == BillKind::Premium
+                        && account
+                            .enrollment(b.enrollment_id)
+                            .is_some_and(|e| e.coverage.state.is_effectuated())
+                })
                 .cloned()
                 .collect();
             let total = Money::sum(past_due.iter().map(Bill::open_amount))
@@ -67,41 +74,60 @@ impl Portal {
                 };
                 ValidationErrors::one(FieldError::from(e).at(name))
             })?;
-            let mut sources = Vec::new();
-            for b in &past_due {
-                let moved = account.ledger.transfer_to_plan(b.id)?;
-                sources.push((b.id, moved));
-            }
-            let enrollment = past_due
-                .first()
-                .map(|b| b.enrollment_id)
-                .unwrap_or(EnrollmentId(uuid::Uuid::nil()));
             let n = u32::try_from(schedule.len()).unwrap_or(installments);
-            for (i, ((amount, due), id)) in schedule.iter().zip(ids.iter()).enumerate() {
-                let number = u32::try_from(i).unwrap_or(0) + 1;
-                account.ledger.add_bill(Bill {
-                    id: *id,
-                    enrollment_id: enrollment,
-                    kind: BillKind::Installment {
-                        plan_id,
-                        number,
-                        of: n,
-                    },
-                    coverage_month: CoverageMonth::of(*due),
-                    amount: *amount,
-                    allocated: Money::ZERO,
-                    transferred: Money::ZERO,
-                    due_date: *due,
-                    issued_on: today,
-                    void: false,
-                    notices: vec![BillNotice::Issued],
-                    late_fee_assessed: true,
-                });
+            // Each enrollment's share is spread over installments of its own, so its
+            // delinquency keeps reading its own bills.
+            let mut enrollments: Vec<EnrollmentId> =
+                past_due.iter().map(|b| b.enrollment_id).collect();
+            enrollments.dedup();
+            enrollments.sort();
+            enrollments.dedup();
+            let mut sources = Vec::new();
+            let mut installment_ids = Vec::new();
+            let mut next_id = ids.iter();
+            for enrollment in enrollments {
+                let mut share = Money::ZERO;
+                for b in past_due.iter().filter(|b| b.enrollment_id == enrollment) {
+                    let moved = account.ledger.transfer_to_plan(b.id)?;
+                    share = share
+                        .checked_add(moved)
+                        .map_err(|e| ValidationErrors::one(FieldError::from(e)))?;
+                    sources.push((b.id, moved));
+                }
+                let parts = share.split_even(n);
+                for (i, (part, (_, due))) in parts.iter().zip(schedule.iter()).enumerate() {
+                    if part.is_zero() {
+                        continue;
+                    }
+                    let id = match next_id.next() {
+                        Some(id) => *id,
+                        None => self.new_id(),
+                    };
+                    installment_ids.push(id);
+                    account.ledger.add_bill(Bill {
+                        id,
+                        enrollment_id: enrollment,
+                        kind: BillKind::Installment {
+                            plan_id,
+                            number: u32::try_from(i).unwrap_or(0) + 1,
+                            of: n,
+                        },
+                        coverage_month: CoverageMonth::of(*due),
+                        amount: *part,
+                        allocated: Money::ZERO,
+                        transferred: Money::ZERO,
+                        due_date: *due,
+                        issued_on: today,
+                        void: false,
+                        notices: vec![BillNotice::Issued],
+                        late_fee_assessed: true,
+                    });
+                }
             }
             let p = PaymentPlan {
                 id: plan_id,
                 total,
-                installments: ids.iter().take(schedule.len()).copied().collect(),
+                installments: installment_ids,
                 source_bills: sources,
                 status: PlanStatus::Active,
                 created_at: now,
@@ -147,16 +173,19 @@ impl Portal {
         let e = account
             .enrollment(enrollment)
             .ok_or(ServiceError::NotFound("enrollment"))?;
-        let Some(t) = &e.termination else {
+        let crate::coverage::CoverageState::Terminated {
+            reinstatable_until, ..
+        } = &e.coverage.state
+        else {
             return Ok(ReinstatementQuote::default());
         };
-        let required = reinstatement_amount(account, enrollment, self.today());
+        let required = account.reinstatement_amount(enrollment, self.today());
         let credit = account.ledger.credit();
         Ok(ReinstatementQuote {
             required,
             credit,
             to_pay: required.saturating_sub(credit),
-            until: Some(t.reinstatable_until),
+            until: Some(*reinstatable_until),
         })
     }
 
@@ -168,20 +197,17 @@ impl Portal {
         actor: Actor,
     ) -> Result<(), ServiceError> {
         let today = self.today();
-        let now = self.now();
-        let billing = self.config.billing.clone();
         self.update_account(account_id, |account, changes| {
             let e = account.enrollment(enrollment).ok_or(ServiceError::NotFound("enrollment"))?;
-            let Some(t) = &e.termination else {
+            let crate::coverage::CoverageState::Terminated { reinstatable_until, .. } = &e.coverage.state else {
                 return Err(ServiceError::Rejected("this coverage is not terminated".into()));
             };
-            if today > t.reinstatable_until {
+            if today > *reinstatable_until {
                 return Err(ServiceError::Rejected(format!(
-                    "the reinstatement window closed on {}; contact the Health Connector to re-enroll",
-                    t.reinstatable_until
+                    "the reinstatement window closed on {reinstatable_until}; contact the Health Connector to re-enroll"
                 )));
             }
-            let required = reinstatement_amount(account, enrollment, today);
+            let required = account.reinstatement_amount(enrollment, today);
             let credit = account.ledger.credit();
             if credit < required {
                 return Err(ServiceError::Rejected(format!(
@@ -189,7 +215,8 @@ impl Portal {
                     required.saturating_sub(credit)
                 )));
             }
-            reinstate_enrollment(account, changes, enrollment, today, &actor, now, &mut || BillId(self.deps.ids.new_id()), &billing);
+            // The machine reinstates what the credit now covers.
+            self.record_coverage(account, changes, today, &actor);
             Ok(Some(()))
         })
         .await
@@ -213,7 +240,7 @@ impl Portal {
                 .ok_or(ServiceError::NotFound("enrollment"))?;
             check_premium(e.gross_premium, subsidy)
                 .map_err(|x| ValidationErrors::one(FieldError::from(x).at("subsidy")))?;
-            e.subsidy = subsidy;
+            e.change_subsidy(subsidy, effective);
             let share = e.premium_share();
             let to_reprice: Vec<Bill> = account
                 .ledger

@@ -496,7 +496,8 @@ async fn billing_issues_the_binder_then_monthly_bills_once() {
     assert_eq!(
         s.enrollments[0].status,
         CoverageStatus::PendingBinder {
-            due_date: d(2026, 12, 23)
+            due_date: d(2026, 12, 23),
+            deadline: d(2026, 12, 23)
         }
     );
     assert_eq!(s.amount_due, usd("200"));
@@ -1270,12 +1271,18 @@ async fn unsubsidised_members_get_one_month_and_the_threshold_counts_near_paymen
 async fn a_payment_plan_spreads_the_past_due_balance_and_ends_when_missed() {
     let h = Harness::new().await;
     h.register().await;
+    h.set_date(d(2026, 12, 2)).await;
+    h.portal.run_billing().await.unwrap();
+    h.pay("binder", None, "pm_card_ok").await.unwrap();
     h.set_date(d(2027, 1, 5)).await;
     h.portal.run_billing().await.unwrap();
-    h.set_date(d(2027, 1, 24)).await;
+    h.set_date(d(2027, 2, 2)).await;
     h.portal.run_billing().await.unwrap();
+    h.set_date(d(2027, 2, 24)).await;
+    h.portal.run_billing().await.unwrap();
+    h.portal.run_delinquency().await.unwrap();
     let before = h.account().await.ledger.balance();
-    assert_eq!(before, usd("400"));
+    assert_eq!(before, usd("400"), "February and March");
     let bad = h
         .portal
         .set_up_payment_plan(h.account_id, 13, None, Actor::Member)
@@ -1284,7 +1291,7 @@ async fn a_payment_plan_spreads_the_past_due_balance_and_ends_when_missed() {
     assert!(matches!(bad, ServiceError::Invalid(ref e) if e.has("installments")));
     let plan = h
         .portal
-        .set_up_payment_plan(h.account_id, 3, Some(d(2027, 1, 31)), Actor::Member)
+        .set_up_payment_plan(h.account_id, 3, Some(d(2027, 2, 28)), Actor::Member)
         .await
         .unwrap();
     assert_eq!(plan.total, usd("400"));
@@ -1302,14 +1309,13 @@ async fn a_payment_plan_spreads_the_past_due_balance_and_ends_when_missed() {
         .collect();
     assert_eq!(amounts, vec![usd("133.34"), usd("133.33"), usd("133.33")]);
     assert_eq!(h.count(NoticeKind::PaymentPlanSetUp), 1);
-    let s = acc.summary(&h.portal.config().delinquency, d(2027, 1, 24));
+    let s = acc.summary(&h.portal.config().delinquency, d(2027, 2, 24));
     assert!(
-        matches!(
-            s.enrollments[0].status,
-            CoverageStatus::PendingBinder { .. }
-        ) || s.enrollments[0].status == CoverageStatus::Active
+        matches!(s.enrollments[0].status, CoverageStatus::InGrace { grace } if grace.grace_ends_on == d(2027, 4, 30)),
+        "a plan neither cures nor extends the grace period: {:?}",
+        s.enrollments[0].status
     );
-    h.set_date(d(2027, 2, 1)).await;
+    h.set_date(d(2027, 3, 1)).await;
     h.portal.run_delinquency().await.unwrap();
     let acc = h.account().await;
     assert!(matches!(
@@ -1319,7 +1325,7 @@ async fn a_payment_plan_spreads_the_past_due_balance_and_ends_when_missed() {
     assert!(
         plan.installments
             .iter()
-            .all(|id| acc.ledger.bill(*id).unwrap().due_date == d(2027, 1, 31)),
+            .all(|id| acc.ledger.bill(*id).unwrap().due_date == d(2027, 2, 28)),
         "the rest falls due at once"
     );
 }

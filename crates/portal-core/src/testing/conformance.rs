@@ -16,7 +16,7 @@ use crate::account::{
 use crate::audit::{Actor, AuditEvent};
 use crate::billing::{Bill, BillKind, BillNotice};
 use crate::calendar::CoverageMonth;
-use crate::enrollment::{CoverageKind, Enrollment, Termination, TerminationReason};
+use crate::enrollment::{CoverageKind, Enrollment};
 use crate::identity::{AccountNumber, Email, Language, PersonName, Username};
 use crate::ids::{
     AccountId, AgentId, BillId, EnrollmentId, MandateId, MethodId, PaymentId, PlanId, SessionId,
@@ -175,12 +175,23 @@ pub fn full_account(seed: u32) -> Account {
         month(2027, 1),
     ));
     dental.coverage_end = Some(month(2027, 12));
-    dental.termination = Some(Termination {
-        effective: date(2027, 2, 28),
-        reason: TerminationReason::NonPayment,
-        processed_on: date(2027, 4, 1),
-        reinstatable_until: date(2027, 5, 6),
-    });
+    dental.coverage = crate::coverage::Coverage {
+        state: crate::coverage::CoverageState::Terminated {
+            grace: crate::delinquency::grace_dates(
+                month(2027, 2),
+                date(2027, 1, 23),
+                false,
+                &crate::delinquency::DelinquencyPolicy::default(),
+            ),
+            processed_on: date(2027, 4, 1),
+            reinstatable_until: date(2027, 5, 6),
+            voided: vec![month(2027, 3), month(2027, 4)],
+        },
+        effectuated_on: Some(date(2026, 12, 20)),
+        evaluated_on: Some(date(2027, 4, 1)),
+        notices: vec![crate::billing::BillNotice::PastDue],
+    };
+    dental.change_subsidy(cents(1_000), month(2027, 3));
     account.enrollments.push(dental);
     let plan_id = PlanId(id(seed, 60));
     let bill = |n: u32, e: EnrollmentId, kind: BillKind, m: CoverageMonth, amount: i64| Bill {

@@ -86,12 +86,14 @@ pub fn body(kind: NoticeKind) -> NoticeBody {
             suspended: false,
         },
         NoticeKind::PastDue => NoticeBody::PastDue {
+            plan_name: "ConnectorCare Plan 2A".into(),
             amount: usd("400"),
             due_date: d(1, 23),
             grace_ends_on: d(4, 30),
         },
         NoticeKind::TerminationWarning | NoticeKind::SecondTerminationWarning => {
             NoticeBody::TerminationWarning {
+                plan_name: "ConnectorCare Plan 2A".into(),
                 amount: usd("400"),
                 grace_ends_on: d(4, 30),
                 termination_effective: d(2, 28),
@@ -103,6 +105,10 @@ pub fn body(kind: NoticeKind) -> NoticeBody {
             reason: TerminationReason::NonPayment,
             reinstatable_until: d(6, 5),
             amount_to_reinstate: usd("1000"),
+        },
+        NoticeKind::CoverageCancelled => NoticeBody::CoverageCancelled {
+            plan_name: "ConnectorCare Plan 2A".into(),
+            deadline: d(12, 23),
         },
         NoticeKind::CoverageReinstated => NoticeBody::CoverageReinstated {
             plan_name: "ConnectorCare Plan 2A".into(),

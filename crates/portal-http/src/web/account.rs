@@ -60,8 +60,16 @@ pub(super) fn dashboard_view(s: &AppState, c: &Ctx, a: &Account) -> DashboardVie
         .iter()
         .map(|e| {
             let status = match &e.status {
-                CoverageStatus::PendingBinder { due_date } => {
-                    format!("{} {}", c.t.status_pending_binder, c.date(*due_date))
+                CoverageStatus::PendingBinder { deadline, .. } => {
+                    format!("{} {}", c.t.status_pending_binder, c.date(*deadline))
+                }
+                CoverageStatus::Cancelled { deadline } => {
+                    alerts.push(Alert {
+                        kind: "terminated",
+                        text: format!("{} {}.", c.t.alert_cancelled, e.plan_name),
+                        pay: None,
+                    });
+                    format!("{} {}", c.t.status_cancelled, c.date(*deadline))
                 }
                 CoverageStatus::Active => match e.paid_through {
                     Some(d) => {
@@ -70,15 +78,21 @@ pub(super) fn dashboard_view(s: &AppState, c: &Ctx, a: &Account) -> DashboardVie
                     None => c.t.status_active.to_owned(),
                 },
                 CoverageStatus::InGrace { grace } => {
+                    // The enrollment's own amount and deadline, as its notices say them.
+                    let (amount, by) = e
+                        .to_keep_coverage
+                        .unwrap_or((e.past_due, grace.grace_ends_on));
                     alerts.push(Alert {
                         kind: "past-due",
                         text: format!(
-                            "{} {} {}.",
+                            "{} {} — {} {} {}.",
                             c.t.alert_past_due,
-                            c.t.alert_grace_ends,
-                            c.date(grace.grace_ends_on)
+                            e.plan_name,
+                            c.money(amount),
+                            c.t.alert_terminated_by,
+                            c.date(by)
                         ),
-                        pay: Some("/pay".to_owned()),
+                        pay: Some(format!("/pay?amount={amount}")),
                     });
                     format!(
                         "{} · {} {}",
@@ -92,10 +106,10 @@ pub(super) fn dashboard_view(s: &AppState, c: &Ctx, a: &Account) -> DashboardVie
                     reinstatable_until,
                 } => {
                     // What restoring it still takes, while paying can restore it.
-                    let to_pay = (*reinstatable_until >= today)
-                        .then(|| s.portal.reinstatement_quote_of(a, e.enrollment_id).ok())
-                        .flatten()
-                        .map(|q| q.to_pay);
+                    let to_pay = (*reinstatable_until >= today).then(|| {
+                        e.to_keep_coverage
+                            .map_or(portal_core::Money::ZERO, |(m, _)| m)
+                    });
                     let (text, pay) = match to_pay {
                         None => (c.t.alert_terminated_closed.to_owned(), None),
                         Some(to_pay) if to_pay.cents() == 0 => {

@@ -263,16 +263,33 @@ async fn account_view(
         .iter()
         .map(|e| {
             let st = match &e.status {
-                CoverageStatus::PendingBinder { due_date } => {
-                    format!("pending first payment (due {due_date})")
+                CoverageStatus::PendingBinder { due_date, deadline } => {
+                    format!("pending first payment (due {due_date}, starts if paid by {deadline})")
+                }
+                CoverageStatus::Cancelled { deadline } => {
+                    format!("cancelled: first payment not made by {deadline}; nothing owed")
                 }
                 CoverageStatus::Active => "active".to_owned(),
                 CoverageStatus::InGrace { grace } => {
-                    format!("in grace until {}", grace.grace_ends_on)
+                    let (amount, by) = e
+                        .to_keep_coverage
+                        .unwrap_or((e.past_due, grace.grace_ends_on));
+                    format!(
+                        "in {:?} grace until {} (pay ${amount} by {by}; otherwise ends {})",
+                        grace.kind, grace.grace_ends_on, grace.termination_effective
+                    )
                 }
-                CoverageStatus::Terminated { effective, .. } => {
-                    format!("terminated {effective}")
-                }
+                CoverageStatus::Terminated {
+                    effective,
+                    reinstatable_until,
+                } => match e.to_keep_coverage {
+                    Some((amount, by)) => {
+                        format!("terminated {effective}; pay ${amount} by {by} to reinstate")
+                    }
+                    None => {
+                        format!("terminated {effective}; reinstatement closed {reinstatable_until}")
+                    }
+                },
             };
             format!("{}: {st}", e.plan_name)
         })
