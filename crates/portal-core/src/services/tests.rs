@@ -1738,3 +1738,420 @@ async fn agents_log_in_separately_and_are_locked_like_members() {
         Err(ServiceError::InvalidCredentials)
     ));
 }
+
+// --- Coverage rules (spec §3): one named test per case a scenario review reproduced. ---
+
+impl Harness {
+    /// Every daily job for each day from `from` to `to`, as the worker runs them.
+    async fn walk(&self, from: NaiveDate, to: NaiveDate) {
+        let mut day = from;
+        while day <= to {
+            self.set_date(day).await;
+            self.portal.run_daily().await.unwrap();
+            day = day.succ_opt().unwrap();
+        }
+    }
+
+    async fn status(&self) -> crate::account::EnrollmentSummary {
+        let today = self.clock.today();
+        self.account()
+            .await
+            .summary(&self.portal.config().delinquency, today)
+            .enrollments
+            .remove(0)
+    }
+
+    async fn unsubsidised(&self) {
+        self.portal
+            .change_subsidy(
+                self.account_id,
+                self.enrollment_id,
+                Money::ZERO,
+                CoverageMonth::new(2027, 1).unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Pays each of January, February and March on its due date, then nothing: April's bill
+    /// (due March 23) is the first missed.
+    async fn pay_three_months_then_stop(&self) {
+        self.walk(d(2026, 12, 2), d(2026, 12, 23)).await;
+        self.pay("jan", None, "pm_card_ok").await.unwrap();
+        self.walk(d(2026, 12, 24), d(2027, 1, 23)).await;
+        self.pay("feb", None, "pm_card_ok").await.unwrap();
+        self.walk(d(2027, 1, 24), d(2027, 2, 23)).await;
+        self.pay("mar", None, "pm_card_ok").await.unwrap();
+    }
+
+    fn audit_actions(&self) -> Vec<String> {
+        self.store.audit().into_iter().map(|a| a.action).collect()
+    }
+}
+
+#[tokio::test]
+async fn case_01_an_unpaid_binder_cancels_the_enrollment_and_nothing_is_owed() {
+    let h = Harness::new().await;
+    h.register().await;
+    h.walk(d(2026, 12, 2), d(2027, 7, 31)).await;
+    let s = h.status().await;
+    assert_eq!(
+        s.status,
+        CoverageStatus::Cancelled {
+            deadline: d(2026, 12, 23)
+        }
+    );
+    let acc = h.account().await;
+    Harness::check_ledger(&acc);
+    assert_eq!(acc.ledger.bills.len(), 1, "no bills after the cancellation");
+    assert!(acc.ledger.bills.iter().all(|b| b.void));
+    assert_eq!(acc.amount_due(), Money::ZERO);
+    assert_eq!(s.paid_through, None);
+    for k in [
+        NoticeKind::PastDue,
+        NoticeKind::TerminationWarning,
+        NoticeKind::SecondTerminationWarning,
+        NoticeKind::CoverageTerminated,
+    ] {
+        assert_eq!(h.count(k), 0, "{k:?}");
+    }
+    assert_eq!(h.count(NoticeKind::CoverageCancelled), 1);
+    assert!(h.audit_actions().contains(&"coverage.cancelled".to_owned()));
+    // Paying in July does not start coverage back in January: it is credit.
+    h.pay("late", Some("200"), "pm_card_ok").await.unwrap();
+    h.walk(d(2027, 8, 1), d(2027, 8, 2)).await;
+    let s = h.status().await;
+    assert!(matches!(s.status, CoverageStatus::Cancelled { .. }));
+    assert_eq!(h.account().await.ledger.credit(), usd("200"));
+}
+
+#[tokio::test]
+async fn case_02_an_eight_dollar_share_left_unpaid_is_past_due_and_terminates() {
+    let h = Harness::new().await;
+    h.portal
+        .change_subsidy(
+            h.account_id,
+            h.enrollment_id,
+            usd("492"),
+            CoverageMonth::new(2027, 1).unwrap(),
+        )
+        .await
+        .unwrap();
+    h.register().await;
+    h.walk(d(2026, 12, 2), d(2026, 12, 3)).await;
+    h.pay("binder", None, "pm_card_ok").await.unwrap();
+    assert_eq!(h.account().await.ledger.bills[0].amount, usd("8"));
+    h.walk(d(2026, 12, 4), d(2027, 1, 24)).await;
+    let CoverageStatus::InGrace { grace } = h.status().await.status else {
+        panic!("{:?}", h.status().await.status)
+    };
+    assert_eq!(grace.grace_ends_on, d(2027, 4, 30));
+    h.walk(d(2027, 1, 25), d(2027, 5, 1)).await;
+    assert_eq!(
+        h.status().await.status,
+        CoverageStatus::Terminated {
+            effective: d(2027, 2, 28),
+            reinstatable_until: d(2027, 6, 5)
+        }
+    );
+}
+
+#[tokio::test]
+async fn case_03_a_steady_ninety_five_percent_payer_stays_active() {
+    let h = Harness::new().await;
+    h.register().await;
+    h.walk(d(2026, 12, 2), d(2026, 12, 23)).await;
+    h.pay("m0", Some("190"), "pm_card_ok").await.unwrap();
+    let dues = [
+        d(2027, 1, 23),
+        d(2027, 2, 23),
+        d(2027, 3, 23),
+        d(2027, 4, 23),
+        d(2027, 5, 23),
+    ];
+    let mut from = d(2026, 12, 24);
+    for (i, due) in dues.iter().enumerate() {
+        h.walk(from, *due).await;
+        h.pay(&format!("m{}", i + 1), Some("190"), "pm_card_ok")
+            .await
+            .unwrap();
+        from = due.succ_opt().unwrap();
+    }
+    h.walk(from, d(2027, 6, 10)).await;
+    let s = h.status().await;
+    assert_eq!(s.status, CoverageStatus::Active);
+    assert_eq!(h.count(NoticeKind::PastDue), 0);
+    assert_eq!(s.past_due, usd("60"), "six months short by $10 each, shown");
+    assert_eq!(s.paid_through, Some(d(2027, 6, 30)));
+}
+
+#[tokio::test]
+async fn case_04_losing_aptc_mid_grace_keeps_the_grace_that_started() {
+    let h = Harness::new().await;
+    h.register().await;
+    h.pay_three_months_then_stop().await;
+    h.walk(d(2027, 2, 24), d(2027, 5, 10)).await;
+    let CoverageStatus::InGrace { grace } = h.status().await.status else {
+        panic!()
+    };
+    assert_eq!(grace.kind, crate::delinquency::GraceKind::Aptc);
+    assert_eq!(grace.grace_ends_on, d(2027, 6, 30));
+    h.portal
+        .change_subsidy(
+            h.account_id,
+            h.enrollment_id,
+            Money::ZERO,
+            CoverageMonth::new(2027, 6).unwrap(),
+        )
+        .await
+        .unwrap();
+    h.walk(d(2027, 5, 11), d(2027, 6, 30)).await;
+    let CoverageStatus::InGrace { grace: same } = h.status().await.status else {
+        panic!("{:?}", h.status().await.status)
+    };
+    assert_eq!(
+        same, grace,
+        "a subsidy change never shortens a running grace"
+    );
+    h.walk(d(2027, 7, 1), d(2027, 7, 1)).await;
+    let s = h.status().await;
+    assert!(matches!(
+        s.status,
+        CoverageStatus::Terminated { effective, .. } if effective == d(2027, 4, 30)
+    ));
+    assert_eq!(
+        s.voided.first(),
+        Some(&CoverageMonth::new(2027, 5).unwrap())
+    );
+}
+
+#[tokio::test]
+async fn case_05_a_payment_plan_does_not_extend_the_aptc_grace() {
+    let h = Harness::new().await;
+    h.register().await;
+    h.pay_three_months_then_stop().await;
+    h.walk(d(2027, 2, 24), d(2027, 6, 30)).await;
+    h.portal
+        .set_up_payment_plan(h.account_id, 3, Some(d(2027, 6, 30)), Actor::Member)
+        .await
+        .unwrap();
+    h.walk(d(2027, 7, 1), d(2027, 7, 1)).await;
+    let s = h.status().await;
+    assert!(
+        matches!(s.status, CoverageStatus::Terminated { effective, .. } if effective == d(2027, 4, 30)),
+        "{:?}",
+        s.status
+    );
+    let acc = h.account().await;
+    Harness::check_ledger(&acc);
+    let in_plan = Money::sum(
+        acc.ledger
+            .bills
+            .iter()
+            .filter(|b| matches!(b.kind, BillKind::Installment { .. }))
+            .map(|b| b.open_amount()),
+    )
+    .unwrap();
+    assert_eq!(in_plan, usd("200"), "only April, the covered grace month");
+}
+
+#[tokio::test]
+async fn case_06_a_plan_never_covers_an_unpaid_binder() {
+    let config = PortalConfig {
+        delinquency: crate::delinquency::DelinquencyPolicy {
+            binder_grace_days: 10,
+            ..Default::default()
+        },
+        ..PortalConfig::default()
+    };
+    let h = Harness::with_config(config).await;
+    h.register().await;
+    h.walk(d(2026, 12, 2), d(2026, 12, 26)).await;
+    let err = h
+        .portal
+        .set_up_payment_plan(h.account_id, 3, None, Actor::Member)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ServiceError::Invalid(ref e) if e.has("installments")),
+        "{err:?}"
+    );
+    let s = h.status().await;
+    assert!(
+        matches!(s.status, CoverageStatus::PendingBinder { deadline, .. } if deadline == d(2027, 1, 2))
+    );
+    assert_eq!(s.paid_through, None);
+    assert!(h.account().await.plans.is_empty());
+}
+
+#[tokio::test]
+async fn case_07_a_plan_never_turns_a_voided_month_into_debt() {
+    let h = Harness::new().await;
+    h.unsubsidised().await;
+    h.register().await;
+    h.pay_three_months_then_stop().await;
+    h.walk(d(2027, 2, 24), d(2027, 4, 1)).await;
+    h.portal
+        .set_up_payment_plan(h.account_id, 2, Some(d(2027, 4, 15)), Actor::Member)
+        .await
+        .unwrap();
+    h.walk(d(2027, 4, 2), d(2027, 5, 1)).await;
+    let s = h.status().await;
+    assert!(
+        matches!(s.status, CoverageStatus::Terminated { effective, .. } if effective == d(2027, 3, 31)),
+        "{:?}",
+        s.status
+    );
+    let acc = h.account().await;
+    Harness::check_ledger(&acc);
+    assert_eq!(
+        acc.amount_due(),
+        Money::ZERO,
+        "April and May are voided, not owed"
+    );
+}
+
+#[tokio::test]
+async fn case_08_a_check_received_inside_the_grace_and_recorded_later_reverses_the_termination() {
+    let h = Harness::new().await;
+    h.unsubsidised().await;
+    h.register().await;
+    h.pay_three_months_then_stop().await;
+    h.walk(d(2027, 2, 24), d(2027, 5, 3)).await;
+    assert!(matches!(
+        h.status().await.status,
+        CoverageStatus::Terminated { .. }
+    ));
+    h.portal
+        .record_offline_payment(
+            AgentId(Uuid::from_u128(77)),
+            h.account_id,
+            OfflinePaymentForm {
+                amount: usd("1000"),
+                kind: OfflineKind::Check,
+                document_number: Some("1042".into()),
+                received_on: d(2027, 4, 28),
+                idempotency_key: "check-1042".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let s = h.status().await;
+    assert_eq!(
+        s.status,
+        CoverageStatus::Active,
+        "on time by its received date"
+    );
+    h.walk(d(2027, 5, 4), d(2027, 5, 4)).await;
+    let acc = h.account().await;
+    Harness::check_ledger(&acc);
+    assert!(matches!(
+        acc.enrollments[0].coverage.state,
+        crate::coverage::CoverageState::Active
+    ));
+    assert!(acc.ledger.bills.iter().all(|b| !b.void));
+    assert_eq!(acc.amount_due(), usd("500"), "June, not yet due");
+    assert!(
+        h.audit_actions()
+            .contains(&"coverage.termination_reversed".to_owned())
+    );
+}
+
+#[tokio::test]
+async fn case_09_health_and_dental_get_their_own_notices_amounts_and_installments() {
+    let h = Harness::new().await;
+    let mut acc = h.account().await;
+    let dental_id = EnrollmentId(Uuid::from_u128(900_002));
+    acc.enrollments.push(
+        Enrollment::new(
+            dental_id,
+            CoverageKind::Dental,
+            "Dental Basic",
+            usd("40"),
+            Money::ZERO,
+            CoverageMonth::new(2027, 1).unwrap(),
+        )
+        .unwrap(),
+    );
+    h.store.commit(Changes::account(acc)).await.unwrap();
+    h.register().await;
+    h.walk(d(2026, 12, 2), d(2026, 12, 3)).await;
+    h.pay("binders", Some("240"), "pm_card_ok").await.unwrap();
+    h.walk(d(2026, 12, 4), d(2027, 1, 24)).await;
+    let notices: Vec<NoticeBody> = h
+        .store
+        .outbox()
+        .into_iter()
+        .filter(|n| n.kind == NoticeKind::PastDue)
+        .map(|n| n.body)
+        .collect();
+    assert_eq!(notices.len(), 2, "{notices:?}");
+    assert!(notices.contains(&NoticeBody::PastDue {
+        plan_name: "ConnectorCare Plan 2A".into(),
+        amount: usd("200"),
+        due_date: d(2027, 1, 23),
+        grace_ends_on: d(2027, 4, 30),
+    }));
+    assert!(notices.contains(&NoticeBody::PastDue {
+        plan_name: "Dental Basic".into(),
+        amount: usd("40"),
+        due_date: d(2027, 1, 23),
+        grace_ends_on: d(2027, 2, 28),
+    }));
+    let plan = h
+        .portal
+        .set_up_payment_plan(h.account_id, 2, None, Actor::Member)
+        .await
+        .unwrap();
+    let acc = h.account().await;
+    let dental_installments = Money::sum(
+        plan.installments
+            .iter()
+            .filter_map(|id| acc.ledger.bill(*id))
+            .filter(|b| b.enrollment_id == dental_id)
+            .map(|b| b.amount),
+    )
+    .unwrap();
+    assert_eq!(dental_installments, usd("40"));
+    assert_eq!(plan.total, usd("240"));
+}
+
+#[tokio::test]
+async fn case_10_no_late_fee_on_a_binder_and_fees_stay_out_of_plans() {
+    let config = || PortalConfig {
+        delinquency: crate::delinquency::DelinquencyPolicy {
+            late_fee: crate::delinquency::LateFeePolicy::Fixed { amount: usd("5") },
+            binder_grace_days: 5,
+            ..Default::default()
+        },
+        ..PortalConfig::default()
+    };
+    let h = Harness::with_config(config()).await;
+    h.register().await;
+    h.walk(d(2026, 12, 2), d(2027, 1, 10)).await;
+    let fees = |a: &Account| {
+        a.ledger
+            .bills
+            .iter()
+            .filter(|b| matches!(b.kind, BillKind::LateFee { .. }))
+            .count()
+    };
+    assert_eq!(fees(&h.account().await), 0, "never on a binder");
+    assert!(matches!(
+        h.status().await.status,
+        CoverageStatus::Cancelled { .. }
+    ));
+    // An effectuated enrollment that misses February gets one fee, and a plan leaves it out.
+    let h = Harness::with_config(config()).await;
+    h.register().await;
+    h.walk(d(2026, 12, 2), d(2026, 12, 3)).await;
+    h.pay("binder", None, "pm_card_ok").await.unwrap();
+    h.walk(d(2026, 12, 4), d(2027, 1, 25)).await;
+    assert_eq!(fees(&h.account().await), 1);
+    let plan = h
+        .portal
+        .set_up_payment_plan(h.account_id, 2, None, Actor::Member)
+        .await
+        .unwrap();
+    assert_eq!(plan.total, usd("200"), "the fee is not moved into the plan");
+}
