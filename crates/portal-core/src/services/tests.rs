@@ -2155,3 +2155,217 @@ async fn case_10_no_late_fee_on_a_binder_and_fees_stay_out_of_plans() {
         .unwrap();
     assert_eq!(plan.total, usd("200"), "the fee is not moved into the plan");
 }
+
+/// A small, independent model of the coverage rules of spec §3 for one enrollment billed from
+/// January 2027 (due the 23rd of the month before): plain sums over plain dates, sharing no
+/// code with `coverage`. Payments made on a day count from the next day's run on.
+mod reference {
+    use chrono::{Datelike, NaiveDate};
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Status {
+        PendingBinder,
+        Active,
+        InGrace {
+            ends: NaiveDate,
+            effective: NaiveDate,
+        },
+        Terminated {
+            effective: NaiveDate,
+        },
+        Cancelled,
+    }
+
+    pub struct Model {
+        pub share_cents: i64,
+        pub subsidised: bool,
+        pub payments: Vec<(NaiveDate, i64)>,
+        pub status: Status,
+    }
+
+    fn ymd(y: i32, m: u32, d: u32) -> NaiveDate {
+        NaiveDate::from_ymd_opt(y, m, d).unwrap()
+    }
+
+    /// (year, month) of coverage month number `i` (0 = January 2027).
+    fn month(i: i32) -> (i32, u32) {
+        let total = 2027 * 12 + i;
+        (total.div_euclid(12), (total.rem_euclid(12) + 1) as u32)
+    }
+
+    fn last_day(y: i32, m: u32) -> NaiveDate {
+        let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+        ymd(ny, nm, 1).pred_opt().unwrap()
+    }
+
+    fn due(i: i32) -> NaiveDate {
+        let (y, m) = month(i - 1);
+        ymd(y, m, 23)
+    }
+
+    fn paid_before(self_: &Model, day: NaiveDate) -> i64 {
+        self_
+            .payments
+            .iter()
+            .filter(|(d, _)| *d < day)
+            .map(|(_, c)| c)
+            .sum()
+    }
+
+    /// Cents owed on bills due on or before `day`, month by month.
+    fn months_due(share: i64, day: NaiveDate) -> Vec<i64> {
+        (0..24)
+            .take_while(|i| due(*i) <= day)
+            .map(|_| share)
+            .collect()
+    }
+
+    /// Paid at least 95% of `owed`.
+    fn enough(paid: i64, owed: i64) -> bool {
+        paid * 100 >= owed * 95
+    }
+
+    impl Model {
+        /// The status after the daily run of `day`.
+        pub fn run(&mut self, day: NaiveDate) -> Status {
+            let yesterday = day.pred_opt().unwrap();
+            let paid = paid_before(self, day);
+            // A payment made yesterday cured yesterday's grace if it paid what was due before.
+            if let Status::InGrace { ends, .. } = self.status {
+                let before = yesterday.pred_opt().unwrap();
+                if yesterday <= ends
+                    && enough(paid, months_due(self.share_cents, before).iter().sum())
+                {
+                    self.status = Status::Active;
+                }
+            }
+            self.status = match self.status {
+                Status::PendingBinder => {
+                    if enough(paid, self.share_cents) {
+                        Status::Active
+                    } else if day > due(0) {
+                        Status::Cancelled
+                    } else {
+                        Status::PendingBinder
+                    }
+                }
+                s => s,
+            };
+            if self.status == Status::Active {
+                let owed = months_due(self.share_cents, yesterday);
+                if !enough(paid, owed.iter().sum()) {
+                    let mut cum = 0;
+                    let first = owed
+                        .iter()
+                        .position(|c| {
+                            cum += c;
+                            !enough(paid, cum)
+                        })
+                        .unwrap() as i32;
+                    let (y, m) = month(first);
+                    let long = self.subsidised && first > 0 && month(first - 1).0 == y;
+                    let (ends, effective) = if long {
+                        let (ey, em) = month(first + 2);
+                        (last_day(ey, em), last_day(y, m))
+                    } else {
+                        let (py, pm) = month(first - 1);
+                        (last_day(y, m), last_day(py, pm))
+                    };
+                    self.status = Status::InGrace { ends, effective };
+                }
+            }
+            if let Status::InGrace { ends, effective } = self.status {
+                if day > ends {
+                    let paid_by_end = paid_before(self, ends.succ_opt().unwrap());
+                    let owed: i64 = months_due(self.share_cents, ends).iter().sum();
+                    self.status = if enough(paid_by_end, owed) {
+                        Status::Active
+                    } else {
+                        Status::Terminated { effective }
+                    };
+                } else if enough(paid, months_due(self.share_cents, yesterday).iter().sum()) {
+                    self.status = Status::Active;
+                }
+            }
+            // A month boundary the model cares about only through dates.
+            let _ = day.day();
+            self.status
+        }
+    }
+}
+
+fn as_reference(s: &CoverageStatus) -> Option<reference::Status> {
+    Some(match s {
+        CoverageStatus::PendingBinder { .. } => reference::Status::PendingBinder,
+        CoverageStatus::Active => reference::Status::Active,
+        CoverageStatus::InGrace { grace } => reference::Status::InGrace {
+            ends: grace.grace_ends_on,
+            effective: grace.termination_effective,
+        },
+        CoverageStatus::Terminated { effective, .. } => reference::Status::Terminated {
+            effective: *effective,
+        },
+        CoverageStatus::Cancelled { .. } => reference::Status::Cancelled,
+    })
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+    /// Random payment histories through the portal's daily jobs and through the reference
+    /// model agree on the status, the grace end and the termination date every day.
+    #[test]
+    fn coverage_agrees_with_the_reference_model(
+        subsidised in proptest::bool::ANY,
+        payments in proptest::collection::vec((0u32..150, 1i64..=5), 0..8),
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let h = Harness::new().await;
+            if !subsidised {
+                h.unsubsidised().await;
+            }
+            h.register().await;
+            let share: i64 = if subsidised { 20_000 } else { 50_000 };
+            let start = d(2026, 12, 2);
+            // Amounts are fractions of a month: 95%, a full month, two months, half, a quarter.
+            let part = |k: i64| match k {
+                1 => share * 95 / 100,
+                2 => share,
+                3 => share * 2,
+                4 => share / 2,
+                _ => share / 4,
+            };
+            let mut plan: Vec<(NaiveDate, i64)> = payments
+                .iter()
+                .map(|(offset, k)| (start + Duration::days(i64::from(*offset)), part(*k)))
+                .collect();
+            plan.sort();
+            let mut model = reference::Model {
+                share_cents: share,
+                subsidised,
+                payments: Vec::new(),
+                status: reference::Status::PendingBinder,
+            };
+            let mut day = start;
+            let mut n = 0;
+            while day <= d(2027, 5, 1) {
+                h.set_date(day).await;
+                h.portal.run_daily().await.unwrap();
+                let expected = model.run(day);
+                let got = h.status().await.status;
+                assert_eq!(as_reference(&got), Some(expected), "on {day}: {got:?} vs model {expected:?}; payments {plan:?}");
+                if matches!(expected, reference::Status::Terminated { .. } | reference::Status::Cancelled) {
+                    break;
+                }
+                for (_, cents) in plan.iter().filter(|(on, _)| *on == day) {
+                    n += 1;
+                    h.pay(&format!("p{n}"), Some(&Money::from_cents(*cents).to_string()), "pm_card_ok")
+                        .await
+                        .unwrap();
+                    model.payments.push((day, *cents));
+                }
+                day = day.succ_opt().unwrap();
+            }
+        });
+    }
+}
