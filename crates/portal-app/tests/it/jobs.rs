@@ -5,10 +5,13 @@
 
 use crate::Db;
 use crate::common::{card_token, mandated_account};
-use chrono::NaiveDate;
+use chrono::{Days, NaiveDate};
 use portal_app::config::Config;
 use portal_app::wiring;
+use portal_core::Money;
+use portal_core::calendar::CoverageMonth;
 use portal_core::instrument::GatewayToken;
+use portal_core::mandate::AmountRule;
 use portal_core::notice::NoticeBody;
 use portal_core::ports::Changes;
 use portal_sandbox::SandboxHandle;
@@ -60,8 +63,15 @@ async fn setup(db: Db) -> Option<Setup> {
 
 impl Setup {
     /// Seeds accounts `0..n` (a few writers at once); those for which `mandated` holds pay by
-    /// automatic payment debited on `debit_day`, the rest pay by hand.
-    async fn seed(&self, n: u32, debit_day: NaiveDate, mandated: fn(u32) -> bool) {
+    /// automatic payment debited on `debit_day`, the rest pay by hand. Coverage starts in the
+    /// month of `debit_day`, or from `coverage_from` with the debit paying the whole binder.
+    async fn seed(
+        &self,
+        n: u32,
+        debit_day: NaiveDate,
+        coverage_from: Option<CoverageMonth>,
+        mandated: fn(u32) -> bool,
+    ) {
         let store = self.db.store();
         let mut writers = Vec::new();
         for w in 0..4 {
@@ -71,6 +81,18 @@ impl Setup {
                     let mut a = mandated_account(i, &token, debit_day);
                     if !mandated(i) {
                         a.mandates.clear();
+                    }
+                    if let Some(coverage) = coverage_from {
+                        // The first debit pays the whole binder on its due date.
+                        for e in a.enrollments.iter_mut() {
+                            e.coverage_start = coverage;
+                        }
+                        for m in a.mandates.iter_mut() {
+                            let share = Money::from_cents(30_000);
+                            m.amount_rule = AmountRule::Fixed { amount: share };
+                            m.last_notice = None;
+                            m.record_notice(0, share, debit_day - Days::new(3));
+                        }
                     }
                     store.commit(Changes::account(a)).await.unwrap();
                 }
@@ -149,15 +171,18 @@ fn date(s: &str) -> NaiveDate {
 pub async fn every_job_does_its_work_once_per_date(db: Db) {
     let Some(s) = setup(db).await else { return };
     // Coverage from December 2026: billed November 2, due November 23, reminders 7 and 2
-    // days before; the automatic payments ($50 a month) are debited from December 1.
-    s.seed(6, date("2026-12-01"), |i| i % 2 == 0).await;
+    // days before. The automatic payments debit the binder on its due date; the households
+    // paying by hand never pay, so their enrollments are cancelled the day after.
+    let december = CoverageMonth::new(2026, 12).unwrap();
+    s.seed(6, date("2026-11-23"), Some(december), |i| i % 2 == 0)
+        .await;
     let mut first: HashMap<(&str, &str), u64> = HashMap::new();
     for day in [
         "2026-11-02",
         "2026-11-16",
         "2026-11-21",
+        "2026-11-23",
         "2026-11-24",
-        "2026-12-01",
         "2026-12-02",
     ] {
         for job in [
@@ -177,11 +202,12 @@ pub async fn every_job_does_its_work_once_per_date(db: Db) {
         }
     }
     let expected: HashMap<(&str, &str), u64> = [
-        (("billing-run", "2026-11-02"), 6),   // December's bills
-        (("reminders-run", "2026-11-16"), 3), // 7 days before: only those paying by hand
-        (("reminders-run", "2026-11-21"), 3), // 2 days before
-        (("autopay-run", "2026-12-01"), 3),   // the debits
-        (("billing-run", "2026-12-02"), 6),   // January's bills
+        (("billing-run", "2026-11-02"), 6),     // December's bills
+        (("reminders-run", "2026-11-16"), 3),   // 7 days before: only those paying by hand
+        (("reminders-run", "2026-11-21"), 3),   // 2 days before
+        (("autopay-run", "2026-11-23"), 3),     // the debits, which effectuate coverage
+        (("delinquency-run", "2026-11-24"), 3), // the unpaid binders cancel
+        (("billing-run", "2026-12-02"), 3),     // January's bills, for covered households only
     ]
     .into_iter()
     .collect();
@@ -199,7 +225,7 @@ pub async fn every_job_does_its_work_once_per_date(db: Db) {
     );
     let notices = s.notices().await;
     let count = |f: fn(&NoticeBody) -> bool| notices.iter().filter(|n| f(&n.body)).count();
-    assert_eq!(count(|b| matches!(b, NoticeBody::BillIssued { .. })), 12);
+    assert_eq!(count(|b| matches!(b, NoticeBody::BillIssued { .. })), 9);
     assert_eq!(
         count(|b| matches!(b, NoticeBody::DueDateReminder { .. })),
         6
@@ -208,6 +234,11 @@ pub async fn every_job_does_its_work_once_per_date(db: Db) {
         count(|b| matches!(b, NoticeBody::PaymentConfirmation { .. })),
         3
     );
+    assert_eq!(
+        count(|b| matches!(b, NoticeBody::CoverageCancelled { .. })),
+        3
+    );
+    assert_eq!(count(|b| matches!(b, NoticeBody::PastDue { .. })), 0);
     s.sandbox.stop();
 }
 
@@ -217,7 +248,8 @@ pub async fn every_job_does_its_work_once_per_date(db: Db) {
 pub async fn a_killed_billing_run_is_finished_by_the_next(db: Db) {
     let Some(s) = setup(db).await else { return };
     const HOUSEHOLDS: u32 = 1500;
-    s.seed(HOUSEHOLDS, date("2027-01-05"), |_| false).await;
+    s.seed(HOUSEHOLDS, date("2027-01-05"), None, |_| false)
+        .await;
     let outbox = s.db.outbox();
     let mut child = s.command("billing-run", "2026-12-02", 5).spawn().unwrap();
     let mut at_kill = 0;

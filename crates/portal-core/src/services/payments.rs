@@ -920,6 +920,9 @@ impl Portal {
                 );
                 changes.notify(notices);
             }
+            // Money that arrives or goes re-decides coverage in the same commit: a cure, an
+            // effectuated binder, a reinstatement, or a termination a back-dated check undoes.
+            self.record_coverage(account, changes, today, actor);
             Ok(Some(true))
         })
         .await

@@ -85,11 +85,11 @@ pub(super) fn dashboard_view(s: &AppState, c: &Ctx, a: &Account) -> DashboardVie
                     alerts.push(Alert {
                         kind: "past-due",
                         text: format!(
-                            "{} {} — {} {} {}.",
+                            "{} {} — {}. {} {}.",
                             c.t.alert_past_due,
                             e.plan_name,
                             c.money(amount),
-                            c.t.alert_terminated_by,
+                            c.t.alert_grace_ends,
                             c.date(by)
                         ),
                         pay: Some(format!("/pay?amount={amount}")),
