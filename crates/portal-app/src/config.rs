@@ -55,6 +55,10 @@ pub struct Config {
     /// Login, registration, reset and guest-pay requests per client address per minute.
     /// Default 20. (`PORTAL_RATE_LIMIT_PER_MINUTE`)
     pub rate_limit_per_minute: u32,
+    /// A test clock agents can move forward (`/api/v1/test-clock`, the support search page):
+    /// on in demo mode, off otherwise unless `PORTAL_TEST_CLOCK=true` (a staging deployment).
+    /// Production never sets it; without it the endpoint answers 404.
+    pub test_clock: bool,
 }
 
 /// A support agent in the configuration file.
@@ -98,6 +102,7 @@ struct FileConfig {
     public_url: Option<String>,
     data_dir: Option<String>,
     database_url: Option<String>,
+    test_clock: Option<bool>,
     timezone: Option<String>,
     worker_interval_secs: Option<u64>,
     job_chunk: Option<u32>,
@@ -249,7 +254,17 @@ impl Config {
         if !(1..=86_400).contains(&job_lease_secs) {
             bail!("job_lease_secs must be 1 to 86400");
         }
+        let gateway_url = env("PORTAL_GATEWAY_URL")
+            .or(gateway.url)
+            .filter(|u| !u.is_empty());
+        let test_clock = match env("PORTAL_TEST_CLOCK").as_deref() {
+            Some("true" | "1") => true,
+            Some("false" | "0") => false,
+            Some(_) => bail!("PORTAL_TEST_CLOCK must be true or false"),
+            None => file.test_clock.unwrap_or(gateway_url.is_none()),
+        };
         Ok(Config {
+            test_clock,
             public_url: env("PORTAL_PUBLIC_URL")
                 .or(file.public_url)
                 .unwrap_or_else(|| format!("http://{listen}"))
@@ -259,9 +274,7 @@ impl Config {
             data_dir,
             database_url,
             timezone,
-            gateway_url: env("PORTAL_GATEWAY_URL")
-                .or(gateway.url)
-                .filter(|u| !u.is_empty()),
+            gateway_url,
             gateway_publishable_key: env("PORTAL_GATEWAY_PUBLISHABLE_KEY")
                 .or(gateway.publishable_key)
                 .unwrap_or_else(|| "pk_test_sandbox".into()),

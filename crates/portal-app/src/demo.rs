@@ -1,16 +1,22 @@
-//! The demo household: a registered member with an enrollment and an open bill, and a second
-//! household on record that has not registered yet (to try "Create Account").
+//! The demo households: a registered member whose coverage started last month (the first
+//! month paid by check, this month's premium due today, so a day without paying starts its
+//! grace period and the test clock walks it to termination), and a second household on
+//! record that has not registered yet (to try "Create Account"), whose coverage starts next
+//! month.
 
 use anyhow::Context;
 use chrono::{Datelike, NaiveDate, Utc};
 use portal_core::account::{Account, Holder, Member, NewAccount};
+use portal_core::billing::BillKind;
 use portal_core::calendar::CoverageMonth;
 use portal_core::enrollment::{CoverageKind, Enrollment};
 use portal_core::identity::{AccountNumber, Email, Language, PersonName, Username};
-use portal_core::ids::{AccountId, EnrollmentId};
+use portal_core::ids::{AccountId, AgentId, EnrollmentId};
 use portal_core::money::Money;
 use portal_core::password::Password;
+use portal_core::payment::OfflineKind;
 use portal_core::ports::{AccountLookup, Changes};
+use portal_core::services::OfflinePaymentForm;
 use portal_core::services::Portal;
 
 /// The demo member's login.
@@ -27,11 +33,10 @@ fn account(
     last: &str,
     born: NaiveDate,
     ssn: &str,
-    today: NaiveDate,
+    start: CoverageMonth,
 ) -> anyhow::Result<Account> {
     let sealer = &portal.deps().sealer;
     let ids = &portal.deps().ids;
-    let start = CoverageMonth::of(today);
     let health = Enrollment::new(
         EnrollmentId(ids.new_id()),
         CoverageKind::Health,
@@ -85,7 +90,7 @@ pub async fn seed(portal: &Portal) -> anyhow::Result<bool> {
         "Rivera",
         born,
         "123456789",
-        today,
+        CoverageMonth::of(today).plus(-1),
     )?;
     let password = Password::new(DEMO_PASSWORD, &[DEMO_USERNAME])?;
     let now = Utc::now();
@@ -109,11 +114,37 @@ pub async fn seed(portal: &Portal) -> anyhow::Result<bool> {
         "López",
         NaiveDate::from_ymd_opt(1980, 5, 17).context("date")?,
         "234567890",
-        today,
+        CoverageMonth::of(today).plus(1),
     )?;
     store.commit(Changes::account(demo)).await?;
     store.commit(Changes::account(other)).await?;
     portal.bill_account(demo_id).await?;
+    // Last month's binders arrived by check; this month's premiums are due today.
+    let binders = Money::sum(
+        portal
+            .account(demo_id)
+            .await?
+            .ledger
+            .bills
+            .iter()
+            .filter(|b| b.kind == BillKind::Binder)
+            .map(|b| b.amount),
+    )?;
+    if binders.is_positive() {
+        portal
+            .record_offline_payment(
+                AgentId(uuid::Uuid::from_u128(1)),
+                demo_id,
+                OfflinePaymentForm {
+                    amount: binders,
+                    kind: OfflineKind::Check,
+                    document_number: Some("1001".into()),
+                    received_on: today,
+                    idempotency_key: "demo-binder-check".into(),
+                },
+            )
+            .await?;
+    }
     Ok(true)
 }
 

@@ -128,22 +128,36 @@ pub async fn start(
     listener: tokio::net::TcpListener,
     with_worker: bool,
 ) -> anyhow::Result<Running> {
+    if config.test_clock {
+        let file = config
+            .database_url
+            .starts_with("sqlite://")
+            .then(|| config.data_dir.join("test-clock-days"));
+        let clock = Arc::new(wiring::OffsetClock::new(config.timezone, file));
+        return start_with_clock(config, listener, with_worker, clock.clone(), Some(clock)).await;
+    }
     let clock = Arc::new(SystemClock(config.timezone));
-    start_with_clock(config, listener, with_worker, clock).await
+    start_with_clock(config, listener, with_worker, clock, None).await
 }
 
 /// [`start`] with the portal's clock given: tests move it to put households in the states
-/// that only time brings (a premium gone past due).
+/// that only time brings (a premium gone past due). `test_clock`, when given, is what
+/// `/api/v1/test-clock` moves.
 pub async fn start_with_clock(
     mut config: Config,
     listener: tokio::net::TcpListener,
     with_worker: bool,
     clock: Arc<dyn portal_core::ports::Clock>,
+    test_clock: Option<Arc<dyn portal_core::ports::ClockControl>>,
 ) -> anyhow::Result<Running> {
     config.listen = listener
         .local_addr()
         .context("the listener has no address")?;
-    let app = Arc::new(wiring::build(&config, clock, true).await?);
+    let mut app = wiring::build(&config, clock, true).await?;
+    if let Some(control) = test_clock {
+        app.portal = app.portal.with_test_clock(control);
+    }
+    let app = Arc::new(app);
     if config.demo_mode() && demo::seed(&app.portal).await? {
         tracing::info!("seeded the demo households");
     }

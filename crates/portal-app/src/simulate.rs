@@ -89,6 +89,8 @@ pub struct Report {
     pub gateway_net_cents: i64,
     /// Members whose ledger invariants fail, with why.
     pub violations: Vec<String>,
+    /// What enrollments cancelled for an unpaid binder still have open (never anything).
+    pub owed_by_cancelled: Money,
 }
 
 impl Report {
@@ -165,6 +167,11 @@ impl Report {
             "ledger invariants hold for {} of {} members",
             u64::from(self.members).saturating_sub(self.violations.len() as u64),
             self.members
+        );
+        let _ = writeln!(
+            out,
+            "owed on enrollments cancelled for an unpaid binder: ${}",
+            self.owed_by_cancelled
         );
         for v in self.violations.iter().take(10) {
             let _ = writeln!(out, "  {v}");
@@ -620,6 +627,7 @@ async fn build_report(
         d = d.checked_add_months(Months::new(1)).context("date")?;
     }
     let mut violations = Vec::new();
+    let mut owed_by_cancelled = Money::ZERO;
     let accounts = all_accounts(app).await?;
     for a in &accounts {
         if let Err(v) = a.ledger.check_invariants() {
@@ -681,6 +689,9 @@ async fn build_report(
                     if let Some(r) = rows.get_mut(&month_label(*processed_on)) {
                         r.cancelled_binders += 1;
                     }
+                    for b in a.bills_of(e.id) {
+                        owed_by_cancelled = owed_by_cancelled.checked_add(b.open_amount())?;
+                    }
                 }
                 _ => {}
             }
@@ -696,5 +707,6 @@ async fn build_report(
         outstanding,
         gateway_net_cents: gateway.charged - gateway.refunded,
         violations,
+        owed_by_cancelled,
     })
 }

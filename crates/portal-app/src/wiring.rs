@@ -43,6 +43,69 @@ impl Clock for DateClock {
     }
 }
 
+/// The marketplace's date moved forward by whole days (the test clock of demo and staging
+/// deployments). The offset is kept in a file when one is given, so a restarted demo keeps
+/// its date.
+#[derive(Debug)]
+pub struct OffsetClock {
+    tz: chrono_tz::Tz,
+    offset_days: std::sync::atomic::AtomicI64,
+    file: Option<std::path::PathBuf>,
+}
+
+impl OffsetClock {
+    /// A clock at the real date, moved by the offset saved in `file` if there is one.
+    pub fn new(tz: chrono_tz::Tz, file: Option<std::path::PathBuf>) -> OffsetClock {
+        let saved = file
+            .as_ref()
+            .and_then(|f| std::fs::read_to_string(f).ok())
+            .and_then(|t| t.trim().parse::<i64>().ok())
+            .filter(|d| (0..=36_500).contains(d))
+            .unwrap_or(0);
+        OffsetClock {
+            tz,
+            offset_days: std::sync::atomic::AtomicI64::new(saved),
+            file,
+        }
+    }
+
+    /// Makes today `date` (tests put households in the states only time brings).
+    pub fn set_today(&self, date: NaiveDate) {
+        let real = Utc::now().with_timezone(&self.tz).date_naive();
+        self.offset_days.store(
+            (date - real).num_days(),
+            std::sync::atomic::Ordering::SeqCst,
+        );
+    }
+}
+
+/// Only the date moves: timestamps (sessions, emailed codes and links, email retries, the
+/// audit log) keep real time, so moving the clock logs nobody out and every entry says when
+/// it really happened.
+impl Clock for OffsetClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+    fn today(&self) -> NaiveDate {
+        let real = Utc::now().with_timezone(&self.tz).date_naive();
+        real + chrono::Duration::days(self.offset_days.load(std::sync::atomic::Ordering::SeqCst))
+    }
+}
+
+impl portal_core::ports::ClockControl for OffsetClock {
+    fn advance_days(&self, days: u32) {
+        let now = self
+            .offset_days
+            .fetch_add(i64::from(days), std::sync::atomic::Ordering::SeqCst)
+            + i64::from(days);
+        if let Some(f) = &self.file {
+            if let Err(e) = std::fs::write(f, now.to_string()) {
+                tracing::warn!(path = %f.display(), error = %e, "cannot save the test clock");
+            }
+        }
+    }
+}
+
 /// The database, whichever it is.
 #[derive(Debug, Clone)]
 pub enum Db {

@@ -14,7 +14,7 @@ use crate::instrument::PaymentMethod;
 use crate::ledger::Ledger;
 use crate::mandate::{Mandate, MandateStatus};
 use crate::money::Money;
-use crate::notice::{Notice, NoticeBody};
+use crate::notice::{Notice, NoticeBody, NoticeKind};
 use crate::payment::{PaymentStatus, PendingStage};
 use crate::plan::{PaymentPlan, PlanStatus};
 use chrono::{DateTime, NaiveDate, Utc};
@@ -222,6 +222,24 @@ pub struct PendingTransfer {
     pub protects: Vec<CoverageMonth>,
 }
 
+/// An amount to pay and the last day paying it counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Deadline {
+    /// How much.
+    pub amount: Money,
+    /// By when.
+    pub by: NaiveDate,
+}
+
+/// A notice the coverage rules will send, and when, if nothing is paid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct UpcomingNotice {
+    /// Which.
+    pub kind: NoticeKind,
+    /// When.
+    pub on: NaiveDate,
+}
+
 /// The status of one enrollment as the dashboard shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct EnrollmentSummary {
@@ -241,9 +259,10 @@ pub struct EnrollmentSummary {
     /// Past due on this enrollment's bills now.
     pub past_due: Money,
     /// What keeps (or starts, or restores) coverage, and by when.
-    pub to_keep_coverage: Option<(Money, NaiveDate)>,
-    /// The next grace notice and the day it goes out, if nothing is paid.
-    pub next_notice: Option<(BillNotice, NaiveDate)>,
+    pub to_keep_coverage: Option<Deadline>,
+    /// The next notice about this coverage and the day it goes out if nothing is paid
+    /// (past due, the termination warnings, the termination).
+    pub next_notice: Option<UpcomingNotice>,
     /// Coverage months voided by a termination.
     pub voided: Vec<CoverageMonth>,
 }
@@ -486,30 +505,44 @@ impl Account {
                 }
                 None => (CoverageStatus::Active, None),
             },
-            CoverageState::Active => (
-                CoverageStatus::Active,
-                earliest_open.map(|d| (open_through(d), d)),
-            ),
+            CoverageState::Active => {
+                // Unpaid on its due date, the day after starts the grace period.
+                next_notice =
+                    earliest_open.map(|d| (NoticeKind::PastDue, crate::calendar::add_days(d, 1)));
+                (
+                    CoverageStatus::Active,
+                    earliest_open.map(|d| (open_through(d), d)),
+                )
+            }
             CoverageState::InGrace { grace } => {
                 let end = grace.grace_ends_on;
                 next_notice = [
-                    (BillNotice::PastDue, grace.past_due_since),
-                    (BillNotice::TerminationWarning, grace.first_warning_on),
+                    (
+                        BillNotice::PastDue,
+                        NoticeKind::PastDue,
+                        grace.past_due_since,
+                    ),
+                    (
+                        BillNotice::TerminationWarning,
+                        NoticeKind::TerminationWarning,
+                        grace.first_warning_on,
+                    ),
                     (
                         BillNotice::SecondTerminationWarning,
+                        NoticeKind::SecondTerminationWarning,
                         grace.second_warning_on,
                     ),
                 ]
                 .into_iter()
-                .find(|(n, on)| *on > today && !e.coverage.notices.iter().any(|x| x >= n))
+                .find(|(n, _, on)| *on > today && !e.coverage.notices.iter().any(|x| x >= n))
+                .map(|(_, kind, on)| (kind, on))
                 .or(Some((
-                    BillNotice::Issued,
+                    NoticeKind::CoverageTerminated,
                     crate::calendar::add_days(end, 1),
-                )))
-                .filter(|(n, _)| *n != BillNotice::Issued);
+                )));
                 (
                     CoverageStatus::InGrace { grace: *grace },
-                    Some((open_through(end.min(today)).max(past_due), end)),
+                    Some((past_due, end)),
                 )
             }
             CoverageState::Terminated {
@@ -541,17 +574,19 @@ impl Account {
                 None,
             ),
         };
-        let to_keep = to_keep.filter(|(m, _)| m.is_positive());
+        let to_keep = to_keep
+            .filter(|(m, _)| m.is_positive())
+            .map(|(amount, by)| Deadline { amount, by });
         EnrollmentSummary {
             enrollment_id: e.id,
             plan_name: e.plan_name.clone(),
             premium_share: e.premium_share(),
             status,
             paid_through: coverage::paid_through(&facts, &e.coverage.state, today),
-            at_risk_on: to_keep.map(|(_, d)| d),
+            at_risk_on: to_keep.map(|d| d.by),
             past_due,
             to_keep_coverage: to_keep,
-            next_notice,
+            next_notice: next_notice.map(|(kind, on)| UpcomingNotice { kind, on }),
             voided,
         }
     }

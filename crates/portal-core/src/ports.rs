@@ -437,6 +437,13 @@ pub trait Clock: Send + Sync {
     fn today(&self) -> NaiveDate;
 }
 
+/// Moves a test clock forward (demo and staging deployments only; production has none).
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+pub trait ClockControl: Send + Sync {
+    /// Moves the clock the other ports see forward by `days` whole days.
+    fn advance_days(&self, days: u32);
+}
+
 /// Identity and randomness.
 #[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
 pub trait IdGenerator: Send + Sync {

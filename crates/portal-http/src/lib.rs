@@ -10,6 +10,7 @@ mod more;
 pub mod problem;
 mod routes;
 mod support;
+mod test_clock;
 pub mod web;
 
 pub use routes::openapi;

@@ -254,6 +254,35 @@ impl Body {
         }
     }
 
+    /// A required whole-number field (a JSON integer from 0 to 4,294,967,295).
+    pub fn uint(&self, field: &str, v: &mut Validator) -> Option<u32> {
+        match self.0.get(field) {
+            None | Some(Value::Null) => {
+                v.push(FieldError::new(field, "required", "this field is required"));
+                None
+            }
+            Some(Value::Number(n)) => match n.as_u64().and_then(|n| u32::try_from(n).ok()) {
+                Some(n) => Some(n),
+                None => {
+                    v.push(FieldError::new(
+                        field,
+                        "format",
+                        "send a whole number that is not negative",
+                    ));
+                    None
+                }
+            },
+            Some(_) => {
+                v.push(FieldError::new(
+                    field,
+                    "type",
+                    "send this field as a number",
+                ));
+                None
+            }
+        }
+    }
+
     /// A required string field.
     pub fn str(&self, field: &str, v: &mut Validator) -> Option<String> {
         let present = self.0.get(field).is_some_and(|x| !x.is_null());

@@ -31,6 +31,15 @@ const fn opt(name: &'static str, doc: &'static str) -> Field {
     }
 }
 
+const fn int(name: &'static str, doc: &'static str) -> Field {
+    Field {
+        name,
+        ty: "integer",
+        required: true,
+        doc,
+    }
+}
+
 const fn flag(name: &'static str, doc: &'static str) -> Field {
     Field {
         name,
@@ -130,6 +139,10 @@ const GUEST_PAY: &[Field] = &[
 ];
 
 const AMOUNT: &[Field] = &[req("amount", "\"25.00\"")];
+const CLOCK: &[Field] = &[int(
+    "days",
+    "1 to 400: days to move forward; every daily job runs for each",
+)];
 const OFFLINE: &[Field] = &[
     req("amount", "\"125.50\""),
     req("kind", "check, money_order or bank_bill_pay"),
@@ -563,6 +576,26 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
         &[],
         200,
         || get(support::timeline),
+    ));
+    v.push(e(
+        "get",
+        "/test-clock",
+        "The deployment's date (demo and staging only; 404 in production)",
+        "Test clock",
+        Agent,
+        &[],
+        200,
+        || get(crate::test_clock::show),
+    ));
+    v.push(e(
+        "post",
+        "/test-clock",
+        "Move the date forward, running every daily job for each day passed (demo and staging only; 404 in production)",
+        "Test clock",
+        Agent,
+        CLOCK,
+        200,
+        || post(crate::test_clock::advance),
     ));
     v.push(e(
         "get",

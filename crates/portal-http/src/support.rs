@@ -20,7 +20,11 @@ use std::net::SocketAddr;
 
 type Result<T, E = Problem> = std::result::Result<T, E>;
 
-async fn agent(state: &AppState, method: &Method, headers: &HeaderMap) -> Result<AgentId> {
+pub(crate) async fn agent(
+    state: &AppState,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<AgentId> {
     match principal(state, method, headers).await? {
         Principal::Agent { agent_id } => Ok(agent_id),
         Principal::Member { .. } => Err(Problem::new(

@@ -1334,3 +1334,272 @@ pub async fn a_terminated_member_pays_to_restore_coverage() {
 async fn a_terminated_member_in_a_real_browser() {
     a_terminated_member_pays_to_restore_coverage().await;
 }
+
+/// From a fresh demo, a support agent moves the test clock from one coverage notice to the
+/// next (the first move with the support page's button, the rest through
+/// `POST /api/v1/test-clock`) until both enrollments of the demo household have ended for
+/// non-payment. At every stop the member's dashboard, the notice sent that day and the agent's
+/// account page say the same amounts and dates as the core's answer.
+pub async fn the_test_clock_walks_the_demo_household_to_termination() {
+    use portal_core::account::EnrollmentSummary;
+    use portal_core::delinquency::CoverageStatus;
+    use portal_core::identity::Language;
+    use portal_core::locale;
+    use portal_core::notice::NoticeBody;
+    use reqwest::StatusCode;
+    let Some((driver, axe)) = tools() else {
+        return;
+    };
+    let app = TestApp::start(Db::Sqlite).await.unwrap();
+    let portal = app.running.app.portal.clone();
+    let id = *portal
+        .find_accounts("HC1000001")
+        .await
+        .unwrap()
+        .first()
+        .unwrap();
+    let policy = portal.config().delinquency.clone();
+    let start = portal.deps().clock.today();
+    let (agent, agent_password) = portal_app::wiring::DEMO_AGENT;
+    let (status, session) = app
+        .post(
+            "/support/sessions",
+            None,
+            json!({ "username": agent, "password": agent_password }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{session}");
+    let agent_token = session["token"].as_str().unwrap().to_owned();
+    let (status, clock) = app.get("/test-clock", &agent_token).await;
+    assert_eq!(status, StatusCode::OK, "{clock}");
+    assert_eq!(clock["today"], start.to_string());
+
+    let b = Browser::start(&driver, axe).await;
+    b.goto(&format!("{}/support/login", app.base)).await;
+    b.fill("#username", agent).await;
+    b.fill("#password", agent_password).await;
+    b.click("form.stack button[type=submit]").await;
+    b.wait_for_path("/support").await;
+    b.wait_for_text("#clock-today", &locale::date(Language::En, start))
+        .await;
+
+    let outbox = app.running.app.db.outbox();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut today = start;
+    let mut member_signed_in = false;
+    let mut checked = (0, 0, 0);
+    for stop in 0..16 {
+        let summary = portal.account(id).await.unwrap().summary(&policy, today);
+        if summary
+            .enrollments
+            .iter()
+            .all(|e| matches!(e.status, CoverageStatus::Terminated { .. }))
+        {
+            break;
+        }
+        let next = summary
+            .enrollments
+            .iter()
+            .filter_map(|e| e.next_notice)
+            .map(|n| n.on)
+            .filter(|on| *on > today)
+            .min()
+            .unwrap_or_else(|| panic!("nothing ahead on {today}: {summary:?}"));
+        let days = (next - today).num_days();
+        if stop == 0 {
+            b.fill("#days", &days.to_string()).await;
+            b.click("#move-clock").await;
+            b.wait_for_text("#clock-moved", &format!("forward {days} days"))
+                .await;
+            b.check("support-test-clock").await;
+            b.click("nav button.link").await;
+            b.wait_for_path("/").await;
+        } else {
+            let (status, moved) = app
+                .post("/test-clock", Some(&agent_token), json!({ "days": days }))
+                .await;
+            assert_eq!(status, StatusCode::OK, "{moved}");
+            assert_eq!(moved["jobs"]["failed"], 0, "{moved}");
+        }
+        today = next;
+        assert_eq!(portal.deps().clock.today(), today);
+        assert!(
+            (today - start).num_days() <= 125,
+            "still not terminated on {today}"
+        );
+        // The one answer, and the notices the days passed sent.
+        let account = portal.account(id).await.unwrap();
+        let answer = account.summary(&policy, today);
+        let sent: Vec<NoticeBody> = outbox
+            .pending_messages(100_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|m| m.notice.account_id == id && seen.insert(m.id))
+            .map(|m| m.notice.body)
+            .collect();
+        if !member_signed_in {
+            b.goto(&format!("{}/login", app.base)).await;
+            b.fill("#username", DEMO_USER).await;
+            b.fill("#password", DEMO_PASSWORD).await;
+            b.click("form.stack button[type=submit]").await;
+            b.wait_for_path("/dashboard").await;
+            member_signed_in = true;
+        }
+        b.goto(&format!("{}/dashboard", app.base)).await;
+        b.wait_for_path("/dashboard").await;
+        let dashboard = b.body().await;
+        let agent_page = app
+            .http
+            .get(format!("{}/support/accounts/{id}", app.base))
+            .header("cookie", format!("portal_session={agent_token}"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let says = |e: &EnrollmentSummary| -> (String, String) {
+            let d = e
+                .to_keep_coverage
+                .unwrap_or_else(|| panic!("{today}: nothing keeps or restores {e:?}"));
+            (locale::money(d.amount), locale::date(Language::En, d.by))
+        };
+        for e in &answer.enrollments {
+            match e.status {
+                CoverageStatus::InGrace { grace } => {
+                    let (amount, by) = says(e);
+                    checked.0 += 1;
+                    let alert = format!("{} — {amount}. Grace period ends {by}.", e.plan_name);
+                    assert!(
+                        dashboard.contains(&alert),
+                        "{today}: {alert:?} not in {dashboard}"
+                    );
+                    let line = format!(
+                        "{}: in {:?} grace until {} (pay ${} by {}",
+                        e.plan_name,
+                        grace.kind,
+                        grace.grace_ends_on,
+                        e.past_due,
+                        grace.grace_ends_on
+                    );
+                    assert!(
+                        agent_page.contains(&line),
+                        "{today}: {line:?} not on the agent page"
+                    );
+                    for n in &sent {
+                        match n {
+                            NoticeBody::PastDue {
+                                plan_name,
+                                amount,
+                                grace_ends_on,
+                                ..
+                            }
+                            | NoticeBody::TerminationWarning {
+                                plan_name,
+                                amount,
+                                grace_ends_on,
+                                ..
+                            } if *plan_name == e.plan_name => {
+                                assert_eq!(
+                                    (*amount, *grace_ends_on),
+                                    (e.past_due, grace.grace_ends_on),
+                                    "{today}: the email and the dashboard disagree"
+                                );
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                CoverageStatus::Terminated {
+                    effective,
+                    reinstatable_until,
+                } if today > reinstatable_until => {
+                    checked.2 += 1;
+                    assert!(e.to_keep_coverage.is_none(), "{e:?}");
+                    assert!(dashboard.contains("the time to restore it by paying has passed"));
+                    let line = format!(
+                        "{}: terminated {effective}; reinstatement closed {reinstatable_until}",
+                        e.plan_name
+                    );
+                    assert!(
+                        agent_page.contains(&line),
+                        "{today}: {line:?} not on the agent page"
+                    );
+                }
+                CoverageStatus::Terminated {
+                    effective,
+                    reinstatable_until,
+                } => {
+                    checked.1 += 1;
+                    let (amount, by) = says(e);
+                    assert!(dashboard.contains(&format!(
+                        "Ended for non-payment on {}",
+                        locale::date(Language::En, effective)
+                    )));
+                    assert!(
+                        dashboard.contains(&format!("To restore it, pay {amount} by {by}.")),
+                        "{today}: {dashboard}"
+                    );
+                    let line = format!(
+                        "{}: terminated {effective}; pay ${} by {reinstatable_until}",
+                        e.plan_name,
+                        e.to_keep_coverage.map(|d| d.amount).unwrap_or_default()
+                    );
+                    assert!(
+                        agent_page.contains(&line),
+                        "{today}: {line:?} not on the agent page"
+                    );
+                    for n in &sent {
+                        if let NoticeBody::CoverageTerminated {
+                            plan_name,
+                            effective: eff,
+                            reinstatable_until: until,
+                            amount_to_reinstate,
+                            ..
+                        } = n
+                        {
+                            if *plan_name == e.plan_name {
+                                assert_eq!(
+                                    (*eff, *until, Some(*amount_to_reinstate)),
+                                    (
+                                        effective,
+                                        reinstatable_until,
+                                        e.to_keep_coverage.map(|d| d.amount)
+                                    ),
+                                    "{today}: the termination email and the dashboard disagree"
+                                );
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    eprintln!(
+        "walked {} days from {start} to {today}: {} in-grace, {} terminated and {} closed checks",
+        (today - start).num_days(),
+        checked.0,
+        checked.1,
+        checked.2
+    );
+    assert!(
+        checked.0 >= 4 && checked.1 >= 2,
+        "every state was checked: {checked:?}"
+    );
+    let end = portal.account(id).await.unwrap().summary(&policy, today);
+    assert!(
+        end.enrollments
+            .iter()
+            .all(|e| matches!(e.status, CoverageStatus::Terminated { .. })),
+        "{end:?}"
+    );
+    b.check("dashboard-test-clock-terminated-en").await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_test_clock_in_a_real_browser() {
+    the_test_clock_walks_the_demo_household_to_termination().await;
+}

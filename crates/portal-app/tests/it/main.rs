@@ -26,7 +26,7 @@ use sqlx::{ConnectOptions, Connection, Executor};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -50,30 +50,8 @@ pub struct TestApp {
     pub clock: Arc<TestClock>,
 }
 
-/// The marketplace's clock moved by whole days: what the portal sees as now and today.
-#[derive(Debug)]
-pub struct TestClock {
-    tz: chrono_tz::Tz,
-    offset_days: AtomicI64,
-}
-
-impl TestClock {
-    /// Makes the portal's today `date` (its time of day stays the real one).
-    pub fn set_today(&self, date: chrono::NaiveDate) {
-        let real = chrono::Utc::now().with_timezone(&self.tz).date_naive();
-        self.offset_days
-            .store((date - real).num_days(), Ordering::SeqCst);
-    }
-}
-
-impl portal_core::ports::Clock for TestClock {
-    fn now(&self) -> chrono::DateTime<chrono::Utc> {
-        chrono::Utc::now() + chrono::Duration::days(self.offset_days.load(Ordering::SeqCst))
-    }
-    fn today(&self) -> chrono::NaiveDate {
-        self.now().with_timezone(&self.tz).date_naive()
-    }
-}
+/// The portal's clock, which tests move a day at a time (the test clock demo mode serves).
+pub type TestClock = portal_app::wiring::OffsetClock;
 
 pub async fn fresh_postgres() -> Option<String> {
     let Ok(url) = std::env::var("PORTAL_TEST_DATABASE_URL") else {
@@ -125,13 +103,16 @@ impl TestApp {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         // The browser's origin, which the sandbox lets tokenize cards.
         config.public_url = format!("http://{}", listener.local_addr().unwrap());
-        let clock = Arc::new(TestClock {
-            tz: config.timezone,
-            offset_days: AtomicI64::new(0),
-        });
-        let running = portal_app::start_with_clock(config, listener, false, clock.clone())
-            .await
-            .unwrap();
+        let clock = Arc::new(TestClock::new(config.timezone, None));
+        let running = portal_app::start_with_clock(
+            config,
+            listener,
+            false,
+            clock.clone(),
+            Some(clock.clone()),
+        )
+        .await
+        .unwrap();
         let sandbox = running.app.sandbox_url.clone().unwrap();
         Some(TestApp {
             base: format!("http://{}", running.addr),

@@ -10,6 +10,7 @@ mod payments;
 mod plans;
 mod registration;
 mod support;
+mod test_clock;
 
 pub use auth::{LoginOutcome, SessionGrant};
 pub use autopay::{AutopayForm, AutopayPreview};
@@ -21,6 +22,7 @@ pub use payments::{
 pub use plans::ReinstatementQuote;
 pub use registration::{PendingRegistration, RegistrationForm};
 pub use support::TimelineEntry;
+pub use test_clock::{ClockAdvance, MAX_ADVANCE_DAYS};
 
 use crate::account::Account;
 use crate::billing::BillingPolicy;
@@ -298,6 +300,8 @@ pub struct Portal {
     deps: Deps,
     config: PortalConfig,
     progress: Option<jobs::Progress>,
+    test_clock: Option<test_clock::Control>,
+    clock_busy: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Portal {
@@ -307,7 +311,16 @@ impl Portal {
             deps,
             config,
             progress: None,
+            test_clock: None,
+            clock_busy: Arc::default(),
         }
+    }
+
+    /// Gives the portal a test clock (demo and staging only): `control` moves the clock the
+    /// ports see, and `Portal::advance_test_clock` runs the days it passes.
+    pub fn with_test_clock(mut self, control: Arc<dyn crate::ports::ClockControl>) -> Portal {
+        self.test_clock = Some(test_clock::Control(control));
+        self
     }
 
     /// Reports the progress of batch job runs to `progress`, after each chunk of accounts.

@@ -2369,3 +2369,35 @@ proptest::proptest! {
         });
     }
 }
+
+#[tokio::test]
+async fn the_test_clock_runs_every_day_it_passes_and_is_absent_without_one() {
+    let h = Harness::new().await;
+    assert!(matches!(
+        h.portal.advance_test_clock(5).await,
+        Err(ServiceError::NotFound("test clock"))
+    ));
+    assert!(h.portal.test_clock_today().is_err());
+    let portal = h.portal.clone().with_test_clock(h.clock.clone());
+    for bad in [0, MAX_ADVANCE_DAYS + 1] {
+        let err = portal.advance_test_clock(bad).await.unwrap_err();
+        assert!(
+            matches!(err, ServiceError::Invalid(ref e) if e.has("days")),
+            "{err:?}"
+        );
+    }
+    h.register().await;
+    assert_eq!(portal.test_clock_today().unwrap(), d(2026, 12, 1));
+    let moved = portal.advance_test_clock(30).await.unwrap();
+    assert_eq!((moved.from, moved.today), (d(2026, 12, 1), d(2026, 12, 31)));
+    assert!(moved.jobs.done > 0);
+    // The days passed ran as the worker would have run them: billed on the 2nd, reminded on
+    // the 16th and 21st, cancelled on the 24th for the unpaid binder.
+    assert_eq!(h.count(NoticeKind::BillIssued), 1);
+    assert_eq!(h.count(NoticeKind::DueDateReminder), 2);
+    assert_eq!(h.count(NoticeKind::CoverageCancelled), 1);
+    assert!(matches!(
+        h.status().await.status,
+        CoverageStatus::Cancelled { .. }
+    ));
+}

@@ -660,6 +660,12 @@ impl Clock for FixedClock {
     }
 }
 
+impl crate::ports::ClockControl for FixedClock {
+    fn advance_days(&self, days: u32) {
+        self.advance(Duration::days(i64::from(days)));
+    }
+}
+
 /// Sequential ids and predictable tokens.
 #[derive(Debug, Default)]
 pub struct SeqIds(AtomicU64);

@@ -81,7 +81,7 @@ pub(super) fn dashboard_view(s: &AppState, c: &Ctx, a: &Account) -> DashboardVie
                     // The enrollment's own amount and deadline, as its notices say them.
                     let (amount, by) = e
                         .to_keep_coverage
-                        .unwrap_or((e.past_due, grace.grace_ends_on));
+                        .map_or((e.past_due, grace.grace_ends_on), |d| (d.amount, d.by));
                     alerts.push(Alert {
                         kind: "past-due",
                         text: format!(
@@ -108,7 +108,7 @@ pub(super) fn dashboard_view(s: &AppState, c: &Ctx, a: &Account) -> DashboardVie
                     // What restoring it still takes, while paying can restore it.
                     let to_pay = (*reinstatable_until >= today).then(|| {
                         e.to_keep_coverage
-                            .map_or(portal_core::Money::ZERO, |(m, _)| m)
+                            .map_or(portal_core::Money::ZERO, |d| d.amount)
                     });
                     let (text, pay) = match to_pay {
                         None => (c.t.alert_terminated_closed.to_owned(), None),

@@ -36,6 +36,7 @@ pub(super) fn routes() -> Router<AppState> {
         )
         .route("/support/accounts/{id}/plan", post(plan))
         .route("/support/accounts/{id}/offline", post(offline))
+        .route("/support/test-clock", post(move_clock))
 }
 
 fn to_login() -> Response {
@@ -123,11 +124,16 @@ struct SearchPage<'a> {
     q: String,
     searched: bool,
     results: Vec<Found>,
+    /// The deployment's date, when it has a test clock.
+    clock: Option<String>,
+    /// What the last move of the test clock did.
+    clock_moved: Option<String>,
 }
 
 #[derive(serde::Deserialize, Default)]
 struct SearchQuery {
     q: Option<String>,
+    moved: Option<u32>,
 }
 
 async fn search(
@@ -140,11 +146,9 @@ async fn search(
     if c.agent.is_none() {
         return to_login();
     }
-    let q = q
-        .ok()
-        .and_then(|Query(q)| q.q)
-        .map(|q| q.trim().to_owned())
-        .unwrap_or_default();
+    let query = q.map(|Query(q)| q).unwrap_or_default();
+    let moved = query.moved;
+    let q = query.q.map(|q| q.trim().to_owned()).unwrap_or_default();
     let mut results = Vec::new();
     let searched = !q.is_empty();
     if searched {
@@ -186,15 +190,74 @@ async fn search(
             .into_response();
         }
     }
+    let clock = s.portal.test_clock_today().ok();
     let html = SearchPage {
         c: &c,
         title: "Support search",
         q,
         searched,
         results,
+        clock: clock.map(|d| c.date(d)),
+        clock_moved: moved
+            .filter(|_| clock.is_some())
+            .map(|n| format!("Moved the clock forward {n} days and ran the daily jobs for each.")),
     }
     .render();
     form_page(&s, &c, html)
+}
+
+/// The test clock's button (demo and staging only): move the date forward N days.
+async fn move_clock(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
+    form: Result<Form<HashMap<String, String>>, FormRejection>,
+) -> Response {
+    let (mut c, form) = match posted(&s, &headers, &uri, form).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    if c.agent.is_none() {
+        return to_login();
+    }
+    if !s.portal.has_test_clock() {
+        return message(
+            &s,
+            &c,
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "This deployment has no test clock.",
+        );
+    }
+    let days = form.get("days").and_then(|d| d.trim().parse::<u32>().ok());
+    let result = match days {
+        Some(n) => s.portal.advance_test_clock(n).await.map(|_| n),
+        None => Err(ServiceError::Invalid(
+            portal_core::error::ValidationErrors::one(portal_core::error::FieldError::new(
+                "days",
+                "format",
+                "enter a whole number of days",
+            )),
+        )),
+    };
+    match result {
+        Ok(n) => Redirect::to(&format!("/support?moved={n}")).into_response(),
+        Err(ServiceError::Invalid(v)) => {
+            c.fail_fields(&v.0, &[]);
+            let html = SearchPage {
+                c: &c,
+                title: "Support search",
+                q: String::new(),
+                searched: false,
+                results: Vec::new(),
+                clock: s.portal.test_clock_today().ok().map(|d| c.date(d)),
+                clock_moved: None,
+            }
+            .render();
+            form_page(&s, &c, html)
+        }
+        Err(e) => service_failure(&s, &c, &e),
+    }
 }
 
 struct PaymentLine {
@@ -273,7 +336,7 @@ async fn account_view(
                 CoverageStatus::InGrace { grace } => {
                     let (amount, by) = e
                         .to_keep_coverage
-                        .unwrap_or((e.past_due, grace.grace_ends_on));
+                        .map_or((e.past_due, grace.grace_ends_on), |d| (d.amount, d.by));
                     format!(
                         "in {:?} grace until {} (pay ${amount} by {by}; otherwise ends {})",
                         grace.kind, grace.grace_ends_on, grace.termination_effective
@@ -282,7 +345,7 @@ async fn account_view(
                 CoverageStatus::Terminated {
                     effective,
                     reinstatable_until,
-                } => match e.to_keep_coverage {
+                } => match e.to_keep_coverage.map(|d| (d.amount, d.by)) {
                     Some((amount, by)) => {
                         format!("terminated {effective}; pay ${amount} by {by} to reinstate")
                     }
