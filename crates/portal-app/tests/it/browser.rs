@@ -946,7 +946,13 @@ pub async fn a_member_pays_in_the_browser() {
     b.link("Payment History").await.click().await.unwrap();
     b.wait_for_path("/payments").await;
     let rows = b.client.find_all(Locator::Css("tbody tr")).await.unwrap();
-    assert_eq!(rows.len(), 3, "{}", b.body().await);
+    assert_eq!(
+        rows.len(),
+        4,
+        "three here and the first month's check: {}",
+        b.body().await
+    );
+    assert!(b.body().await.contains("Check"));
     b.check("history-en").await;
     b.find("#status")
         .await
@@ -972,7 +978,7 @@ pub async fn a_member_pays_in_the_browser() {
         csv.starts_with("date,reference,amount,method,status"),
         "{csv}"
     );
-    assert_eq!(csv.lines().count(), 4, "{csv}");
+    assert_eq!(csv.lines().count(), 5, "{csv}");
     assert!(csv.contains(&reference), "{csv}");
 
     b.goto(&format!("{base}/dashboard")).await;

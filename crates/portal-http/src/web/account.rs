@@ -101,29 +101,20 @@ pub(super) fn dashboard_view(s: &AppState, c: &Ctx, a: &Account) -> DashboardVie
                         c.date(grace.grace_ends_on)
                     )
                 }
-                CoverageStatus::Terminated {
-                    effective,
-                    reinstatable_until,
-                } => {
-                    // What restoring it still takes, while paying can restore it.
-                    let to_pay = (*reinstatable_until >= today).then(|| {
-                        e.to_keep_coverage
-                            .map_or(portal_core::Money::ZERO, |d| d.amount)
-                    });
-                    let (text, pay) = match to_pay {
+                CoverageStatus::Terminated { effective, .. } => {
+                    // What restoring it still takes, while paying can restore it (once paid,
+                    // the coverage machine has already restored it).
+                    let (text, pay) = match e.to_keep_coverage {
                         None => (c.t.alert_terminated_closed.to_owned(), None),
-                        Some(to_pay) if to_pay.cents() == 0 => {
-                            (c.t.alert_reinstating.to_owned(), None)
-                        }
-                        Some(to_pay) => (
+                        Some(d) => (
                             format!(
                                 "{} {} {} {}.",
                                 c.t.alert_terminated,
-                                c.money(to_pay),
+                                c.money(d.amount),
                                 c.t.alert_terminated_by,
-                                c.date(*reinstatable_until)
+                                c.date(d.by)
                             ),
-                            Some(format!("/pay?amount={to_pay}")),
+                            Some(format!("/pay?amount={}", d.amount)),
                         ),
                     };
                     alerts.push(Alert {
