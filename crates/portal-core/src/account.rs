@@ -631,16 +631,17 @@ impl Account {
         today: NaiveDate,
     ) -> Vec<(EnrollmentId, NaiveDate, CoverageEvent)> {
         let mut out = Vec::new();
-        // A machine the daily job walked starts from its last evaluation (at most a day back:
-        // days the job did not run are caught up in one step, which the as-of rules make
-        // equivalent); a new one from its first due date.
+        // A machine walked before starts from yesterday, so a payment made yesterday (or a
+        // check received then and recorded today) counts for yesterday; days the job did not
+        // run are caught up in one step, which the as-of rules make equivalent. A new machine
+        // starts from its first due date.
         let yesterday = today.pred_opt().unwrap_or(today);
         let earliest = today - chrono::Duration::days(800);
         let starts: Vec<NaiveDate> = self
             .enrollments
             .iter()
             .map(|e| match e.coverage.evaluated_on {
-                Some(d) => d.max(yesterday),
+                Some(_) => yesterday,
                 None => self
                     .bills_of(e.id)
                     .iter()

@@ -1212,13 +1212,16 @@ async fn missed_payments_run_through_grace_to_termination_then_reinstatement() {
             .await,
         Err(ServiceError::Rejected(_))
     ));
+    // The payment itself restores coverage, in its own commit: no daily run, no second call.
     h.pay("reinstate", Some("1000"), "pm_card_ok")
         .await
         .unwrap();
-    h.portal
-        .reinstate(h.account_id, h.enrollment_id, Actor::Member)
-        .await
-        .unwrap();
+    assert!(matches!(
+        h.portal
+            .reinstate(h.account_id, h.enrollment_id, Actor::Member)
+            .await,
+        Err(ServiceError::Rejected(ref why)) if why.contains("not terminated")
+    ));
     let acc = h.account().await;
     Harness::check_ledger(&acc);
     let s = acc.summary(&h.portal.config().delinquency, d(2027, 5, 10));
@@ -2363,6 +2366,395 @@ proptest::proptest! {
                         .await
                         .unwrap();
                     model.payments.push((day, *cents));
+                }
+                day = day.succ_opt().unwrap();
+            }
+        });
+    }
+}
+
+/// A second independent model, for a household: health (with or without APTC) and optionally
+/// dental, paid by card and by checks recorded up to ten days after they were received.
+/// Payments fill the household's bills oldest first (health before dental in a month); each
+/// enrollment is judged on what reached its own bills. Plain sums again, no shared code.
+mod household_reference {
+    use chrono::{Datelike, Duration, NaiveDate};
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Status {
+        PendingBinder,
+        Active,
+        InGrace {
+            ends: NaiveDate,
+            effective: NaiveDate,
+        },
+        Terminated {
+            effective: NaiveDate,
+        },
+        Cancelled,
+    }
+
+    pub struct Paid {
+        pub recorded: NaiveDate,
+        pub counts_from: NaiveDate,
+        pub cents: i64,
+    }
+
+    pub struct Enrollment {
+        pub share: i64,
+        pub subsidised: bool,
+        pub status: Status,
+    }
+
+    pub struct Model {
+        pub enrollments: Vec<Enrollment>,
+        pub payments: Vec<Paid>,
+    }
+
+    fn ymd(y: i32, m: u32, d: u32) -> NaiveDate {
+        NaiveDate::from_ymd_opt(y, m, d).unwrap()
+    }
+
+    /// (year, month) of coverage month `i` (0 = January 2027).
+    fn month(i: i32) -> (i32, u32) {
+        let total = 2027 * 12 + i;
+        (total.div_euclid(12), (total.rem_euclid(12) + 1) as u32)
+    }
+
+    fn last_day(y: i32, m: u32) -> NaiveDate {
+        let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+        ymd(ny, nm, 1).pred_opt().unwrap()
+    }
+
+    fn due(i: i32) -> NaiveDate {
+        let (y, m) = month(i - 1);
+        ymd(y, m, 23)
+    }
+
+    fn issued(i: i32) -> NaiveDate {
+        due(i) - Duration::days(21)
+    }
+
+    /// (payments recorded by this day, bills issued by this day).
+    type Known = (NaiveDate, NaiveDate);
+
+    fn enough(paid: i64, owed: i64) -> bool {
+        paid * 100 >= owed * 95
+    }
+
+    impl Model {
+        /// What reaches each enrollment's bills, month by month, from the money recorded by
+        /// `known.0` that counts from `as_of` or earlier, over the bills issued by `known.1`.
+        /// `include` says whose bills are open (a cancelled enrollment's are void, unless its
+        /// cancellation is being reconsidered).
+        fn filled(&self, known: Known, as_of: NaiveDate, include: &[bool]) -> Vec<Vec<i64>> {
+            let mut money: i64 = self
+                .payments
+                .iter()
+                .filter(|p| p.recorded <= known.0 && p.counts_from <= as_of)
+                .map(|p| p.cents)
+                .sum();
+            let mut out = vec![vec![0; 24]; self.enrollments.len()];
+            for i in 0..24 {
+                if issued(i as i32) > known.1 {
+                    break;
+                }
+                for (k, e) in self.enrollments.iter().enumerate() {
+                    // A terminated enrollment's months after its end are void, like a
+                    // cancelled one's every month: money reaching them goes to the next bill.
+                    let void = match e.status {
+                        Status::Terminated { effective } => {
+                            let (y, m) = month(i as i32);
+                            ymd(y, m, 1) > effective
+                        }
+                        _ => false,
+                    };
+                    if !include[k] || void {
+                        continue;
+                    }
+                    let take = e.share.min(money);
+                    out[k][i] = take;
+                    money -= take;
+                }
+            }
+            out
+        }
+
+        fn open(&self) -> Vec<bool> {
+            self.enrollments
+                .iter()
+                .map(|e| e.status != Status::Cancelled)
+                .collect()
+        }
+
+        fn paid(&self, k: usize, day: Known, as_of: NaiveDate) -> i64 {
+            self.filled(day, as_of, &self.open())[k].iter().sum()
+        }
+
+        fn owed(&self, k: usize, due_by: NaiveDate) -> i64 {
+            (0..24).take_while(|i| due(*i) <= due_by).count() as i64 * self.enrollments[k].share
+        }
+
+        fn short(&self, k: usize, day: Known, pay_by: NaiveDate, due_by: NaiveDate) -> bool {
+            let owed = self.owed(k, due_by);
+            owed > 0 && !enough(self.paid(k, day, pay_by), owed)
+        }
+
+        /// One enrollment's rules on date `x`, with what is known on the run of `day`.
+        fn step(&mut self, k: usize, day: Known, x: NaiveDate) {
+            let before = x.pred_opt().unwrap();
+            for _ in 0..3 {
+                let status = self.enrollments[k].status;
+                let next = match status {
+                    Status::PendingBinder => {
+                        let reached = self.filled(day, x, &self.open())[k][0];
+                        if issued(0) > day.1 {
+                            None
+                        } else if enough(reached, self.enrollments[k].share) {
+                            Some(Status::Active)
+                        } else if x > due(0) {
+                            Some(Status::Cancelled)
+                        } else {
+                            None
+                        }
+                    }
+                    Status::Cancelled => {
+                        let mut include = self.open();
+                        include[k] = true;
+                        let reached = self.filled(day, due(0), &include)[k][0];
+                        enough(reached, self.enrollments[k].share).then_some(Status::Active)
+                    }
+                    Status::Active => self.short(k, day, x, before).then(|| {
+                        let paid = self.paid(k, day, x);
+                        let share = self.enrollments[k].share;
+                        let mut first = 0;
+                        while enough(paid, share * (first as i64 + 1)) {
+                            first += 1;
+                        }
+                        let (y, m) = month(first);
+                        let long =
+                            self.enrollments[k].subsidised && first > 0 && month(first - 1).0 == y;
+                        let (mut ends, effective) = if long {
+                            let (ey, em) = month(first + 2);
+                            (last_day(ey, em), last_day(y, m))
+                        } else {
+                            let (py, pm) = month(first - 1);
+                            (last_day(y, m), last_day(py, pm))
+                        };
+                        if ends < x {
+                            ends = last_day(x.year(), x.month());
+                        }
+                        Status::InGrace { ends, effective }
+                    }),
+                    Status::InGrace { ends, effective } => {
+                        if x > ends {
+                            Some(if self.short(k, day, ends, ends) {
+                                Status::Terminated { effective }
+                            } else {
+                                Status::Active
+                            })
+                        } else if !self.short(k, day, x, before) {
+                            Some(Status::Active)
+                        } else {
+                            None
+                        }
+                    }
+                    Status::Terminated { .. } => None,
+                };
+                let Some(next) = next else { break };
+                self.enrollments[k].status = next;
+                // Coverage that just started (or came back) is judged again the same day; a
+                // grace that starts, a cure or an end is the day's last word.
+                let again = next == Status::Active
+                    && matches!(status, Status::PendingBinder | Status::Cancelled);
+                if !again {
+                    break;
+                }
+            }
+        }
+
+        /// What a payment recorded on `day` sets off at once: yesterday and today judged
+        /// again with it known.
+        pub fn recorded(&mut self, day: NaiveDate) {
+            let known = (day, day);
+            for x in [day.pred_opt().unwrap(), day] {
+                for k in 0..self.enrollments.len() {
+                    self.step(k, known, x);
+                }
+            }
+        }
+
+        /// The daily run of `day`: yesterday is judged again with what is known now (a
+        /// payment made yesterday counts for yesterday), then today.
+        pub fn run(&mut self, day: NaiveDate, first_day: bool) -> Vec<Status> {
+            let days = if first_day {
+                vec![day]
+            } else {
+                vec![day.pred_opt().unwrap(), day]
+            };
+            let known = (day.pred_opt().unwrap(), day);
+            for x in days {
+                for k in 0..self.enrollments.len() {
+                    self.step(k, known, x);
+                }
+            }
+            self.enrollments.iter().map(|e| e.status).collect()
+        }
+    }
+}
+
+fn as_household_reference(s: &CoverageStatus) -> household_reference::Status {
+    use household_reference::Status as S;
+    match s {
+        CoverageStatus::PendingBinder { .. } => S::PendingBinder,
+        CoverageStatus::Active => S::Active,
+        CoverageStatus::InGrace { grace } => S::InGrace {
+            ends: grace.grace_ends_on,
+            effective: grace.termination_effective,
+        },
+        CoverageStatus::Terminated { effective, .. } => S::Terminated {
+            effective: *effective,
+        },
+        CoverageStatus::Cancelled { .. } => S::Cancelled,
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+    /// Households of health and dental paying by card and by checks recorded late: the daily
+    /// jobs and the household model agree every day on each enrollment's status, grace end
+    /// and termination date; a grace period never changes once started; an APTC termination
+    /// is never later than the last day of the first grace month; a cancelled enrollment
+    /// owes nothing.
+    #[test]
+    fn household_coverage_agrees_with_the_household_model(
+        subsidised in proptest::bool::ANY,
+        dental in proptest::bool::ANY,
+        events in proptest::collection::vec((0u32..150, 0u8..2, 1i64..=6, 0u32..=10), 0..10),
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let h = Harness::new().await;
+            if !subsidised {
+                h.unsubsidised().await;
+            }
+            let dental_share: i64 = 4_000;
+            if dental {
+                let mut acc = h.account().await;
+                acc.enrollments.push(
+                    Enrollment::new(
+                        EnrollmentId(Uuid::from_u128(900_002)),
+                        CoverageKind::Dental,
+                        "Dental Basic",
+                        Money::from_cents(dental_share),
+                        Money::ZERO,
+                        CoverageMonth::new(2027, 1).unwrap(),
+                    )
+                    .unwrap(),
+                );
+                h.store.commit(Changes::account(acc)).await.unwrap();
+            }
+            h.register().await;
+            let share: i64 = if subsidised { 20_000 } else { 50_000 };
+            let month = share + if dental { dental_share } else { 0 };
+            let start = d(2026, 12, 2);
+            let part = |k: i64| match k {
+                1 => month * 95 / 100,
+                2 => month,
+                3 => month * 2,
+                4 => month / 2,
+                5 => share,
+                _ => month / 4,
+            };
+            let mut plan: Vec<(NaiveDate, u8, i64, u32)> = events
+                .iter()
+                .map(|(offset, how, k, back)| (start + Duration::days(i64::from(*offset)), *how, part(*k), *back))
+                .collect();
+            plan.sort();
+            let mut model = household_reference::Model {
+                enrollments: std::iter::once(household_reference::Enrollment {
+                    share,
+                    subsidised,
+                    status: household_reference::Status::PendingBinder,
+                })
+                .chain(dental.then_some(household_reference::Enrollment {
+                    share: dental_share,
+                    subsidised: false,
+                    status: household_reference::Status::PendingBinder,
+                }))
+                .collect(),
+                payments: Vec::new(),
+            };
+            let mut graces: Vec<Option<crate::delinquency::GraceDates>> = vec![None; model.enrollments.len()];
+            let mut day = start;
+            let mut n = 0;
+            while day <= d(2027, 5, 1) {
+                h.set_date(day).await;
+                h.portal.run_daily().await.unwrap();
+                let expected = model.run(day, day == start);
+                let acc = h.account().await;
+                let got = acc.summary(&h.portal.config().delinquency, day);
+                for (k, e) in got.enrollments.iter().enumerate() {
+                    assert_eq!(
+                        as_household_reference(&e.status), expected[k],
+                        "on {day}, enrollment {k}: {:?} vs model {:?}; events {plan:?}", e.status, expected[k]
+                    );
+                    match e.status {
+                        CoverageStatus::InGrace { grace } => {
+                            // The same grace (same first unpaid month) keeps its kind and
+                            // dates; a new one (cured, then short again) starts later.
+                            if let Some(g) = graces[k] {
+                                if g.first_unpaid_month == grace.first_unpaid_month {
+                                    assert_eq!(g, grace, "a running grace never changes");
+                                } else {
+                                    assert!(grace.first_unpaid_month > g.first_unpaid_month);
+                                }
+                            }
+                            graces[k] = Some(grace);
+                            if grace.kind == crate::delinquency::GraceKind::Aptc {
+                                assert!(grace.termination_effective <= grace.first_unpaid_month.last_day());
+                            }
+                        }
+                        CoverageStatus::Cancelled { .. } => {
+                            let owed = Money::sum(acc.bills_of(e.enrollment_id).iter().map(|b| b.open_amount())).unwrap();
+                            assert_eq!(owed, Money::ZERO, "a cancelled enrollment owes nothing");
+                            assert_eq!(e.paid_through, None);
+                        }
+                        _ => graces[k] = None,
+                    }
+                }
+                Harness::check_ledger(&acc);
+                if expected.iter().any(|s| matches!(s, household_reference::Status::Terminated { .. }))
+                    || expected.iter().all(|s| *s == household_reference::Status::Cancelled)
+                {
+                    break;
+                }
+                for (_, how, cents, back) in plan.iter().filter(|(on, ..)| *on == day) {
+                    n += 1;
+                    let amount = Money::from_cents(*cents);
+                    let counts_from = if *how == 1 {
+                        let received = (day - Duration::days(i64::from(*back))).max(start);
+                        h.portal
+                            .record_offline_payment(
+                                AgentId(Uuid::from_u128(77)),
+                                h.account_id,
+                                OfflinePaymentForm {
+                                    amount,
+                                    kind: OfflineKind::Check,
+                                    document_number: None,
+                                    received_on: received,
+                                    idempotency_key: format!("check-{n}"),
+                                },
+                            )
+                            .await
+                            .unwrap();
+                        received
+                    } else {
+                        h.pay(&format!("p{n}"), Some(&amount.to_string()), "pm_card_ok").await.unwrap();
+                        day
+                    };
+                    model.payments.push(household_reference::Paid { recorded: day, counts_from, cents: *cents });
+                    model.recorded(day);
                 }
                 day = day.succ_opt().unwrap();
             }
