@@ -158,6 +158,9 @@ pub fn banner(url: &str, sandbox: Option<&str>) -> String {
         crate::wiring::DEMO_AGENT.0,
         crate::wiring::DEMO_AGENT.1
     ));
+    s.push_str(&format!(
+        "  Test clock:     move the demo's date forward on {url}/support (as the agent), running every daily job\n"
+    ));
     if let Some(sb) = sandbox {
         s.push_str(&format!(
             "  Sandbox gateway: {sb} (publishable key pk_test_sandbox)\n"
