@@ -1415,8 +1415,12 @@ pub async fn the_test_clock_walks_the_demo_household_to_termination() {
         if stop == 0 {
             b.fill("#days", &days.to_string()).await;
             b.click("#move-clock").await;
-            b.wait_for_text("#clock-moved", &format!("forward {days} days"))
-                .await;
+            let moved = if days == 1 {
+                "forward 1 day ".to_owned()
+            } else {
+                format!("forward {days} days")
+            };
+            b.wait_for_text("#clock-moved", &moved).await;
             b.check("support-test-clock").await;
             b.click("nav button.link").await;
             b.wait_for_path("/").await;
@@ -1602,6 +1606,37 @@ pub async fn the_test_clock_walks_the_demo_household_to_termination() {
         "{end:?}"
     );
     b.check("dashboard-test-clock-terminated-en").await;
+    b.link("Español").await.click().await.unwrap();
+    b.wait_for_text("main", "Terminó por falta de pago el")
+        .await;
+    b.check("dashboard-test-clock-terminated-es").await;
+    // At phone width the page still fits: nothing scrolls sideways, in either language.
+    b.client.set_window_size(390, 844).await.unwrap();
+    for (lang, link) in [("es", "English"), ("en", "Español")] {
+        let overflow = b
+            .client
+            .execute(
+                "return document.documentElement.scrollWidth - window.innerWidth;",
+                vec![],
+            )
+            .await
+            .unwrap();
+        b.check(&format!("dashboard-phone-{lang}")).await;
+        let widest = b
+            .client
+            .execute(
+                "return [...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right > window.innerWidth).slice(0, 5).map(e => e.tagName + '.' + e.className + '#' + e.id + ' ' + Math.round(e.getBoundingClientRect().right)).join(', ') + ' inner ' + window.innerWidth;",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert!(
+            overflow.as_i64().is_some_and(|o| o <= 0),
+            "the {lang} dashboard scrolls sideways by {overflow} px at 390 px: {widest}"
+        );
+        b.link(link).await.click().await.unwrap();
+        b.wait_for_path("/dashboard").await;
+    }
     b.stop().await;
 }
 

@@ -198,9 +198,14 @@ async fn search(
         searched,
         results,
         clock: clock.map(|d| c.date(d)),
-        clock_moved: moved
-            .filter(|_| clock.is_some())
-            .map(|n| format!("Moved the clock forward {n} days and ran the daily jobs for each.")),
+        clock_moved: moved.filter(|_| clock.is_some()).map(|n| {
+            let days = if n == 1 {
+                "1 day".to_owned()
+            } else {
+                format!("{n} days")
+            };
+            format!("Moved the clock forward {days} and ran the daily jobs for each.")
+        }),
     }
     .render();
     form_page(&s, &c, html)
