@@ -631,17 +631,18 @@ impl Account {
         today: NaiveDate,
     ) -> Vec<(EnrollmentId, NaiveDate, CoverageEvent)> {
         let mut out = Vec::new();
-        // A machine walked before starts from yesterday, so a payment made yesterday (or a
-        // check received then and recorded today) counts for yesterday; days the job did not
-        // run are caught up in one step, which the as-of rules make equivalent. A new machine
-        // starts from its first due date.
+        // A machine walked before starts from its last evaluation, at most a day back: its
+        // state is what that evaluation left, so a day already evaluated today is not walked
+        // again from today's state (a payment made today must not count for yesterday). Days
+        // the job did not run are caught up in one step, which the as-of rules make
+        // equivalent. A new machine starts from its first due date.
         let yesterday = today.pred_opt().unwrap_or(today);
         let earliest = today - chrono::Duration::days(800);
         let starts: Vec<NaiveDate> = self
             .enrollments
             .iter()
             .map(|e| match e.coverage.evaluated_on {
-                Some(_) => yesterday,
+                Some(d) => d.max(yesterday),
                 None => self
                     .bills_of(e.id)
                     .iter()
@@ -702,6 +703,24 @@ impl Account {
         starts: &[NaiveDate],
         out: &mut Vec<(EnrollmentId, NaiveDate, CoverageEvent)>,
     ) {
+        // Money one enrollment's end frees (its voided months' payments) may pay another's
+        // bills the same day, so the household is judged again until nothing moves money.
+        for _ in 0..=self.enrollments.len() {
+            if !self.coverage_pass(policy, day, starts, out) {
+                break;
+            }
+        }
+    }
+
+    /// One pass over the enrollments on `day`; whether a transition moved money.
+    fn coverage_pass(
+        &mut self,
+        policy: &DelinquencyPolicy,
+        day: NaiveDate,
+        starts: &[NaiveDate],
+        out: &mut Vec<(EnrollmentId, NaiveDate, CoverageEvent)>,
+    ) -> bool {
+        let mut moved = false;
         for i in 0..self.enrollments.len() {
             let Some(e) = self.enrollments.get(i) else {
                 continue;
@@ -720,6 +739,14 @@ impl Account {
             let events = coverage::step(&e.coverage, &facts, day, reinstate_with);
             let id = e.id;
             for event in events {
+                moved |= matches!(
+                    event,
+                    CoverageEvent::Cancelled { .. }
+                        | CoverageEvent::CancellationReversed
+                        | CoverageEvent::Terminated { .. }
+                        | CoverageEvent::TerminationReversed
+                        | CoverageEvent::Reinstated
+                );
                 self.coverage_effect(id, &event);
                 if let Some(e) = self.enrollments.get_mut(i) {
                     if e.coverage.apply(&event, day).is_err() {
@@ -732,6 +759,7 @@ impl Account {
                 e.coverage.evaluated_on = Some(day);
             }
         }
+        moved
     }
 
     /// What a transition does to the ledger.

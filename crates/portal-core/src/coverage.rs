@@ -485,7 +485,16 @@ pub fn step(
                     } else {
                         CoverageEvent::Cured
                     })
-                } else if !facts.short(today, yesterday, &none) {
+                } else if !facts.short(today, yesterday, &none)
+                    || (yesterday >= grace.past_due_since
+                        && !facts.short(
+                            yesterday,
+                            yesterday.pred_opt().unwrap_or(yesterday),
+                            &none,
+                        ))
+                {
+                    // Paid back to the threshold today, or (a check received yesterday and
+                    // recorded today) already yesterday, before today's due date counted.
                     Some(CoverageEvent::Cured)
                 } else {
                     next_notice(grace, &notices, today).map(|notice| CoverageEvent::Notice {
@@ -523,12 +532,16 @@ pub fn step(
         }
         state = c.state;
         notices = c.notices;
+        // After these the state is judged again the same day: coverage that started or came
+        // back, a grace that started (for its notice), a cure (a bill due since may start the
+        // next grace at once).
         let more = matches!(
             event,
             CoverageEvent::Effectuated
                 | CoverageEvent::CancellationReversed
                 | CoverageEvent::GraceStarted { .. }
                 | CoverageEvent::TerminationReversed
+                | CoverageEvent::Cured
         );
         out.push(event);
         if !more {

@@ -2404,6 +2404,8 @@ mod household_reference {
         pub share: i64,
         pub subsidised: bool,
         pub status: Status,
+        /// The day after the first unpaid month's due date, while in grace.
+        pub past_due_since: Option<NaiveDate>,
     }
 
     pub struct Model {
@@ -2454,9 +2456,9 @@ mod household_reference {
                 .filter(|p| p.recorded <= known.0 && p.counts_from <= as_of)
                 .map(|p| p.cents)
                 .sum();
-            let mut out = vec![vec![0; 24]; self.enrollments.len()];
+            let mut out = vec![Vec::new(); self.enrollments.len()];
             for i in 0..24 {
-                if issued(i as i32) > known.1 {
+                if issued(i) > known.1 {
                     break;
                 }
                 for (k, e) in self.enrollments.iter().enumerate() {
@@ -2464,17 +2466,18 @@ mod household_reference {
                     // cancelled one's every month: money reaching them goes to the next bill.
                     let void = match e.status {
                         Status::Terminated { effective } => {
-                            let (y, m) = month(i as i32);
+                            let (y, m) = month(i);
                             ymd(y, m, 1) > effective
                         }
                         _ => false,
                     };
-                    if !include[k] || void {
-                        continue;
-                    }
-                    let take = e.share.min(money);
-                    out[k][i] = take;
+                    let take = if include[k] && !void {
+                        e.share.min(money)
+                    } else {
+                        0
+                    };
                     money -= take;
+                    out[k].push(take);
                 }
             }
             out
@@ -2507,7 +2510,10 @@ mod household_reference {
                 let status = self.enrollments[k].status;
                 let next = match status {
                     Status::PendingBinder => {
-                        let reached = self.filled(day, x, &self.open())[k][0];
+                        let reached = self.filled(day, x, &self.open())[k]
+                            .first()
+                            .copied()
+                            .unwrap_or(0);
                         if issued(0) > day.1 {
                             None
                         } else if enough(reached, self.enrollments[k].share) {
@@ -2521,7 +2527,10 @@ mod household_reference {
                     Status::Cancelled => {
                         let mut include = self.open();
                         include[k] = true;
-                        let reached = self.filled(day, due(0), &include)[k][0];
+                        let reached = self.filled(day, due(0), &include)[k]
+                            .first()
+                            .copied()
+                            .unwrap_or(0);
                         enough(reached, self.enrollments[k].share).then_some(Status::Active)
                     }
                     Status::Active => self.short(k, day, x, before).then(|| {
@@ -2544,6 +2553,7 @@ mod household_reference {
                         if ends < x {
                             ends = last_day(x.year(), x.month());
                         }
+                        self.enrollments[k].past_due_since = Some(due(first) + Duration::days(1));
                         Status::InGrace { ends, effective }
                     }),
                     Status::InGrace { ends, effective } => {
@@ -2553,7 +2563,14 @@ mod household_reference {
                             } else {
                                 Status::Active
                             })
-                        } else if !self.short(k, day, x, before) {
+                        } else if !self.short(k, day, x, before)
+                            || (self.enrollments[k]
+                                .past_due_since
+                                .is_some_and(|p| before >= p)
+                                && !self.short(k, day, before, before.pred_opt().unwrap()))
+                        {
+                            // Paid up today, or already yesterday (a check received then),
+                            // before today's due date counted.
                             Some(Status::Active)
                         } else {
                             None
@@ -2563,10 +2580,14 @@ mod household_reference {
                 };
                 let Some(next) = next else { break };
                 self.enrollments[k].status = next;
-                // Coverage that just started (or came back) is judged again the same day; a
-                // grace that starts, a cure or an end is the day's last word.
+                // Coverage that just started, came back or was cured is judged again the same
+                // day (a bill due since may start the next grace); a grace that starts or an
+                // end is the day's last word.
                 let again = next == Status::Active
-                    && matches!(status, Status::PendingBinder | Status::Cancelled);
+                    && matches!(
+                        status,
+                        Status::PendingBinder | Status::Cancelled | Status::InGrace { .. }
+                    );
                 if !again {
                     break;
                 }
@@ -2578,8 +2599,27 @@ mod household_reference {
         pub fn recorded(&mut self, day: NaiveDate) {
             let known = (day, day);
             for x in [day.pred_opt().unwrap(), day] {
+                self.judge(known, x);
+            }
+        }
+
+        /// Every enrollment on `x`, again while an end or a return moved money.
+        fn judge(&mut self, known: Known, x: NaiveDate) {
+            for _ in 0..=self.enrollments.len() {
+                let before: Vec<Status> = self.enrollments.iter().map(|e| e.status).collect();
                 for k in 0..self.enrollments.len() {
                     self.step(k, known, x);
+                }
+                let moved = self.enrollments.iter().zip(&before).any(|(e, b)| {
+                    e.status != *b
+                        && matches!(
+                            (b, e.status),
+                            (_, Status::Terminated { .. } | Status::Cancelled)
+                                | (Status::Cancelled, Status::Active)
+                        )
+                });
+                if !moved {
+                    break;
                 }
             }
         }
@@ -2594,9 +2634,7 @@ mod household_reference {
             };
             let known = (day.pred_opt().unwrap(), day);
             for x in days {
-                for k in 0..self.enrollments.len() {
-                    self.step(k, known, x);
-                }
+                self.judge(known, x);
             }
             self.enrollments.iter().map(|e| e.status).collect()
         }
@@ -2676,11 +2714,13 @@ proptest::proptest! {
                     share,
                     subsidised,
                     status: household_reference::Status::PendingBinder,
+                    past_due_since: None,
                 })
                 .chain(dental.then_some(household_reference::Enrollment {
                     share: dental_share,
                     subsidised: false,
                     status: household_reference::Status::PendingBinder,
+                    past_due_since: None,
                 }))
                 .collect(),
                 payments: Vec::new(),
@@ -2792,4 +2832,28 @@ async fn the_test_clock_runs_every_day_it_passes_and_is_absent_without_one() {
         h.status().await.status,
         CoverageStatus::Cancelled { .. }
     ));
+}
+
+#[tokio::test]
+async fn paying_on_the_day_coverage_ends_restores_it() {
+    let h = Harness::new().await;
+    h.unsubsidised().await;
+    h.register().await;
+    h.walk(d(2026, 12, 2), d(2026, 12, 3)).await;
+    h.pay("binder", None, "pm_card_ok").await.unwrap();
+    h.walk(d(2026, 12, 4), d(2027, 3, 1)).await;
+    assert!(
+        matches!(h.status().await.status, CoverageStatus::Terminated { .. }),
+        "{:?}",
+        h.status().await
+    );
+    h.pay("restore", Some("1500"), "pm_card_ok").await.unwrap();
+    let acc = h.account().await;
+    assert_eq!(
+        h.status().await.status,
+        CoverageStatus::Active,
+        "{:?} {:?}",
+        acc.enrollments[0].coverage,
+        h.status().await
+    );
 }
