@@ -2406,6 +2406,9 @@ mod household_reference {
         pub status: Status,
         /// The day after the first unpaid month's due date, while in grace.
         pub past_due_since: Option<NaiveDate>,
+        /// When a cancellation closed billing, and when its reversal reopened it: bills whose
+        /// issue day fell between are issued on reopening, after that day's other bills.
+        pub closed: Option<(NaiveDate, Option<NaiveDate>)>,
     }
 
     pub struct Model {
@@ -2456,12 +2459,25 @@ mod household_reference {
                 .filter(|p| p.recorded <= known.0 && p.counts_from <= as_of)
                 .map(|p| p.cents)
                 .sum();
-            let mut out = vec![Vec::new(); self.enrollments.len()];
+            let mut out = vec![vec![0; 24]; self.enrollments.len()];
+            // Allocation order: due date, coverage month, then the order bills were issued in.
+            let mut order: Vec<(NaiveDate, i32, NaiveDate, bool, usize)> = Vec::new();
             for i in 0..24 {
                 if issued(i) > known.1 {
                     break;
                 }
                 for (k, e) in self.enrollments.iter().enumerate() {
+                    let (at, late) = match e.closed {
+                        Some((c, Some(r))) if issued(i) > c && issued(i) <= r => (r, true),
+                        _ => (issued(i), false),
+                    };
+                    order.push((due(i), i, at, late, k));
+                }
+            }
+            order.sort();
+            for (_, i, _, _, k) in order {
+                let e = &self.enrollments[k];
+                {
                     // A terminated enrollment's months after its end are void, like a
                     // cancelled one's every month: money reaching them goes to the next bill.
                     let void = match e.status {
@@ -2477,7 +2493,7 @@ mod household_reference {
                         0
                     };
                     money -= take;
-                    out[k].push(take);
+                    out[k][i as usize] = take;
                 }
             }
             out
@@ -2579,6 +2595,15 @@ mod household_reference {
                     Status::Terminated { .. } => None,
                 };
                 let Some(next) = next else { break };
+                match (status, next) {
+                    (_, Status::Cancelled) => self.enrollments[k].closed = Some((x, None)),
+                    (Status::Cancelled, _) => {
+                        if let Some((c, _)) = self.enrollments[k].closed {
+                            self.enrollments[k].closed = Some((c, Some(day.1)));
+                        }
+                    }
+                    _ => {}
+                }
                 self.enrollments[k].status = next;
                 // Coverage that just started, came back or was cured is judged again the same
                 // day (a bill due since may start the next grace); a grace that starts or an
@@ -2715,12 +2740,14 @@ proptest::proptest! {
                     subsidised,
                     status: household_reference::Status::PendingBinder,
                     past_due_since: None,
+                    closed: None,
                 })
                 .chain(dental.then_some(household_reference::Enrollment {
                     share: dental_share,
                     subsidised: false,
                     status: household_reference::Status::PendingBinder,
                     past_due_since: None,
+                    closed: None,
                 }))
                 .collect(),
                 payments: Vec::new(),
