@@ -15,7 +15,7 @@ use crate::ledger::Ledger;
 use crate::mandate::{Mandate, MandateStatus};
 use crate::money::Money;
 use crate::notice::{Notice, NoticeBody, NoticeKind};
-use crate::payment::{PaymentStatus, PendingStage};
+use crate::payment::{Payment, PaymentStatus, PendingStage};
 use crate::plan::{PaymentPlan, PlanStatus};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
@@ -622,6 +622,50 @@ impl Account {
         total
     }
 
+    /// The credit the account held at the end of `day` from payments initiated (or received)
+    /// by then: a payment made later never reinstates coverage as of an earlier day.
+    pub fn credit_as_of(&self, day: NaiveDate) -> Money {
+        let paid = Money::sum(
+            self.ledger
+                .payments
+                .iter()
+                .filter(|p| p.initiated_on <= day)
+                .map(Payment::net),
+        )
+        .unwrap_or(Money::ZERO);
+        let billed = Money::sum(self.ledger.bills.iter().map(Bill::payable)).unwrap_or(Money::ZERO);
+        paid.saturating_sub(billed).min(self.ledger.credit())
+    }
+
+    /// Whether terminated enrollment `e` is reinstated by `day`: on a day of its window up to
+    /// `day` (today, or a day a payment was made or a check received on), the credit from
+    /// payments made by then covered what reinstating it needed then. However late a check
+    /// received inside the window is recorded, it reinstates; a payment after the window
+    /// never does.
+    fn reinstates_by(&self, e: &Enrollment, day: NaiveDate) -> bool {
+        let CoverageState::Terminated {
+            processed_on,
+            reinstatable_until,
+            ..
+        } = &e.coverage.state
+        else {
+            return false;
+        };
+        let last = day.min(*reinstatable_until);
+        if last < *processed_on {
+            return false;
+        }
+        let mut days: BTreeSet<NaiveDate> = self
+            .ledger
+            .payments
+            .iter()
+            .map(|p| p.initiated_on)
+            .collect();
+        days.insert(last);
+        days.range(*processed_on..=last)
+            .any(|y| self.credit_as_of(*y) >= self.reinstatement_amount(e.id, *y))
+    }
+
     /// Walks every enrollment's coverage machine from where it was last evaluated to `today`,
     /// a day at a time, applying each transition's effect on the ledger (voiding months,
     /// restoring them, taking voided months out of payment plans). Returns the transitions.
@@ -728,15 +772,14 @@ impl Account {
             if starts.get(i).is_some_and(|s| *s > day) {
                 continue;
             }
-            let reinstate_with = matches!(e.coverage.state, CoverageState::Terminated { .. })
-                .then(|| (self.ledger.credit(), self.reinstatement_amount(e.id, day)));
+            let reinstates = self.reinstates_by(e, day);
             let facts = Facts {
                 enrollment: e,
                 bills: &self.ledger.bills,
                 payments: &self.ledger.payments,
                 policy,
             };
-            let events = coverage::step(&e.coverage, &facts, day, reinstate_with);
+            let events = coverage::step(&e.coverage, &facts, day, reinstates);
             let id = e.id;
             for event in events {
                 moved |= matches!(

@@ -250,9 +250,12 @@ impl Bill {
     }
 }
 
-/// The order payments are allocated in: oldest due date first, then coverage month, then id.
+/// The order payments are allocated in: premiums and installments before late fees (a fee
+/// never takes money a premium needs, so an unpaid fee never costs coverage), then oldest due
+/// date first, then coverage month, then id.
 pub fn allocation_order(a: &Bill, b: &Bill) -> std::cmp::Ordering {
-    (a.due_date, a.coverage_month, a.id).cmp(&(b.due_date, b.coverage_month, b.id))
+    let fee = |b: &Bill| matches!(b.kind, BillKind::LateFee { .. });
+    (fee(a), a.due_date, a.coverage_month, a.id).cmp(&(fee(b), b.due_date, b.coverage_month, b.id))
 }
 
 #[cfg(test)]

@@ -234,6 +234,18 @@ impl Coverage {
     }
 }
 
+/// Which money a rule reads for a date.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    /// What counts now: a returned payment never paid anything (cures, terminations,
+    /// reversals, effectuation).
+    Now,
+    /// What counted at the end of that date as far as is known now: a payment returned
+    /// since still counted then (whether coverage fell short on that date, so a grace
+    /// starts on the day a return is recorded, however the days are walked).
+    Then,
+}
+
 /// The household's bills and payments as one enrollment's rules read them.
 #[derive(Debug)]
 pub struct Facts<'a> {
@@ -266,20 +278,34 @@ impl<'a> Facts<'a> {
     }
 
     /// Per bill, what the household's counted payments initiated (or received) by `as_of`
-    /// reach when they fill its bills oldest first; `revive` are void bills to count as open
-    /// (a decision being reconsidered).
+    /// reach when they fill its premiums and installments oldest first; `revive` are void
+    /// bills to count as open (a decision being reconsidered). Late fees take nothing here:
+    /// coverage is kept or lost on premiums alone (155.400(g)), so a fee left unpaid never
+    /// turns paid premiums into a shortfall.
     fn filled(&self, as_of: NaiveDate, revive: &BTreeSet<BillId>) -> BTreeMap<BillId, Money> {
+        self.filled_by(as_of, revive, Reading::Now)
+    }
+
+    fn filled_by(
+        &self,
+        as_of: NaiveDate,
+        revive: &BTreeSet<BillId>,
+        reading: Reading,
+    ) -> BTreeMap<BillId, Money> {
         let mut money = Money::sum(
             self.payments
                 .iter()
                 .filter(|p| p.initiated_on <= as_of)
-                .map(Payment::net),
+                .map(|p| match reading {
+                    Reading::Now => p.net(),
+                    Reading::Then => p.net_as_of(as_of),
+                }),
         )
         .unwrap_or(Money::ZERO);
         let mut bills: Vec<&Bill> = self
             .bills
             .iter()
-            .filter(|b| !b.void || revive.contains(&b.id))
+            .filter(|b| is_paying(b) && (!b.void || revive.contains(&b.id)))
             .collect();
         bills.sort_by(|a, b| allocation_order(a, b));
         let mut out = BTreeMap::new();
@@ -317,6 +343,16 @@ impl<'a> Facts<'a> {
     /// Whether the enrollment is short: money paid by `pay_by` below the threshold of its
     /// premiums due on or before `due_by`.
     fn short(&self, pay_by: NaiveDate, due_by: NaiveDate, revive: &BTreeSet<BillId>) -> bool {
+        self.short_by(pay_by, due_by, revive, Reading::Now)
+    }
+
+    fn short_by(
+        &self,
+        pay_by: NaiveDate,
+        due_by: NaiveDate,
+        revive: &BTreeSet<BillId>,
+        reading: Reading,
+    ) -> bool {
         let owed = Money::sum(
             self.premiums(revive)
                 .filter(|b| b.due_date <= due_by)
@@ -326,7 +362,7 @@ impl<'a> Facts<'a> {
         if owed.is_zero() {
             return false;
         }
-        let filled = self.filled(pay_by, revive);
+        let filled = self.filled_by(pay_by, revive, reading);
         let paid = self.paid(&filled);
         self.policy
             .short(paid, owed, self.latest_due_reached(&filled, due_by))
@@ -346,7 +382,7 @@ impl<'a> Facts<'a> {
     /// threshold), among premiums due by `due_by`.
     fn first_unpaid(&self, pay_by: NaiveDate, due_by: NaiveDate) -> Option<&'a Bill> {
         let none = BTreeSet::new();
-        let filled = self.filled(pay_by, &none);
+        let filled = self.filled_by(pay_by, &none, Reading::Then);
         let paid = self.paid(&filled);
         let id = self.id();
         let bills: &'a [Bill] = self.bills;
@@ -364,6 +400,22 @@ impl<'a> Facts<'a> {
             }
         }
         None
+    }
+
+    /// Whether, on some day from `since` to yesterday, the money counted by that day met
+    /// the threshold of every premium due before it: yesterday, and each day a payment was
+    /// initiated or received on. Whether a grace is cured never depends on the days the
+    /// machine happened to be walked.
+    fn paid_up_since(&self, since: NaiveDate, today: NaiveDate) -> bool {
+        let none = BTreeSet::new();
+        let mut days: BTreeSet<NaiveDate> = self.payments.iter().map(|p| p.initiated_on).collect();
+        if let Some(yesterday) = today.pred_opt() {
+            days.insert(yesterday);
+        }
+        days.range(since..today).any(|day| {
+            let before = day.pred_opt().unwrap_or(*day);
+            !self.short(*day, before, &none)
+        })
     }
 
     /// The binder and its deadline.
@@ -427,13 +479,14 @@ fn grace_for(facts: &Facts<'_>, first: &Bill, today: NaiveDate) -> GraceDates {
 }
 
 /// The events of one enrollment on `today`, from its state and the household's facts.
-/// `reinstate_with` is the credit on the account and what reinstatement needs, when the
-/// enrollment is terminated.
+/// `reinstates` says whether, on a day of its reinstatement window up to `today`, the
+/// account's credit from payments made by then covered what reinstating it needed (the
+/// account answers it: reinstatement reads credit, not bills alone).
 pub fn step(
     coverage: &Coverage,
     facts: &Facts<'_>,
     today: NaiveDate,
-    reinstate_with: Option<(Money, Money)>,
+    reinstates: bool,
 ) -> Vec<CoverageEvent> {
     let none = BTreeSet::new();
     let yesterday = today.pred_opt().unwrap_or(today);
@@ -459,7 +512,7 @@ pub fn step(
                     .then_some(CoverageEvent::CancellationReversed)
             }
             CoverageState::Active => facts
-                .short(today, yesterday, &none)
+                .short_by(today, yesterday, &none, Reading::Then)
                 .then(|| facts.first_unpaid(today, yesterday))
                 .flatten()
                 .map(|first| CoverageEvent::GraceStarted {
@@ -486,15 +539,11 @@ pub fn step(
                         CoverageEvent::Cured
                     })
                 } else if !facts.short(today, yesterday, &none)
-                    || (yesterday >= grace.past_due_since
-                        && !facts.short(
-                            yesterday,
-                            yesterday.pred_opt().unwrap_or(yesterday),
-                            &none,
-                        ))
+                    || facts.paid_up_since(grace.past_due_since, today)
                 {
-                    // Paid back to the threshold today, or (a check received yesterday and
-                    // recorded today) already yesterday, before today's due date counted.
+                    // Paid back to the threshold today, or already on an earlier day of the
+                    // grace (a check received then and recorded since), before the bills
+                    // due from that day on counted.
                     Some(CoverageEvent::Cured)
                 } else {
                     next_notice(grace, &notices, today).map(|notice| CoverageEvent::Notice {
@@ -503,20 +552,13 @@ pub fn step(
                     })
                 }
             }
-            CoverageState::Terminated {
-                grace,
-                reinstatable_until,
-                voided,
-                ..
-            } => {
+            CoverageState::Terminated { grace, voided, .. } => {
                 let revive = facts.voided_bills(voided);
                 let end = grace.grace_ends_on;
                 if !facts.short(end, end, &revive) {
                     Some(CoverageEvent::TerminationReversed)
                 } else {
-                    reinstate_with
-                        .filter(|(credit, needed)| today <= *reinstatable_until && credit >= needed)
-                        .map(|_| CoverageEvent::Reinstated)
+                    reinstates.then_some(CoverageEvent::Reinstated)
                 }
             }
         };

@@ -1,9 +1,12 @@
 //! The account ledger: bills, payments, and how payments are allocated to bills.
 //!
-//! Rules: payments that count (processing, settled, partly refunded) are applied to the oldest
-//! open bill first; what no bill needs is credit, applied to the next bill as soon as it is
-//! issued. A return or failure undoes a payment's allocations and reopens its bills; a refund
-//! gives back credit first, then un-applies the payment from its newest bills.
+//! Rules: the money of payments that count (processing, settled, partly refunded) fills the
+//! open bills oldest first (premiums and installments before late fees); what no bill needs is
+//! credit, applied to the next bill as soon as it is issued. The allocation is computed whole
+//! after every change, so it never depends on the order things happened in: a return, failure
+//! or refund leaves less money and the newest bills reopen; a void frees what the bill held
+//! for the oldest bills still open. Coverage reads the same fill (`coverage::Facts`), so each
+//! enrollment's amounts on pages and in notices are the ones its coverage is decided on.
 //!
 //! Invariant (checked by [`Ledger::check_invariants`] and property tests):
 //! `balance = Σ payable(bills) − Σ allocations − credit`, every amount ≥ 0, each bill's
@@ -14,7 +17,7 @@ use crate::billing::{Bill, allocation_order};
 use crate::ids::{BillId, PaymentId};
 use crate::money::{Money, MoneyError};
 use crate::payment::{Allocation, Payment, PaymentEvent, TransitionError};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -146,18 +149,22 @@ impl Ledger {
         self.settle();
     }
 
-    /// Applies a payment event: transitions the payment and re-allocates as the new state needs.
+    /// Applies a payment event recorded at `at`, on the marketplace's date `on`: transitions
+    /// the payment and re-allocates as the new state needs.
     pub fn apply_payment_event(
         &mut self,
         id: PaymentId,
         event: PaymentEvent,
         at: DateTime<Utc>,
+        on: NaiveDate,
         cause: &str,
     ) -> Result<bool, LedgerError> {
         let p = self.payment_mut(id).ok_or(LedgerError::UnknownPayment)?;
         let changed = p.transition(event, at, cause)?;
         if changed {
-            self.release_excess(id);
+            if let Some(t) = p.history.last_mut() {
+                t.on = Some(on);
+            }
             self.settle();
         }
         Ok(changed)
@@ -170,7 +177,6 @@ impl Ledger {
         if bill.transferred > amount {
             bill.transferred = amount;
         }
-        self.release_bill_excess(id);
         self.settle();
         Ok(())
     }
@@ -178,7 +184,6 @@ impl Ledger {
     /// Voids a bill (coverage ended before its month); its allocations become credit.
     pub fn void_bill(&mut self, id: BillId) -> Result<(), LedgerError> {
         self.bill_mut(id).ok_or(LedgerError::UnknownBill)?.void = true;
-        self.release_bill_excess(id);
         self.settle();
         Ok(())
     }
@@ -198,103 +203,56 @@ impl Ledger {
         Ok(open)
     }
 
-    /// Applies credit to open bills, oldest first, until one runs out.
+    /// Allocates every payment that counts to the bills, oldest first (in allocation order),
+    /// in the order the payments were made; what no bill needs is credit. The allocation is
+    /// computed whole each time, so it never depends on the order things happened in: after
+    /// a return, a void or a re-pricing the money left fills the oldest bills, exactly as
+    /// if it had always been so. Only bills and payments whose allocation moved are marked
+    /// changed.
     pub fn settle(&mut self) {
         let mut order: Vec<usize> = (0..self.bills.len()).collect();
         order.sort_by(|a, b| match (self.bills.get(*a), self.bills.get(*b)) {
             (Some(x), Some(y)) => allocation_order(x, y),
             _ => std::cmp::Ordering::Equal,
         });
+        let mut room: Vec<Money> = self.bills.iter().map(Bill::payable).collect();
+        let mut allocated = vec![Money::ZERO; self.bills.len()];
         let mut bi = 0;
         for p in self.payments.iter_mut() {
-            let mut free = p.unallocated();
+            let mut free = p.net();
+            let mut allocations: Vec<Allocation> = Vec::new();
             while free.is_positive() {
-                let Some(bill) = order.get(bi).and_then(|i| self.bills.get_mut(*i)) else {
+                let Some(i) = order.get(bi).copied() else {
                     break;
                 };
-                let open = bill.open_amount();
+                let (Some(open), Some(bill)) = (room.get_mut(i), self.bills.get(i)) else {
+                    break;
+                };
                 if open.is_zero() {
                     bi += 1;
                     continue;
                 }
-                let take = open.min(free);
-                bill.allocated = bill.allocated.checked_add(take).unwrap_or(bill.allocated);
-                match p.allocations.iter_mut().find(|a| a.bill_id == bill.id) {
-                    Some(a) => a.amount = a.amount.checked_add(take).unwrap_or(a.amount),
-                    None => p.allocations.push(Allocation {
-                        bill_id: bill.id,
-                        amount: take,
-                    }),
+                let take = (*open).min(free);
+                *open = open.saturating_sub(take);
+                if let Some(a) = allocated.get_mut(i) {
+                    *a = a.checked_add(take).unwrap_or(*a);
                 }
+                allocations.push(Allocation {
+                    bill_id: bill.id,
+                    amount: take,
+                });
                 free = free.saturating_sub(take);
+            }
+            if p.allocations != allocations {
+                p.allocations = allocations;
+                self.changed_payments.insert(p.id);
+            }
+        }
+        for (bill, amount) in self.bills.iter_mut().zip(allocated) {
+            if bill.allocated != amount {
+                bill.allocated = amount;
                 self.changed_bills.insert(bill.id);
-                self.changed_payments.insert(p.id);
             }
-        }
-    }
-
-    /// Removes a payment's allocations beyond its net amount, newest bill first.
-    fn release_excess(&mut self, id: PaymentId) {
-        let Some(p) = self.payments.iter_mut().find(|p| p.id == id) else {
-            return;
-        };
-        let mut excess = p.allocated().saturating_sub(p.net());
-        if excess.is_zero() {
-            return;
-        }
-        let due_of = |bill_id: BillId| {
-            self.bills
-                .iter()
-                .find(|b| b.id == bill_id)
-                .map(|b| (b.due_date, b.coverage_month, b.id))
-        };
-        p.allocations
-            .sort_by_key(|a| std::cmp::Reverse(due_of(a.bill_id)));
-        let mut reductions: BTreeMap<BillId, Money> = BTreeMap::new();
-        for a in p.allocations.iter_mut() {
-            if excess.is_zero() {
-                break;
-            }
-            let take = a.amount.min(excess);
-            a.amount = a.amount.saturating_sub(take);
-            excess = excess.saturating_sub(take);
-            let r = reductions.entry(a.bill_id).or_default();
-            *r = r.checked_add(take).unwrap_or(*r);
-        }
-        p.allocations.retain(|a| a.amount.is_positive());
-        p.allocations.sort_by_key(|a| due_of(a.bill_id));
-        for (bill_id, amount) in reductions {
-            if let Some(b) = self.bill_mut(bill_id) {
-                b.allocated = b.allocated.saturating_sub(amount);
-            }
-        }
-    }
-
-    /// Removes allocations to a bill beyond what it can take, newest payment first.
-    fn release_bill_excess(&mut self, id: BillId) {
-        let Some(bill) = self.bills.iter().find(|b| b.id == id) else {
-            return;
-        };
-        let mut excess = bill.allocated.saturating_sub(bill.payable());
-        if excess.is_zero() {
-            return;
-        }
-        let mut released = Money::ZERO;
-        for p in self.payments.iter_mut().rev() {
-            if excess.is_zero() {
-                break;
-            }
-            if let Some(a) = p.allocations.iter_mut().find(|a| a.bill_id == id) {
-                let take = a.amount.min(excess);
-                a.amount = a.amount.saturating_sub(take);
-                excess = excess.saturating_sub(take);
-                released = released.checked_add(take).unwrap_or(released);
-                p.allocations.retain(|a| a.amount.is_positive());
-                self.changed_payments.insert(p.id);
-            }
-        }
-        if let Some(b) = self.bill_mut(id) {
-            b.allocated = b.allocated.saturating_sub(released);
         }
     }
 
@@ -454,14 +412,21 @@ mod tests {
                 .is_zero(),
             "processing protects the bill"
         );
-        l.apply_payment_event(id, PaymentEvent::Settled, at(), "webhook")
-            .unwrap();
+        l.apply_payment_event(
+            id,
+            PaymentEvent::Settled,
+            at(),
+            at().date_naive(),
+            "webhook",
+        )
+        .unwrap();
         l.apply_payment_event(
             id,
             PaymentEvent::Returned {
                 code: ReturnCode::R01,
             },
             at(),
+            at().date_naive(),
             "webhook",
         )
         .unwrap();
@@ -494,6 +459,7 @@ mod tests {
                 reason: DeclineReason::InsufficientFunds,
             },
             at(),
+            at().date_naive(),
             "webhook",
         )
         .unwrap();
@@ -514,6 +480,7 @@ mod tests {
                 amount: Money::from_cents(5_000),
             },
             at(),
+            at().date_naive(),
             "agent",
         )
         .unwrap();
@@ -531,6 +498,7 @@ mod tests {
                 amount: Money::from_cents(1_000),
             },
             at(),
+            at().date_naive(),
             "agent",
         )
         .unwrap();
@@ -605,16 +573,16 @@ mod tests {
                         l.add_payment(p);
                     }
                     Op::Settle(i) => if let Some(id) = pick(&l.payments, i).map(|p| p.id) {
-                        let _ = l.apply_payment_event(id, PaymentEvent::Settled, at(), "t");
+                        let _ = l.apply_payment_event(id, PaymentEvent::Settled, at(), at().date_naive(), "t");
                     },
                     Op::Decline(i) => if let Some(id) = pick(&l.payments, i).map(|p| p.id) {
-                        let _ = l.apply_payment_event(id, PaymentEvent::Declined { reason: DeclineReason::InsufficientFunds }, at(), "t");
+                        let _ = l.apply_payment_event(id, PaymentEvent::Declined { reason: DeclineReason::InsufficientFunds }, at(), at().date_naive(), "t");
                     },
                     Op::Return(i) => if let Some(id) = pick(&l.payments, i).map(|p| p.id) {
-                        let _ = l.apply_payment_event(id, PaymentEvent::Returned { code: ReturnCode::R01 }, at(), "t");
+                        let _ = l.apply_payment_event(id, PaymentEvent::Returned { code: ReturnCode::R01 }, at(), at().date_naive(), "t");
                     },
                     Op::Refund(i, c) => if let Some(id) = pick(&l.payments, i).map(|p| p.id) {
-                        let _ = l.apply_payment_event(id, PaymentEvent::Refunded { amount: Money::from_cents(c) }, at(), "t");
+                        let _ = l.apply_payment_event(id, PaymentEvent::Refunded { amount: Money::from_cents(c) }, at(), at().date_naive(), "t");
                     },
                     Op::Void(i) => if let Some(id) = pick(&l.bills, i).map(|b| b.id) {
                         l.void_bill(id).unwrap();

@@ -318,6 +318,17 @@ pub enum PaymentEvent {
     },
 }
 
+/// Whether a payment in `status` counts towards what is paid.
+fn counting(status: PaymentStatus) -> bool {
+    matches!(
+        status,
+        PaymentStatus::Pending {
+            stage: PendingStage::Processing
+        } | PaymentStatus::Succeeded
+            | PaymentStatus::Refunded { .. }
+    )
+}
+
 /// One recorded transition.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Transition {
@@ -331,6 +342,10 @@ pub struct Transition {
     pub event: PaymentEvent,
     /// Who or what caused it ("gateway webhook evt_123", "agent 42", "settlement job").
     pub cause: String,
+    /// The marketplace's date it was recorded on (the date coverage rules read it by); older
+    /// records without one are read by the UTC date of `at`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on: Option<NaiveDate>,
 }
 
 /// An illegal transition.
@@ -380,13 +395,27 @@ impl Payment {
     /// Whether the payment's money counts toward the account: processing, settled, or
     /// settled-then-partly-refunded. Submitted, failed and returned payments do not.
     pub fn counts(&self) -> bool {
-        matches!(
-            self.status,
-            PaymentStatus::Pending {
-                stage: PendingStage::Processing
-            } | PaymentStatus::Succeeded
-                | PaymentStatus::Refunded { .. }
-        )
+        counting(self.status)
+    }
+
+    /// What the payment contributed at the end of `day`, as far as is known now: its net
+    /// amount while it counts; and one returned or failed after `day` still counted then
+    /// (a bank transfer protects its bills until its return is recorded).
+    pub fn net_as_of(&self, day: NaiveDate) -> Money {
+        if self.counts() {
+            return self.net();
+        }
+        let left = self
+            .history
+            .iter()
+            .rev()
+            .find(|t| counting(t.from) && !counting(t.to));
+        match left {
+            Some(t) if t.on.unwrap_or_else(|| t.at.date_naive()) > day => {
+                self.amount.saturating_sub(self.refunded)
+            }
+            _ => Money::ZERO,
+        }
     }
 
     /// The amount the payment contributes: amount less refunds while it counts, else zero.
@@ -492,6 +521,7 @@ impl Payment {
             to: next,
             event,
             cause: cause.into(),
+            on: None,
         });
         self.status = next;
         Ok(true)

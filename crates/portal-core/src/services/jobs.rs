@@ -769,8 +769,11 @@ impl Portal {
                     .map(|b| b.open_amount()),
             )
             .unwrap_or(Money::ZERO);
+            // A grace notice only while that grace still runs when the day's walk is done
+            // (a grace that started and ended or was cured the same day says nothing).
+            let still_running = |grace: &crate::delinquency::GraceDates| matches!(&e.coverage.state, crate::coverage::CoverageState::InGrace { grace: g } if g == grace);
             let notice = match &event {
-                CoverageEvent::Notice { notice, grace } if day == today => {
+                CoverageEvent::Notice { notice, grace } if day == today && still_running(grace) => {
                     let body = match notice {
                         BillNotice::PastDue => NoticeBody::PastDue {
                             plan_name: e.plan_name.clone(),

@@ -819,6 +819,7 @@ impl Portal {
                 payment_id,
                 event.clone(),
                 now,
+                today,
                 &format!("{actor}: {cause}"),
             ) {
                 Ok(c) => c,

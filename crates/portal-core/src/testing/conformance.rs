@@ -471,10 +471,13 @@ pub async fn saves_and_loads_every_aggregate(store: &dyn StoreUnderTest, seed: u
 pub async fn later_commits_write_what_changed(store: &dyn StoreUnderTest, seed: u32) {
     let mut a = insert(store, full_account(seed)).await;
     let p = PaymentId(id(seed, 35));
-    if let Err(e) = a
-        .ledger
-        .apply_payment_event(p, PaymentEvent::Settled, at(8, 8), "late webhook")
-    {
+    if let Err(e) = a.ledger.apply_payment_event(
+        p,
+        PaymentEvent::Settled,
+        at(8, 8),
+        at(8, 8).date_naive(),
+        "late webhook",
+    ) {
         panic!("{e}");
     }
     a.ledger.add_bill(Bill {
