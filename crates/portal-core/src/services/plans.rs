@@ -296,6 +296,16 @@ impl Portal {
                 "enrollment.subsidy_changed",
                 format!("${subsidy} from {effective}"),
             ));
+            // Re-priced bills may change what coverage needs today: decided in this commit.
+            let today = self.today();
+            self.record_coverage(
+                account,
+                changes,
+                today,
+                &Actor::System {
+                    job: "subsidy change".into(),
+                },
+            );
             Ok(Some(()))
         })
         .await

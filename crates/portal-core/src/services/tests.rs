@@ -2676,6 +2676,14 @@ mod household_reference {
             days
         }
 
+        /// What terminated enrollment `k` was short of by its grace end (voided months
+        /// counted): the amount a check received by then must bring to reverse it.
+        pub fn short_at_grace_end(&self, k: usize, day: NaiveDate) -> i64 {
+            let known = (day, day);
+            let ends = self.enrollments[k].grace_ends.unwrap();
+            self.owed(k, known, ends) - self.paid(k, known, ends, Some(k))
+        }
+
         /// Whether enrollment `k`, in grace, was paid up on an earlier day of the grace
         /// before `x`: yesterday, or a day money counts from (a check received then and
         /// recorded since), with the bills due before that day.
@@ -2911,6 +2919,8 @@ proptest::proptest! {
         dental in proptest::bool::ANY,
         fees in proptest::bool::weighted(0.25),
         binder in proptest::option::weighted(0.85, (0u32..30, 0usize..3)),
+        plan_in_grace in proptest::option::weighted(0.4, (0u32..40, 1i64..=7)),
+        late_check in proptest::option::weighted(0.4, (0u32..10, 0i64..=7)),
         events in proptest::collection::vec((0u32..180, 0u8..6, 1i64..=7, 0u32..=10), 0..16),
     ) {
         use household_reference::Status as S;
@@ -2966,7 +2976,8 @@ proptest::proptest! {
                 4 => month / 2,
                 5 => share,
                 6 => month / 4,
-                _ => month * 4,
+                7 => month * 4,
+                cents => cents,
             };
             let mut plan: Vec<(NaiveDate, u8, i64, u32)> = binder
                 .map(|(offset, k)| (start + Duration::days(i64::from(offset)), 0, [2, 1, 5][k], 0))
@@ -2986,6 +2997,11 @@ proptest::proptest! {
             let mut graces: Vec<Option<crate::delinquency::GraceDates>> = vec![None; ids.len()];
             let mut returns: Vec<(NaiveDate, usize, String)> = Vec::new();
             let mut planned = false;
+            // Events the history sets off: a plan asked for some days into the first grace
+            // period, a check received on the last day of grace and recorded after the
+            // termination.
+            let mut later: Vec<(NaiveDate, u8, i64, u32)> = Vec::new();
+            let mut graced = false;
             let mut ended: Option<NaiveDate> = None;
             let mut day = start;
             let mut n = 0;
@@ -2999,33 +3015,6 @@ proptest::proptest! {
                 let seen = format!("on {day}; history {plan:?}; pricing {pricing}, dental {dental}, fees {fees}");
                 if std::env::var("MODEL_TRACE").is_ok() {
                     eprintln!("{day}: model {expected:?} got {:?}", got.enrollments.iter().map(|e| as_household_reference(&e.status)).collect::<Vec<_>>());
-                }
-                for (k, e) in got.enrollments.iter().enumerate() {
-                    assert_eq!(
-                        as_household_reference(&e.status), expected[k],
-                        "enrollment {k}: {:?} vs model {:?} {seen}", e.status, expected[k]
-                    );
-                    match e.status {
-                        CoverageStatus::InGrace { grace } => {
-                            // The same grace (same first unpaid month) keeps its kind and
-                            // dates; a new one (cured, then short again) starts later.
-                            if let Some(g) = graces[k] {
-                                if g.first_unpaid_month == grace.first_unpaid_month {
-                                    assert_eq!(g, grace, "a running grace never changes {seen}");
-                                }
-                            }
-                            graces[k] = Some(grace);
-                            if grace.kind == crate::delinquency::GraceKind::Aptc {
-                                assert!(grace.termination_effective <= grace.first_unpaid_month.last_day(), "{seen}");
-                            }
-                        }
-                        CoverageStatus::Cancelled { .. } => {
-                            let owed = Money::sum(acc.bills_of(e.enrollment_id).iter().map(|b| b.open_amount())).unwrap();
-                            assert_eq!(owed, Money::ZERO, "a cancelled enrollment owes nothing {seen}");
-                            assert_eq!(e.paid_through, None);
-                        }
-                        _ => graces[k] = None,
-                    }
                 }
                 Harness::check_ledger(&acc);
                 let k_of = |id: EnrollmentId| ids.iter().position(|i| *i == id).unwrap();
@@ -3061,7 +3050,47 @@ proptest::proptest! {
                         assert_eq!(amount.cents(), owed, "the notice's amount is its enrollment's: {:?}, model {expected:?} {seen}", notice.body);
                     }
                 }
+                for (k, e) in got.enrollments.iter().enumerate() {
+                    assert_eq!(
+                        as_household_reference(&e.status), expected[k],
+                        "enrollment {k}: {:?} vs model {:?} {seen}", e.status, expected[k]
+                    );
+                    match e.status {
+                        CoverageStatus::InGrace { grace } => {
+                            // The same grace (same first unpaid month) keeps its kind and
+                            // dates; a new one (cured, then short again) starts later.
+                            if let Some(g) = graces[k] {
+                                if g.first_unpaid_month == grace.first_unpaid_month {
+                                    assert_eq!(g, grace, "a running grace never changes {seen}");
+                                }
+                            }
+                            graces[k] = Some(grace);
+                            if grace.kind == crate::delinquency::GraceKind::Aptc {
+                                assert!(grace.termination_effective <= grace.first_unpaid_month.last_day(), "{seen}");
+                            }
+                        }
+                        CoverageStatus::Cancelled { .. } => {
+                            let owed = Money::sum(acc.bills_of(e.enrollment_id).iter().map(|b| b.open_amount())).unwrap();
+                            assert_eq!(owed, Money::ZERO, "a cancelled enrollment owes nothing {seen}");
+                            assert_eq!(e.paid_through, None);
+                        }
+                        _ => graces[k] = None,
+                    }
+                }
+                if let (false, S::InGrace { .. }) = (graced, expected[0]) {
+                    graced = true;
+                    if let Some((after, k)) = plan_in_grace {
+                        later.push((day + Duration::days(i64::from(after)), 3, k, 0));
+                    }
+                }
                 let terminated = expected.iter().any(|s| matches!(s, S::Terminated { .. }));
+                if let (None, S::Terminated { .. }, Some((after, k))) = (ended, expected[0], late_check) {
+                    let ends = model.enrollments[0].grace_ends.unwrap();
+                    let on = day + Duration::days(i64::from(after));
+                    // Code 0: a check for exactly what was short by the grace end.
+                    let k = if k == 0 { model.short_at_grace_end(0, day).max(100) } else { k };
+                    later.push((on, 1, k, u32::try_from((on - ends).num_days()).unwrap()));
+                }
                 if ended.is_none() && (terminated || expected.iter().all(|s| *s == S::Cancelled)) {
                     ended = Some(day);
                 }
@@ -3087,8 +3116,22 @@ proptest::proptest! {
                     }
                     model.payments[*i].returned = Some(day);
                     model.recorded(day);
+                    let got = h.account().await.summary(&policy, day);
+                    for (k, e) in got.enrollments.iter().enumerate() {
+                        let want = model.enrollments[k].status;
+                        assert_eq!(
+                            as_household_reference(&e.status), want,
+                            "enrollment {k} just after a return: {:?} vs model {want:?} {seen}", e.status
+                        );
+                        // Cured in between: a grace that starts again is a new one.
+                        if !matches!(e.status, CoverageStatus::InGrace { .. }) {
+                            graces[k] = None;
+                        }
+                    }
                 }
-                for (_, how, k, back) in plan.iter().filter(|(on, ..)| *on == day) {
+                let today: Vec<(NaiveDate, u8, i64, u32)> =
+                    plan.iter().chain(&later).filter(|(on, ..)| *on == day).copied().collect();
+                for (_, how, k, back) in today.iter() {
                     n += 1;
                     let cents = part(*k);
                     let amount = Money::from_cents(cents);
@@ -3154,6 +3197,7 @@ proptest::proptest! {
                             let from = CoverageMonth::of(day).plus((*back % 2) as i32);
                             h.portal.change_subsidy(h.account_id, h.enrollment_id, Money::ZERO, from).await.unwrap();
                             model.lose_subsidy(0, household_reference::index(day) + (*back % 2) as i32, day);
+                            model.recorded(day);
                         }
                         5 => {
                             match h.portal.reinstate(h.account_id, h.enrollment_id, Actor::Member).await {
@@ -3163,6 +3207,20 @@ proptest::proptest! {
                             }
                         }
                         _ => {}
+                    }
+                    // A payment, a return or a reinstatement decides coverage in its own
+                    // commit: the account answers at once what the model says.
+                    let got = h.account().await.summary(&policy, day);
+                    for (k, e) in got.enrollments.iter().enumerate() {
+                        let want = model.enrollments[k].status;
+                        assert_eq!(
+                            as_household_reference(&e.status), want,
+                            "enrollment {k} just after event {how}: {:?} vs model {want:?} {seen}", e.status
+                        );
+                        // Cured in between: a grace that starts again is a new one.
+                        if !matches!(e.status, CoverageStatus::InGrace { .. }) {
+                            graces[k] = None;
+                        }
                     }
                 }
                 day = day.succ_opt().unwrap();
