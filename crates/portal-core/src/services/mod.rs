@@ -354,21 +354,49 @@ impl Portal {
     pub(crate) async fn update_account<T, F>(
         &self,
         id: AccountId,
-        mut change: F,
+        change: F,
     ) -> Result<T, ServiceError>
     where
         F: FnMut(&mut Account, &mut Changes) -> Result<Option<T>, ServiceError>,
         T: Default,
     {
+        let account = self.account(id).await?;
+        let (out, _) = self.update_loaded(account, change).await?;
+        Ok(out.unwrap_or_default())
+    }
+
+    /// [`Portal::update_account`] from an account already loaded: the first attempt changes
+    /// it without reading it again (a conflict reloads). Returns what the change gave (`None`
+    /// when it had nothing to do) and the account as it now stands: as committed (its version
+    /// moved on, nothing left to write), or as loaded when nothing changed. A use case that goes
+    /// on with the account needs no second read.
+    pub(crate) async fn update_loaded<T, F>(
+        &self,
+        account: Account,
+        mut change: F,
+    ) -> Result<(Option<T>, Account), ServiceError>
+    where
+        F: FnMut(&mut Account, &mut Changes) -> Result<Option<T>, ServiceError>,
+    {
+        let id = account.id;
+        let mut loaded = Some(account);
         for _ in 0..MAX_ATTEMPTS {
-            let mut account = self.account(id).await?;
+            let mut account = match loaded.take() {
+                Some(a) => a,
+                None => self.account(id).await?,
+            };
             let mut changes = Changes::default();
             let Some(out) = change(&mut account, &mut changes)? else {
-                return Ok(T::default());
+                return Ok((None, account));
             };
+            let mut committed = account.clone();
             changes.account = Some(account);
             match self.deps.store.commit(changes).await {
-                Ok(()) => return Ok(out),
+                Ok(()) => {
+                    committed.version += 1;
+                    committed.ledger.clear_changes();
+                    return Ok((Some(out), committed));
+                }
                 Err(StoreError::Conflict) => continue,
                 Err(e) => return Err(e.into()),
             }

@@ -150,6 +150,24 @@ fn request_digest(parts: &[&str]) -> String {
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The receipt of `payment_id` from the account as it stands.
+fn receipt_of(
+    account: &Account,
+    payment_id: PaymentId,
+    replayed: bool,
+) -> Result<PaymentReceipt, ServiceError> {
+    let payment = account
+        .ledger
+        .payment(payment_id)
+        .cloned()
+        .ok_or(ServiceError::NotFound("payment"))?;
+    Ok(PaymentReceipt {
+        payment: Some(payment),
+        amount_due_after: account.amount_due(),
+        replayed,
+    })
+}
+
 /// The gateway idempotency key for a payment: stable across retries and crashes.
 pub fn gateway_key(payment: PaymentId) -> String {
     format!("pay_{}", payment.uuid().simple())
@@ -454,6 +472,7 @@ impl Portal {
                 initiated_on: None,
             },
             cmd.account_id,
+            Some(account),
         )
         .await
     }
@@ -521,6 +540,7 @@ impl Portal {
                 initiated_on: None,
             },
             matched.account_id,
+            None,
         )
         .await
     }
@@ -578,16 +598,19 @@ impl Portal {
                 initiated_on: Some(form.received_on),
             },
             account_id,
+            None,
         )
         .await
     }
 
     /// Creates the payment and its idempotency record in one commit, then settles it with the
-    /// gateway (or at once for offline payments).
+    /// gateway (or at once for offline payments). The account is read once (or taken as the
+    /// caller loaded it); each commit hands the next step the account as committed.
     async fn submit(
         &self,
         new: NewPayment,
         account_id: AccountId,
+        loaded: Option<Account>,
     ) -> Result<PaymentReceipt, ServiceError> {
         let store = &self.deps.store;
         if let Some(rec) = store
@@ -600,8 +623,12 @@ impl Portal {
         let reference = self.deps.ids.payment_reference();
         let now = self.now();
         let today = self.today();
+        let account = match loaded {
+            Some(a) => a,
+            None => self.account(account_id).await?,
+        };
         let created = self
-            .update_account(account_id, |account, changes| {
+            .update_loaded(account, |account, changes| {
                 let amount = self.resolve_amount(account, new.amount)?;
                 if let Some(m) = &new.save_method {
                     if !account.methods.iter().any(|x| x.id == m.id) {
@@ -647,12 +674,12 @@ impl Portal {
                     ),
                 ));
                 account.ledger.add_payment(payment.clone());
-                Ok(Some(Some(payment)))
+                Ok(Some(payment))
             })
             .await;
-        let payment = match created {
-            Ok(Some(p)) => p,
-            Ok(None) => return Err(ServiceError::NotFound("payment")),
+        let (payment, account) = match created {
+            Ok((Some(p), account)) => (p, account),
+            Ok((None, _)) => return Err(ServiceError::NotFound("payment")),
             Err(e) => {
                 // A concurrent request with the same key may have won while this one waited
                 // (its payment can even have made the amount due zero): its result is ours.
@@ -667,20 +694,21 @@ impl Portal {
         };
         match &new.token {
             Some(token) => {
-                self.charge(account_id, &payment, token.clone(), &new.actor)
+                self.charge_loaded(account, &payment, token.clone(), &new.actor)
                     .await
             }
             None => {
-                self.apply_outcome(
-                    account_id,
-                    payment.id,
-                    PaymentEvent::Settled,
-                    None,
-                    &new.actor,
-                    "recorded offline payment",
-                )
-                .await?;
-                self.receipt(account_id, payment.id, false).await
+                let (_, account) = self
+                    .apply_outcome_loaded(
+                        account,
+                        payment.id,
+                        PaymentEvent::Settled,
+                        None,
+                        &new.actor,
+                        "recorded offline payment",
+                    )
+                    .await?;
+                receipt_of(&account, payment.id, false)
             }
         }
     }
@@ -732,6 +760,18 @@ impl Portal {
         token: GatewayToken,
         actor: &Actor,
     ) -> Result<PaymentReceipt, ServiceError> {
+        let account = self.account(account_id).await?;
+        self.charge_loaded(account, payment, token, actor).await
+    }
+
+    /// Charges a submitted payment of `account` (as last committed) and records the outcome.
+    async fn charge_loaded(
+        &self,
+        account: Account,
+        payment: &Payment,
+        token: GatewayToken,
+        actor: &Actor,
+    ) -> Result<PaymentReceipt, ServiceError> {
         let Some(kind) = payment.instrument.method_kind() else {
             return Err(ServiceError::Internal(
                 "offline payments are not charged".into(),
@@ -745,23 +785,24 @@ impl Portal {
             payment_id: payment.id,
             reference: payment.reference.clone(),
         };
-        match self.deps.gateway.charge(request).await {
+        let account = match self.deps.gateway.charge(request).await {
             Ok(ChargeOutcome { gateway_id, status }) => {
-                self.apply_outcome(
-                    account_id,
+                self.apply_outcome_loaded(
+                    account,
                     payment.id,
                     event_for(&status),
                     Some(gateway_id),
                     actor,
                     "gateway response",
                 )
-                .await?;
+                .await?
+                .1
             }
             // Unknown: stays pending; reconciliation asks the gateway later with the same key.
-            Err(GatewayError::Unknown(_)) => {}
+            Err(GatewayError::Unknown(_)) => account,
             Err(GatewayError::Rejected(msg)) | Err(GatewayError::Protocol(msg)) => {
-                self.apply_outcome(
-                    account_id,
+                self.apply_outcome_loaded(
+                    account,
                     payment.id,
                     PaymentEvent::Declined {
                         reason: crate::payment::DeclineReason::ProcessingError,
@@ -770,10 +811,11 @@ impl Portal {
                     actor,
                     &format!("gateway refused the request: {msg}"),
                 )
-                .await?;
+                .await?
+                .1
             }
-        }
-        self.receipt(account_id, payment.id, false).await
+        };
+        receipt_of(&account, payment.id, false)
     }
 
     async fn receipt(
@@ -783,16 +825,7 @@ impl Portal {
         replayed: bool,
     ) -> Result<PaymentReceipt, ServiceError> {
         let account = self.account(account_id).await?;
-        let payment = account
-            .ledger
-            .payment(payment_id)
-            .cloned()
-            .ok_or(ServiceError::NotFound("payment"))?;
-        Ok(PaymentReceipt {
-            payment: Some(payment),
-            amount_due_after: account.amount_due(),
-            replayed,
-        })
+        receipt_of(&account, payment_id, replayed)
     }
 
     /// Applies a payment event to the ledger with its notices and audit entry. Returns whether
@@ -806,127 +839,146 @@ impl Portal {
         actor: &Actor,
         cause: &str,
     ) -> Result<bool, ServiceError> {
+        let account = self.account(account_id).await?;
+        self.apply_outcome_loaded(account, payment_id, event, gateway_id, actor, cause)
+            .await
+            .map(|(changed, _)| changed)
+    }
+
+    /// [`Portal::apply_outcome`] on an account already loaded; also returns the account as it
+    /// now stands.
+    pub(crate) async fn apply_outcome_loaded(
+        &self,
+        account: Account,
+        payment_id: PaymentId,
+        event: PaymentEvent,
+        gateway_id: Option<String>,
+        actor: &Actor,
+        cause: &str,
+    ) -> Result<(bool, Account), ServiceError> {
         let now = self.now();
         let today = self.today();
         let policy = self.config.autopay;
-        self.update_account(account_id, |account, changes| {
-            let Some(p) = account.ledger.payment(payment_id) else {
-                return Err(ServiceError::NotFound("payment"));
-            };
-            let before = p.status;
-            let needs_id = gateway_id.is_some() && p.gateway_id.is_none();
-            let changed = match account.ledger.apply_payment_event(
-                payment_id,
-                event.clone(),
-                now,
-                today,
-                &format!("{actor}: {cause}"),
-            ) {
-                Ok(c) => c,
-                // The payment already moved on (a webhook beat the gateway's own response).
-                Err(crate::ledger::LedgerError::Transition(_))
-                    if before
-                        != (PaymentStatus::Pending {
-                            stage: PendingStage::Submitted,
-                        }) =>
-                {
-                    false
-                }
-                Err(e) => return Err(e.into()),
-            };
-            if needs_id {
-                if let Some(p) = account.ledger.payment_mut(payment_id) {
-                    p.gateway_id = gateway_id.clone();
-                }
-            }
-            if !changed {
-                return Ok(needs_id.then_some(false));
-            }
-            let Some(p) = account.ledger.payment(payment_id).cloned() else {
-                return Err(ServiceError::NotFound("payment"));
-            };
-            changes.audit.push(account.audit(
-                now,
-                actor.clone(),
-                format!("payment:{payment_id}"),
-                &format!("payment.{}", p.status.name()),
-                format!("{} ${} {}", p.reference, p.amount, cause),
-            ));
-            let reference = p.reference.to_string();
-            let method = p.instrument.masked();
-            let notice = match (&event, p.status) {
-                (PaymentEvent::Settled, _)
-                    if before
-                        == (PaymentStatus::Pending {
-                            stage: PendingStage::Processing,
-                        }) =>
-                {
-                    None
-                }
-                (PaymentEvent::Settled | PaymentEvent::Processing { .. }, _) => account.notice(
-                    format!("payment-confirmation:{payment_id}"),
-                    NoticeBody::PaymentConfirmation {
-                        reference,
-                        amount: p.amount,
-                        method,
-                        paid_on: p.initiated_on,
-                        settles_by: p.expected_settlement.filter(|_| {
-                            p.is_bank_transfer() && p.status != PaymentStatus::Succeeded
-                        }),
-                    },
-                ),
-                (PaymentEvent::Declined { reason }, _) => account.notice(
-                    format!("payment-failed:{payment_id}"),
-                    NoticeBody::PaymentFailed {
-                        reference,
-                        amount: p.amount,
-                        method,
-                        reason: *reason,
-                    },
-                ),
-                (PaymentEvent::Returned { code }, _) => account.notice(
-                    format!("payment-returned:{payment_id}"),
-                    NoticeBody::BankTransferReturned {
-                        reference,
-                        amount: p.amount,
-                        method,
-                        code: *code,
-                        amount_due: account.amount_due(),
-                    },
-                ),
-                (PaymentEvent::Refunded { amount }, _) => account.notice(
-                    format!("refund:{payment_id}:{}", p.refunded.cents()),
-                    NoticeBody::RefundIssued {
-                        reference,
-                        amount: *amount,
-                        method,
-                    },
-                ),
-            };
-            changes.notify([notice]);
-            // An autopay debit that fails or comes back counts against its mandate.
-            if let PaymentChannel::Autopay { mandate_id, period } = p.channel {
-                use super::autopay::DebitOutcome;
-                let outcome = match event {
-                    PaymentEvent::Declined { .. } | PaymentEvent::Returned { .. } => {
-                        DebitOutcome::Failed
-                    }
-                    PaymentEvent::Settled | PaymentEvent::Processing { .. } => {
-                        DebitOutcome::Succeeded
-                    }
-                    PaymentEvent::Refunded { .. } => DebitOutcome::Other,
+        let (changed, account) = self
+            .update_loaded(account, |account, changes| {
+                let Some(p) = account.ledger.payment(payment_id) else {
+                    return Err(ServiceError::NotFound("payment"));
                 };
-                let notices = super::autopay::record_debit_result(
-                    account, mandate_id, period, outcome, today, &policy, &p,
-                );
-                changes.notify(notices);
-            }
-            // Money that arrives or goes re-decides coverage in the same commit: a cure, an
-            // effectuated binder, a reinstatement, or a termination a back-dated check undoes.
-            self.record_coverage(account, changes, today, actor);
-            Ok(Some(true))
-        })
-        .await
+                let before = p.status;
+                let needs_id = gateway_id.is_some() && p.gateway_id.is_none();
+                let changed = match account.ledger.apply_payment_event(
+                    payment_id,
+                    event.clone(),
+                    now,
+                    today,
+                    &format!("{actor}: {cause}"),
+                ) {
+                    Ok(c) => c,
+                    // The payment already moved on (a webhook beat the gateway's own response).
+                    Err(crate::ledger::LedgerError::Transition(_))
+                        if before
+                            != (PaymentStatus::Pending {
+                                stage: PendingStage::Submitted,
+                            }) =>
+                    {
+                        false
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                if needs_id {
+                    if let Some(p) = account.ledger.payment_mut(payment_id) {
+                        p.gateway_id = gateway_id.clone();
+                    }
+                }
+                if !changed {
+                    return Ok(needs_id.then_some(false));
+                }
+                let Some(p) = account.ledger.payment(payment_id).cloned() else {
+                    return Err(ServiceError::NotFound("payment"));
+                };
+                changes.audit.push(account.audit(
+                    now,
+                    actor.clone(),
+                    format!("payment:{payment_id}"),
+                    &format!("payment.{}", p.status.name()),
+                    format!("{} ${} {}", p.reference, p.amount, cause),
+                ));
+                let reference = p.reference.to_string();
+                let method = p.instrument.masked();
+                let notice = match (&event, p.status) {
+                    (PaymentEvent::Settled, _)
+                        if before
+                            == (PaymentStatus::Pending {
+                                stage: PendingStage::Processing,
+                            }) =>
+                    {
+                        None
+                    }
+                    (PaymentEvent::Settled | PaymentEvent::Processing { .. }, _) => account.notice(
+                        format!("payment-confirmation:{payment_id}"),
+                        NoticeBody::PaymentConfirmation {
+                            reference,
+                            amount: p.amount,
+                            method,
+                            paid_on: p.initiated_on,
+                            settles_by: p.expected_settlement.filter(|_| {
+                                p.is_bank_transfer() && p.status != PaymentStatus::Succeeded
+                            }),
+                        },
+                    ),
+                    (PaymentEvent::Declined { reason }, _) => account.notice(
+                        format!("payment-failed:{payment_id}"),
+                        NoticeBody::PaymentFailed {
+                            reference,
+                            amount: p.amount,
+                            method,
+                            reason: *reason,
+                        },
+                    ),
+                    (PaymentEvent::Returned { code }, _) => account.notice(
+                        format!("payment-returned:{payment_id}"),
+                        NoticeBody::BankTransferReturned {
+                            reference,
+                            amount: p.amount,
+                            method,
+                            code: *code,
+                            amount_due: account.amount_due(),
+                        },
+                    ),
+                    (PaymentEvent::Refunded { amount }, _) => account.notice(
+                        format!("refund:{payment_id}:{}", p.refunded.cents()),
+                        NoticeBody::RefundIssued {
+                            reference,
+                            amount: *amount,
+                            method,
+                        },
+                    ),
+                };
+                changes.notify([notice]);
+                // An autopay debit that fails or comes back counts against its mandate.
+                if let PaymentChannel::Autopay { mandate_id, period } = p.channel {
+                    use super::autopay::DebitOutcome;
+                    let outcome = match event {
+                        PaymentEvent::Declined { .. } | PaymentEvent::Returned { .. } => {
+                            DebitOutcome::Failed
+                        }
+                        PaymentEvent::Settled | PaymentEvent::Processing { .. } => {
+                            DebitOutcome::Succeeded
+                        }
+                        PaymentEvent::Refunded { .. } => DebitOutcome::Other,
+                    };
+                    let notices = super::autopay::record_debit_result(
+                        account, mandate_id, period, outcome, today, &policy, &p,
+                    );
+                    changes.notify(notices);
+                }
+                // Money that arrives or goes re-decides coverage in the same commit: a cure, an
+                // effectuated binder, a reinstatement, or a termination a back-dated check undoes.
+                self.record_coverage(account, changes, today, actor);
+                Ok(Some(true))
+            })
+            .await?;
+        Ok((changed.unwrap_or(false), account))
     }
 
     /// Applies a verified gateway event (webhook). Repeats change nothing. A refund event
@@ -1071,16 +1123,17 @@ impl Portal {
                 })
                 .await?;
         }
-        self.apply_outcome(
-            account_id,
-            payment_id,
-            PaymentEvent::Refunded { amount },
-            None,
-            &actor,
-            "overpayment refund",
-        )
-        .await?;
-        self.receipt(account_id, payment_id, false).await
+        let (_, account) = self
+            .apply_outcome_loaded(
+                account,
+                payment_id,
+                PaymentEvent::Refunded { amount },
+                None,
+                &actor,
+                "overpayment refund",
+            )
+            .await?;
+        receipt_of(&account, payment_id, false)
     }
 
     /// A payment of the account by id (a foreign id answers `NotFound`).
