@@ -138,9 +138,9 @@ async fn portal_run(
 }
 
 /// The SQL one saved-card payment performs in `PgStore`, in order: a load of the account, the
-/// idempotency lookup, a load and a commit creating the payment with its idempotency record and
-/// audit entry, a load and a commit recording the gateway's answer with its audit entry and
-/// outbox notice, and the load for the receipt.
+/// idempotency lookup, a commit creating the payment with its idempotency record and audit entry,
+/// and a commit recording the gateway's answer with its audit entry and outbox notice (each
+/// commit hands the next step the account as committed, so there is no second load).
 fn payment_script() -> String {
     let load = LOAD_SQL;
     let write_account = WRITE_ACCOUNT_SQL;
@@ -148,20 +148,20 @@ fn payment_script() -> String {
         "\\set n random(1, {MEMBERS})
 SELECT id AS aid FROM bench_members WHERE n = :n \\gset
 {load}SELECT * FROM idempotency_records WHERE scope = 'account:' || :aid AND key = md5(random()::text);
-{load}BEGIN;
+BEGIN;
 {write_account}INSERT INTO payments (id, account_id, position, reference, gateway_id, amount_cents, refunded_cents, status, idempotency_key, initiated_at, initiated_on, expected_settlement, data) VALUES (gen_random_uuid(), :aid, 0, md5(random()::text), NULL, 100, 0, 'pending', md5(random()::text), now(), current_date, NULL, '{{\"instrument\":{{\"type\":\"saved\"}},\"channel\":{{\"type\":\"member\"}},\"status\":{{\"state\":\"pending\",\"stage\":\"submitted\"}},\"history\":[]}}') RETURNING id AS pay
 \\gset
 DELETE FROM allocations WHERE payment_id = :pay;
 INSERT INTO idempotency_records (scope, key, request_digest, payment_id, account_id, created_at) VALUES ('account:' || :aid, md5(random()::text), md5(random()::text), :pay, :aid, now());
 INSERT INTO audit_log (account_id, at, actor, entity, action, detail) VALUES (:aid, now(), '{{\"type\":\"member\"}}', 'payment:' || :pay, 'payment.submitted', 'bench');
 COMMIT;
-{load}BEGIN;
+BEGIN;
 {write_account}UPDATE payments SET position = position, reference = reference, gateway_id = 'pi_' || md5(random()::text), amount_cents = amount_cents, refunded_cents = refunded_cents, status = 'succeeded', idempotency_key = idempotency_key, initiated_at = initiated_at, initiated_on = initiated_on, expected_settlement = expected_settlement, data = data WHERE id = :pay;
 DELETE FROM allocations WHERE payment_id = :pay;
 INSERT INTO audit_log (account_id, at, actor, entity, action, detail) VALUES (:aid, now(), '{{\"type\":\"member\"}}', 'payment:' || :pay, 'payment.succeeded', 'bench');
 INSERT INTO outbox (dedupe_key, account_id, notice) VALUES (md5(random()::text), :aid, '{{}}') ON CONFLICT (dedupe_key) DO NOTHING;
 COMMIT;
-{load}"
+"
     )
 }
 

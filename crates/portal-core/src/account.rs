@@ -205,6 +205,64 @@ pub struct Account {
     pub reminders: ReminderPreferences,
     /// When the account was created.
     pub created_at: DateTime<Utc>,
+    /// The small collections as a store last read or wrote them (not part of the value).
+    #[serde(skip)]
+    pub stored: Stored,
+}
+
+/// An account's member and small collections (enrollments, methods, mandates, plans) as a
+/// store last read or wrote them, so a commit writes only the rows that changed. Empty for an
+/// account no store has seen (everything is written). Kept by the stores and by
+/// `Portal::update_loaded`; never part of the account's value: two accounts compare equal
+/// whatever it holds.
+#[derive(Debug, Clone, Default)]
+pub struct Stored(Option<Box<Snapshot>>);
+
+#[derive(Debug, Clone)]
+struct Snapshot {
+    member: Option<Member>,
+    enrollments: Vec<Enrollment>,
+    methods: Vec<PaymentMethod>,
+    mandates: Vec<Mandate>,
+    plans: Vec<PaymentPlan>,
+}
+
+impl PartialEq for Stored {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Stored {}
+
+/// What a commit has to write of one small collection.
+#[derive(Debug)]
+pub struct RowChanges<'a, T> {
+    /// Whether a row the store holds is gone (the store deletes the rows not in the account).
+    pub removed: bool,
+    /// The rows to write, with their positions: new, changed or moved.
+    pub changed: Vec<(usize, &'a T)>,
+}
+
+fn row_changes<'a, T: PartialEq, K: PartialEq>(
+    now: &'a [T],
+    before: Option<&[T]>,
+    key: impl Fn(&T) -> K,
+) -> RowChanges<'a, T> {
+    let Some(before) = before else {
+        return RowChanges {
+            removed: true,
+            changed: now.iter().enumerate().collect(),
+        };
+    };
+    RowChanges {
+        removed: before.iter().any(|b| !now.iter().any(|n| key(n) == key(b))),
+        changed: now
+            .iter()
+            .enumerate()
+            .filter(|(i, n)| before.get(*i) != Some(*n))
+            .collect(),
+    }
 }
 
 /// One pending bank transfer, shown as protecting the bills it pays.
@@ -985,6 +1043,62 @@ pub struct NewAccount {
 }
 
 impl Account {
+    /// Remembers the member and small collections as the store now holds them (after a load or
+    /// a commit).
+    pub fn remember_stored(&mut self) {
+        self.stored = Stored(Some(Box::new(Snapshot {
+            member: self.member.clone(),
+            enrollments: self.enrollments.clone(),
+            methods: self.methods.clone(),
+            mandates: self.mandates.clone(),
+            plans: self.plans.clone(),
+        })));
+    }
+
+    /// Whether the member row differs from what the store holds.
+    pub fn member_changed(&self) -> bool {
+        self.stored
+            .0
+            .as_ref()
+            .is_none_or(|s| s.member != self.member)
+    }
+
+    /// The enrollment rows a commit writes.
+    pub fn enrollment_changes(&self) -> RowChanges<'_, Enrollment> {
+        row_changes(
+            &self.enrollments,
+            self.stored.0.as_ref().map(|s| s.enrollments.as_slice()),
+            |e| e.id,
+        )
+    }
+
+    /// The payment-method rows a commit writes.
+    pub fn method_changes(&self) -> RowChanges<'_, PaymentMethod> {
+        row_changes(
+            &self.methods,
+            self.stored.0.as_ref().map(|s| s.methods.as_slice()),
+            |m| m.id,
+        )
+    }
+
+    /// The mandate rows a commit writes.
+    pub fn mandate_changes(&self) -> RowChanges<'_, Mandate> {
+        row_changes(
+            &self.mandates,
+            self.stored.0.as_ref().map(|s| s.mandates.as_slice()),
+            |m| m.id,
+        )
+    }
+
+    /// The payment-plan rows a commit writes.
+    pub fn plan_changes(&self) -> RowChanges<'_, PaymentPlan> {
+        row_changes(
+            &self.plans,
+            self.stored.0.as_ref().map(|s| s.plans.as_slice()),
+            |p| p.id,
+        )
+    }
+
     /// A fresh account at version 0.
     pub fn open(id: AccountId, new: NewAccount, now: DateTime<Utc>) -> Account {
         Account {
@@ -1001,6 +1115,7 @@ impl Account {
             member: None,
             reminders: ReminderPreferences::default(),
             created_at: now,
+            stored: Stored::default(),
         }
     }
 }

@@ -12,7 +12,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use portal_core::account::{
     Account, EmailCode, Holder, IdempotencyRecord, LoginThrottle, LookupDigest, Member,
-    PasswordHash, Principal, ReminderPreferences, ResetToken, SealedSecret, Session, TokenDigest,
+    PasswordHash, Principal, ReminderPreferences, ResetToken, RowChanges, SealedSecret, Session,
+    Stored, TokenDigest,
 };
 use portal_core::audit::{Actor, AuditEvent};
 use portal_core::billing::{Bill, BillKind, BillNotice};
@@ -395,7 +396,11 @@ async fn load_accounts(
             member,
             reminders,
             created_at: get(row, "created_at")?,
+            stored: Stored::default(),
         });
+        if let Some(a) = out.last_mut() {
+            a.remember_stored();
+        }
     }
     Ok(out)
 }
@@ -654,6 +659,7 @@ async fn write_account(tx: &mut Transaction<'_, Postgres>, a: &Account) -> Resul
         }
     }
     match &a.member {
+        _ if !a.member_changed() => {}
         Some(m) => {
             sqlx::query(
                 "INSERT INTO members (account_id, username, username_key, email, email_key, ssn_digest,
@@ -689,28 +695,30 @@ async fn write_account(tx: &mut Transaction<'_, Postgres>, a: &Account) -> Resul
                 .map_err(db_err)?;
         }
     }
+    // Small collections: only the rows that differ from what the store holds.
     write_collection(
         tx,
         "enrollments",
         id,
-        a.enrollments.iter().map(|e| (e.id.uuid(), e)),
+        &a.enrollments,
+        a.enrollment_changes(),
+        |e| e.id.uuid(),
     )
     .await?;
     write_collection(
         tx,
         "payment_methods",
         id,
-        a.methods.iter().map(|m| (m.id.uuid(), m)),
+        &a.methods,
+        a.method_changes(),
+        |m| m.id.uuid(),
     )
     .await?;
-    write_collection(
-        tx,
-        "mandates",
-        id,
-        a.mandates.iter().map(|m| (m.id.uuid(), m)),
-    )
+    write_collection(tx, "mandates", id, &a.mandates, a.mandate_changes(), |m| {
+        m.id.uuid()
+    })
     .await?;
-    write_collection(tx, "plans", id, a.plans.iter().map(|p| (p.id.uuid(), p))).await?;
+    write_collection(tx, "plans", id, &a.plans, a.plan_changes(), |p| p.id.uuid()).await?;
 
     // New accounts write their whole ledger; later commits what changed since loading.
     let (bills, payments): (Vec<&Bill>, Vec<&Payment>) = if is_new {
@@ -792,29 +800,34 @@ async fn write_account(tx: &mut Transaction<'_, Postgres>, a: &Account) -> Resul
     Ok(())
 }
 
-async fn write_collection<'a, T: Serialize + 'a>(
+async fn write_collection<T: Serialize>(
     tx: &mut Transaction<'_, Postgres>,
     table: &str,
     account: Uuid,
-    items: impl Iterator<Item = (Uuid, &'a T)>,
+    all: &[T],
+    changes: RowChanges<'_, T>,
+    id_of: impl Fn(&T) -> Uuid,
 ) -> Result<(), StoreError> {
-    let items: Vec<(Uuid, &T)> = items.collect();
-    let ids: Vec<Uuid> = items.iter().map(|(i, _)| *i).collect();
-    sqlx::query(&format!(
-        "DELETE FROM {table} WHERE account_id = $1 AND NOT (id = ANY($2))"
-    ))
-    .bind(account)
-    .bind(&ids)
-    .execute(&mut **tx)
-    .await
-    .map_err(db_err)?;
-    for (pos, (item_id, item)) in items.into_iter().enumerate() {
+    if changes.removed {
+        let ids: Vec<Uuid> = all.iter().map(&id_of).collect();
+        sqlx::query(&format!(
+            "DELETE FROM {table} WHERE account_id = $1 AND NOT (id = ANY($2))"
+        ))
+        .bind(account)
+        .bind(&ids)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err)?;
+    }
+    let changed = changes.changed;
+    for (pos, item) in changed {
         let sql = format!(
             "INSERT INTO {table} (id, account_id, position, data) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (id) DO UPDATE SET position = $3, data = $4 WHERE {table}.account_id = $2"
+             ON CONFLICT (id) DO UPDATE SET position = excluded.position, data = excluded.data
+             WHERE {table}.account_id = excluded.account_id"
         );
         let done = sqlx::query(&sql)
-            .bind(item_id)
+            .bind(id_of(item))
             .bind(account)
             .bind(i32::try_from(pos).unwrap_or(i32::MAX))
             .bind(Json(item))

@@ -14,7 +14,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use portal_core::account::{
     Account, EmailCode, Holder, IdempotencyRecord, LoginThrottle, LookupDigest, Member,
-    PasswordHash, Principal, ReminderPreferences, ResetToken, SealedSecret, Session, TokenDigest,
+    PasswordHash, Principal, ReminderPreferences, ResetToken, RowChanges, SealedSecret, Session,
+    Stored, TokenDigest,
 };
 use portal_core::audit::{Actor, AuditEvent};
 use portal_core::billing::{Bill, BillKind, BillNotice};
@@ -374,7 +375,11 @@ async fn load_accounts(
             member,
             reminders,
             created_at: get(row, "created_at")?,
+            stored: Stored::default(),
         });
+        if let Some(a) = out.last_mut() {
+            a.remember_stored();
+        }
     }
     Ok(out)
 }
@@ -502,6 +507,7 @@ async fn write_account(tx: &mut Transaction<'_, Sqlite>, a: &Account) -> Result<
         }
     }
     match &a.member {
+        _ if !a.member_changed() => {}
         Some(m) => {
             sqlx::query(
                 "INSERT INTO members (account_id, username, username_key, email, email_key, ssn_digest,
@@ -537,28 +543,30 @@ async fn write_account(tx: &mut Transaction<'_, Sqlite>, a: &Account) -> Result<
                 .map_err(db_err)?;
         }
     }
+    // Small collections: only the rows that differ from what the store holds.
     write_collection(
         tx,
         "enrollments",
         id,
-        a.enrollments.iter().map(|e| (e.id.uuid(), e)),
+        &a.enrollments,
+        a.enrollment_changes(),
+        |e| e.id.uuid(),
     )
     .await?;
     write_collection(
         tx,
         "payment_methods",
         id,
-        a.methods.iter().map(|m| (m.id.uuid(), m)),
+        &a.methods,
+        a.method_changes(),
+        |m| m.id.uuid(),
     )
     .await?;
-    write_collection(
-        tx,
-        "mandates",
-        id,
-        a.mandates.iter().map(|m| (m.id.uuid(), m)),
-    )
+    write_collection(tx, "mandates", id, &a.mandates, a.mandate_changes(), |m| {
+        m.id.uuid()
+    })
     .await?;
-    write_collection(tx, "plans", id, a.plans.iter().map(|p| (p.id.uuid(), p))).await?;
+    write_collection(tx, "plans", id, &a.plans, a.plan_changes(), |p| p.id.uuid()).await?;
 
     // New accounts write their whole ledger; later commits what changed since loading.
     let (bills, payments): (Vec<&Bill>, Vec<&Payment>) = if is_new {
@@ -638,24 +646,33 @@ async fn write_account(tx: &mut Transaction<'_, Sqlite>, a: &Account) -> Result<
     Ok(())
 }
 
-async fn write_collection<'a, T: Serialize + 'a>(
+async fn write_collection<T: Serialize>(
     tx: &mut Transaction<'_, Sqlite>,
     table: &str,
     account: Uuid,
-    items: impl Iterator<Item = (Uuid, &'a T)>,
+    all: &[T],
+    changes: RowChanges<'_, T>,
+    id_of: impl Fn(&T) -> Uuid,
 ) -> Result<(), StoreError> {
-    let items: Vec<(Uuid, &T)> = items.collect();
-    // Small collections: replace them whole.
-    sqlx::query(&format!("DELETE FROM {table} WHERE account_id = $1"))
-        .bind(account)
-        .execute(&mut **tx)
-        .await
-        .map_err(db_err)?;
-    for (pos, (item_id, item)) in items.into_iter().enumerate() {
-        let sql =
-            format!("INSERT INTO {table} (id, account_id, position, data) VALUES ($1, $2, $3, $4)");
+    // A row gone: the collection is replaced whole (it is a handful of rows).
+    let changed: Vec<(usize, &T)> = if changes.removed {
+        sqlx::query(&format!("DELETE FROM {table} WHERE account_id = $1"))
+            .bind(account)
+            .execute(&mut **tx)
+            .await
+            .map_err(db_err)?;
+        all.iter().enumerate().collect()
+    } else {
+        changes.changed
+    };
+    for (pos, item) in changed {
+        let sql = format!(
+            "INSERT INTO {table} (id, account_id, position, data) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (id) DO UPDATE SET position = excluded.position, data = excluded.data
+             WHERE {table}.account_id = excluded.account_id"
+        );
         let done = sqlx::query(&sql)
-            .bind(item_id)
+            .bind(id_of(item))
             .bind(account)
             .bind(i32::try_from(pos).unwrap_or(i32::MAX))
             .bind(Json(item))
@@ -663,6 +680,7 @@ async fn write_collection<'a, T: Serialize + 'a>(
             .await
             .map_err(db_err)?;
         if done.rows_affected() != 1 {
+            // The id belongs to another account.
             return Err(StoreError::Conflict);
         }
     }

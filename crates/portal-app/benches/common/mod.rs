@@ -37,15 +37,10 @@ SELECT * FROM payments WHERE account_id = ANY(ARRAY[:aid]::uuid[]) ORDER BY acco
 COMMIT;
 ";
 
-/// How `PgStore` writes an account's header and small collections in a commit.
+/// How `PgStore` writes an account in a commit that changes none of its small collections:
+/// the header with its version check (member, enrollment, method, mandate and plan rows are
+/// written only when they changed).
 pub const WRITE_ACCOUNT_SQL: &str = "UPDATE accounts SET version = version + 1, number = number, holder_first_name = holder_first_name, holder_last_name = holder_last_name, holder_search = holder_search, date_of_birth = date_of_birth, ssn_digest = ssn_digest, ssn_last4 = ssn_last4, contact_email = contact_email, reminders = reminders, created_at = created_at WHERE id = :aid;
-INSERT INTO members SELECT * FROM members WHERE account_id = :aid ON CONFLICT (account_id) DO UPDATE SET username = excluded.username, username_key = excluded.username_key, email = excluded.email, email_key = excluded.email_key, ssn_digest = excluded.ssn_digest, ssn_sealed = excluded.ssn_sealed, password_hash = excluded.password_hash, language = excluded.language, email_verified_at = excluded.email_verified_at, email_code = excluded.email_code, password_changed_at = excluded.password_changed_at, created_at = excluded.created_at;
-DELETE FROM enrollments WHERE account_id = :aid AND NOT (id = ANY(ARRAY(SELECT id FROM enrollments WHERE account_id = :aid)));
-INSERT INTO enrollments SELECT * FROM enrollments WHERE account_id = :aid ON CONFLICT (id) DO UPDATE SET position = excluded.position, data = excluded.data WHERE enrollments.account_id = excluded.account_id;
-DELETE FROM payment_methods WHERE account_id = :aid AND NOT (id = ANY(ARRAY(SELECT id FROM payment_methods WHERE account_id = :aid)));
-INSERT INTO payment_methods SELECT * FROM payment_methods WHERE account_id = :aid ON CONFLICT (id) DO UPDATE SET position = excluded.position, data = excluded.data WHERE payment_methods.account_id = excluded.account_id;
-DELETE FROM mandates WHERE account_id = :aid AND NOT (id = ANY(ARRAY(SELECT id FROM mandates WHERE account_id = :aid)));
-DELETE FROM plans WHERE account_id = :aid AND NOT (id = ANY(ARRAY(SELECT id FROM plans WHERE account_id = :aid)));
 ";
 
 pub fn rss_kib(pid: u32, field: &str) -> u64 {

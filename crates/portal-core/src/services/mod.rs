@@ -395,6 +395,7 @@ impl Portal {
                 Ok(()) => {
                     committed.version += 1;
                     committed.ledger.clear_changes();
+                    committed.remember_stored();
                     return Ok((Some(out), committed));
                 }
                 Err(StoreError::Conflict) => continue,

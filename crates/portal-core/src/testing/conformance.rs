@@ -510,6 +510,55 @@ pub async fn later_commits_write_what_changed(store: &dyn StoreUnderTest, seed: 
     same(&stored, &expected);
 }
 
+/// The member and the small collections are written row by row as they changed since the load
+/// (or since the last commit, for an account carried on): a row changed in place, rows moved,
+/// a commit that changes none of them, and one carried on from a commit without a reload.
+pub async fn small_collections_write_only_what_changed(store: &dyn StoreUnderTest, seed: u32) {
+    let mut a = insert(store, full_account(seed)).await;
+    // In place: the dental subsidy, a method's removal mark; moved: the enrollments swap.
+    if let Some(e) = a
+        .enrollments
+        .iter_mut()
+        .find(|e| e.kind == CoverageKind::Dental)
+    {
+        e.change_subsidy(cents(500), month(2027, 6));
+    }
+    if let Some(m) = a.methods.first_mut() {
+        m.removed_at = Some(at(9, 9));
+    }
+    a.enrollments.reverse();
+    let expected = a.clone();
+    if let Err(e) = store.commit(Changes::account(a)).await {
+        panic!("update failed: {e}");
+    }
+    let mut stored = load(store, expected.id).await;
+    same(&stored, &expected);
+    // Nothing of the collections changes: they stay as they are.
+    stored.reminders.due_date_reminders = !stored.reminders.due_date_reminders;
+    let expected = stored.clone();
+    if let Err(e) = store.commit(Changes::account(stored)).await {
+        panic!("update failed: {e}");
+    }
+    let stored = load(store, expected.id).await;
+    same(&stored, &expected);
+    // Carried on after a commit, as a use case does without reading again.
+    let mut carried = stored.clone();
+    if let Err(e) = store.commit(Changes::account(stored)).await {
+        panic!("update failed: {e}");
+    }
+    carried.version += 1;
+    carried.remember_stored();
+    if let Some(m) = carried.member.as_mut() {
+        m.language = Language::Es;
+    }
+    carried.plans.clear();
+    let expected = carried.clone();
+    if let Err(e) = store.commit(Changes::account(carried)).await {
+        panic!("a commit carried on from the last one failed: {e}");
+    }
+    same(&load(store, expected.id).await, &expected);
+}
+
 /// A way to make a second login clash with the first, and the rule it breaks.
 type Clash = (&'static str, Box<dyn Fn(&mut Member)>, Unique);
 
@@ -1280,6 +1329,7 @@ macro_rules! store_conformance_tests {
         $crate::store_conformance_tests!(@each $make;
             saves_and_loads_every_aggregate,
             later_commits_write_what_changed,
+            small_collections_write_only_what_changed,
             logins_are_unique,
             numbers_references_and_bills_are_unique,
             two_writers_cannot_both_win,
