@@ -195,6 +195,7 @@ async fn run(base_url: String) {
             "-f",
             schema,
         ])
+        .env("PGOPTIONS", "-c client_min_messages=warning")
         .stdout(Stdio::null())
         .status()
         .unwrap();
