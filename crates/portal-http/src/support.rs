@@ -171,7 +171,7 @@ pub(crate) async fn refund(
         .portal
         .refund(agent_id, account_id(&id)?, payment_id(&pid)?, amount)
         .await?;
-    Ok(axum::Json(payment_json(receipt.payment()?)).into_response())
+    Ok(axum::Json(payment_json(receipt.payment())).into_response())
 }
 
 pub(crate) async fn resend_receipt(
@@ -278,5 +278,5 @@ pub(crate) async fn offline_payment(
     } else {
         StatusCode::CREATED
     };
-    Ok((status, axum::Json(payment_json(receipt.payment()?))).into_response())
+    Ok((status, axum::Json(payment_json(receipt.payment()))).into_response())
 }

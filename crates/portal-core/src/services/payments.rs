@@ -72,10 +72,10 @@ pub struct PaymentPreview {
 }
 
 /// What the member sees after paying.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PaymentReceipt {
     /// The payment.
-    pub payment: Option<Payment>,
+    pub payment: Payment,
     /// What is still due after it.
     pub amount_due_after: Money,
     /// Whether this is the stored result of an earlier identical request.
@@ -83,11 +83,9 @@ pub struct PaymentReceipt {
 }
 
 impl PaymentReceipt {
-    /// The payment (always present on receipts the services return).
-    pub fn payment(&self) -> Result<&Payment, ServiceError> {
-        self.payment
-            .as_ref()
-            .ok_or(ServiceError::NotFound("payment"))
+    /// The payment.
+    pub fn payment(&self) -> &Payment {
+        &self.payment
     }
 }
 
@@ -162,7 +160,7 @@ fn receipt_of(
         .cloned()
         .ok_or(ServiceError::NotFound("payment"))?;
     Ok(PaymentReceipt {
-        payment: Some(payment),
+        payment,
         amount_due_after: account.amount_due(),
         replayed,
     })
@@ -723,22 +721,22 @@ impl Portal {
                 "this Idempotency-Key was already used for a different payment request".into(),
             ));
         }
-        let mut receipt = self.receipt(rec.account_id, rec.payment_id, true).await?;
+        let account = self.account(rec.account_id).await?;
+        let receipt = receipt_of(&account, rec.payment_id, true)?;
         // A crash between saving and calling the gateway leaves the payment submitted: resume
         // it with the same gateway key, which cannot charge twice.
-        if let Some(p) = receipt.payment.clone() {
-            if p.status
-                == (PaymentStatus::Pending {
-                    stage: PendingStage::Submitted,
-                })
-            {
-                let account = self.account(rec.account_id).await?;
-                if let Some(token) = self.token_for(&account, &p) {
-                    receipt = self
-                        .charge(rec.account_id, &p, token, &Actor::Member)
-                        .await?;
-                    receipt.replayed = true;
-                }
+        let p = receipt.payment.clone();
+        if p.status
+            == (PaymentStatus::Pending {
+                stage: PendingStage::Submitted,
+            })
+        {
+            if let Some(token) = self.token_for(&account, &p) {
+                let mut resumed = self
+                    .charge_loaded(account, &p, token, &Actor::Member)
+                    .await?;
+                resumed.replayed = true;
+                return Ok(resumed);
             }
         }
         Ok(receipt)
@@ -751,17 +749,6 @@ impl Portal {
             }
             _ => None,
         }
-    }
-
-    async fn charge(
-        &self,
-        account_id: AccountId,
-        payment: &Payment,
-        token: GatewayToken,
-        actor: &Actor,
-    ) -> Result<PaymentReceipt, ServiceError> {
-        let account = self.account(account_id).await?;
-        self.charge_loaded(account, payment, token, actor).await
     }
 
     /// Charges a submitted payment of `account` (as last committed) and records the outcome.
@@ -816,16 +803,6 @@ impl Portal {
             }
         };
         receipt_of(&account, payment.id, false)
-    }
-
-    async fn receipt(
-        &self,
-        account_id: AccountId,
-        payment_id: PaymentId,
-        replayed: bool,
-    ) -> Result<PaymentReceipt, ServiceError> {
-        let account = self.account(account_id).await?;
-        receipt_of(&account, payment_id, replayed)
     }
 
     /// Applies a payment event to the ledger with its notices and audit entry. Returns whether

@@ -552,12 +552,12 @@ async fn card_payment_allocates_and_retries_never_charge_twice() {
         (usd("200"), "Visa •••• 4242", Some(d(2026, 12, 23)))
     );
     let r1 = h.pay("key-1", None, "pm_card_ok").await.unwrap();
-    let p = r1.payment().unwrap().clone();
+    let p = r1.payment().clone();
     assert_eq!(p.status, PaymentStatus::Succeeded);
     assert_eq!(r1.amount_due_after, Money::ZERO);
     let r2 = h.pay("key-1", None, "pm_card_ok").await.unwrap();
     assert!(r2.replayed);
-    assert_eq!(r2.payment().unwrap().id, p.id);
+    assert_eq!(r2.payment().id, p.id);
     assert_eq!(h.gateway.charges(), 1);
     let conflict = h
         .pay("key-1", Some("5.00"), "pm_card_ok")
@@ -609,7 +609,7 @@ async fn concurrent_requests_with_one_key_make_one_payment() {
         .collect();
     let mut ids = std::collections::HashSet::new();
     for t in tasks {
-        ids.insert(t.await.unwrap().unwrap().payment().unwrap().id);
+        ids.insert(t.await.unwrap().unwrap().payment().id);
     }
     assert_eq!(ids.len(), 1);
     assert_eq!(h.account().await.ledger.payments.len(), 1);
@@ -624,7 +624,7 @@ async fn a_declined_card_gives_its_reason_and_leaves_the_bill_open() {
     h.portal.bill_account(h.account_id).await.unwrap();
     let r = h.pay("k-nsf", None, "pm_card_nsf").await.unwrap();
     assert_eq!(
-        r.payment().unwrap().status,
+        r.payment().status,
         PaymentStatus::Failed {
             reason: DeclineReason::InsufficientFunds
         }
@@ -645,7 +645,7 @@ async fn bank_transfer_pending_then_settles_by_webhook_and_a_return_reopens_the_
     h.set_date(d(2026, 12, 2)).await;
     h.portal.bill_account(h.account_id).await.unwrap();
     let r = h.pay("k-bank", None, "pm_bank_ok").await.unwrap();
-    let p = r.payment().unwrap().clone();
+    let p = r.payment().clone();
     assert_eq!(
         p.status,
         PaymentStatus::Pending {
@@ -717,7 +717,7 @@ async fn a_lost_gateway_answer_stays_pending_and_reconciles_without_a_second_cha
     h.set_date(d(2026, 12, 2)).await;
     h.portal.bill_account(h.account_id).await.unwrap();
     let r = h.pay("k-lost", None, "pm_card_lost").await.unwrap();
-    let p = r.payment().unwrap().clone();
+    let p = r.payment().clone();
     assert_eq!(
         p.status,
         PaymentStatus::Pending {
@@ -780,7 +780,7 @@ async fn guest_pay_matches_name_and_birth_date_only() {
         )
         .await
         .unwrap();
-    assert_eq!(r.payment().unwrap().status, PaymentStatus::Succeeded);
+    assert_eq!(r.payment().status, PaymentStatus::Succeeded);
     assert_eq!(r.amount_due_after, Money::ZERO);
 }
 
@@ -803,7 +803,7 @@ async fn offline_payments_allocate_and_only_overpayments_are_refunded() {
         .record_offline_payment(agent, h.account_id, form.clone())
         .await
         .unwrap();
-    let p = r.payment().unwrap().clone();
+    let p = r.payment().clone();
     assert_eq!(p.status, PaymentStatus::Succeeded);
     assert_eq!(p.initiated_on, d(2026, 12, 1));
     assert_eq!(
@@ -812,7 +812,6 @@ async fn offline_payments_allocate_and_only_overpayments_are_refunded() {
             .await
             .unwrap()
             .payment()
-            .unwrap()
             .id,
         p.id
     );
@@ -1389,7 +1388,6 @@ async fn support_finds_members_and_resends_receipts() {
         .await
         .unwrap()
         .payment()
-        .unwrap()
         .clone();
     assert_eq!(
         h.portal.find_accounts("López").await.unwrap(),
@@ -1425,7 +1423,6 @@ async fn another_members_payment_is_not_found() {
         .await
         .unwrap()
         .payment()
-        .unwrap()
         .clone();
     let stranger = AccountId(Uuid::from_u128(5));
     assert!(matches!(
@@ -1664,13 +1661,13 @@ mod with_mocks {
         };
         let first = portal.make_payment(cmd.clone()).await.unwrap();
         assert_eq!(
-            first.payment().unwrap().status,
+            first.payment().status,
             PaymentStatus::Pending {
                 stage: PendingStage::Submitted
             }
         );
         let second = portal.make_payment(cmd).await.unwrap();
-        assert_eq!(second.payment().unwrap().status, PaymentStatus::Succeeded);
+        assert_eq!(second.payment().status, PaymentStatus::Succeeded);
         let keys = keys.lock().unwrap().clone();
         assert_eq!(keys.len(), 2);
         assert_eq!(
@@ -3158,7 +3155,7 @@ proptest::proptest! {
                                 let token = if *how == 2 { "pm_bank_ok" } else { "pm_card_ok" };
                                 let r = h.pay(&format!("p{n}"), Some(&amount.to_string()), token).await.unwrap();
                                 if *how == 2 {
-                                    let gid = r.payment().unwrap().gateway_id.clone().unwrap();
+                                    let gid = r.payment().gateway_id.clone().unwrap();
                                     returns.push((day + Duration::days(i64::from(*back) + 1), model.payments.len(), gid));
                                 }
                                 day

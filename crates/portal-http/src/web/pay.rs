@@ -235,7 +235,7 @@ pub(super) async fn pay_submit(
             idempotency_key: format!("web:{key}"),
         })
         .await;
-    match made.and_then(|r| r.payment().map(|p| p.id)) {
+    match made.map(|r| r.payment().id) {
         Ok(pid) => Redirect::to(&format!("/payments/{pid}")).into_response(),
         Err(ServiceError::Invalid(v)) => {
             c.fail_fields(
@@ -509,7 +509,7 @@ pub(super) async fn guest_submit(
         .portal
         .guest_pay(&guest, amount, token, &format!("web-guest:{key}"))
         .await;
-    match made.and_then(|r| r.payment().cloned()) {
+    match made.map(|r| r.payment().clone()) {
         Ok(p) => payment_view(&s, &c, &p),
         Err(ServiceError::Invalid(v)) => {
             c.fail_fields(&v.0, &[("token", "method")]);

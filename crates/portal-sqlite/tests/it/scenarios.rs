@@ -214,7 +214,6 @@ async fn twenty_concurrent_payments_with_one_key_make_one_payment() {
                 .unwrap()
                 .expect("every request answers")
                 .payment()
-                .unwrap()
                 .id,
         );
     }
