@@ -250,25 +250,47 @@ impl<'a> Scope<'a> {
 }
 
 /// One per-account collection of many accounts, grouped by account, each in position order.
-async fn collections<T: DeserializeOwned>(
+/// An account's small collections, by account id.
+type Small = (
+    BTreeMap<Uuid, Vec<Enrollment>>,
+    BTreeMap<Uuid, Vec<PaymentMethod>>,
+    BTreeMap<Uuid, Vec<Mandate>>,
+    BTreeMap<Uuid, Vec<PaymentPlan>>,
+);
+
+/// The four small collections of the accounts in `scope`, in one query (one round trip).
+async fn small_collections(
     tx: &mut Transaction<'_, Postgres>,
-    table: &str,
     scope: Scope<'_>,
-) -> Result<BTreeMap<Uuid, Vec<T>>, StoreError> {
+) -> Result<Small, StoreError> {
+    let part = |n: u8, table: &str| {
+        format!(
+            "SELECT {n} AS kind, account_id, position, data FROM {table} WHERE {}",
+            scope.condition("account_id")
+        )
+    };
     let sql = format!(
-        "SELECT account_id, data FROM {table} WHERE {} ORDER BY account_id, position",
-        scope.condition("account_id")
+        "{} UNION ALL {} UNION ALL {} UNION ALL {} ORDER BY kind, account_id, position",
+        part(0, "enrollments"),
+        part(1, "payment_methods"),
+        part(2, "mandates"),
+        part(3, "plans")
     );
-    let mut out: BTreeMap<Uuid, Vec<T>> = BTreeMap::new();
+    let mut out: Small = Default::default();
     for r in scope
         .bind(sqlx::query(&sql))
         .fetch_all(&mut **tx)
         .await
         .map_err(db_err)?
     {
-        out.entry(get(&r, "account_id")?)
-            .or_default()
-            .push(json(&r, "data")?);
+        let account: Uuid = get(&r, "account_id")?;
+        let kind: i32 = get(&r, "kind")?;
+        match kind {
+            0 => out.0.entry(account).or_default().push(json(&r, "data")?),
+            1 => out.1.entry(account).or_default().push(json(&r, "data")?),
+            2 => out.2.entry(account).or_default().push(json(&r, "data")?),
+            _ => out.3.entry(account).or_default().push(json(&r, "data")?),
+        }
     }
     Ok(out)
 }
@@ -294,10 +316,8 @@ async fn load_accounts(
     if headers.is_empty() {
         return Ok(Vec::new());
     }
-    let mut enrollments = collections::<Enrollment>(tx, "enrollments", scope).await?;
-    let mut methods = collections::<PaymentMethod>(tx, "payment_methods", scope).await?;
-    let mut mandates = collections::<Mandate>(tx, "mandates", scope).await?;
-    let mut plans = collections::<PaymentPlan>(tx, "plans", scope).await?;
+    let (mut enrollments, mut methods, mut mandates, mut plans) =
+        small_collections(tx, scope).await?;
     let mut bills: BTreeMap<Uuid, Vec<Bill>> = BTreeMap::new();
     let sql = format!(
         "SELECT * FROM bills WHERE {} ORDER BY account_id, position",

@@ -27,10 +27,7 @@ use std::process::{Command, Stdio};
 /// the account's id in `:aid`.
 pub const LOAD_SQL: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;
 SELECT a.*, m.username, m.email, m.ssn_digest AS m_ssn_digest, m.ssn_sealed, m.password_hash, m.language, m.email_verified_at, m.email_code, m.password_changed_at, m.created_at AS m_created_at, m.account_id AS member_of FROM accounts a LEFT JOIN members m ON m.account_id = a.id WHERE a.id = ANY(ARRAY[:aid]::uuid[]) ORDER BY a.id;
-SELECT account_id, data FROM enrollments WHERE account_id = ANY(ARRAY[:aid]::uuid[]) ORDER BY account_id, position;
-SELECT account_id, data FROM payment_methods WHERE account_id = ANY(ARRAY[:aid]::uuid[]) ORDER BY account_id, position;
-SELECT account_id, data FROM mandates WHERE account_id = ANY(ARRAY[:aid]::uuid[]) ORDER BY account_id, position;
-SELECT account_id, data FROM plans WHERE account_id = ANY(ARRAY[:aid]::uuid[]) ORDER BY account_id, position;
+SELECT 0 AS kind, account_id, position, data FROM enrollments WHERE account_id = ANY(ARRAY[:aid]::uuid[]) UNION ALL SELECT 1, account_id, position, data FROM payment_methods WHERE account_id = ANY(ARRAY[:aid]::uuid[]) UNION ALL SELECT 2, account_id, position, data FROM mandates WHERE account_id = ANY(ARRAY[:aid]::uuid[]) UNION ALL SELECT 3, account_id, position, data FROM plans WHERE account_id = ANY(ARRAY[:aid]::uuid[]) ORDER BY kind, account_id, position;
 SELECT * FROM bills WHERE account_id = ANY(ARRAY[:aid]::uuid[]) ORDER BY account_id, position;
 SELECT al.payment_id, al.bill_id, al.amount_cents FROM allocations al JOIN payments p ON p.id = al.payment_id WHERE p.account_id = ANY(ARRAY[:aid]::uuid[]) ORDER BY al.payment_id, al.position;
 SELECT * FROM payments WHERE account_id = ANY(ARRAY[:aid]::uuid[]) ORDER BY account_id, position;
