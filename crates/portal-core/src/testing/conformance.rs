@@ -508,6 +508,40 @@ pub async fn later_commits_write_what_changed(store: &dyn StoreUnderTest, seed: 
     assert_eq!(stored.version, 2);
     // Removed collection members are removed; the ledger keeps every bill and payment.
     same(&stored, &expected);
+
+    // Every bill that holds money voided: allocation rows go, or move to other bills.
+    let mut again = stored.clone();
+    let held: Vec<BillId> = again
+        .ledger
+        .bills
+        .iter()
+        .filter(|b| !b.allocated.is_zero())
+        .map(|b| b.id)
+        .collect();
+    assert!(!held.is_empty(), "the sample has allocated bills");
+    for b in held {
+        if let Err(e) = again.ledger.void_bill(b) {
+            panic!("{e}");
+        }
+    }
+    let expected = again.clone();
+    if let Err(e) = store.commit(Changes::account(again)).await {
+        panic!("update failed: {e}");
+    }
+    let stored = load(store, expected.id).await;
+    same(&stored, &expected);
+    let rows = |a: &Account| -> Vec<(PaymentId, BillId)> {
+        a.ledger
+            .payments
+            .iter()
+            .flat_map(|p| p.allocations.iter().map(move |al| (p.id, al.bill_id)))
+            .collect()
+    };
+    assert_eq!(
+        rows(&stored),
+        rows(&expected),
+        "exactly the new allocation rows"
+    );
 }
 
 /// The member and the small collections are written row by row as they changed since the load
@@ -1342,6 +1376,10 @@ macro_rules! store_conformance_tests {
             work_is_claimed_once,
             bills_are_issued_in_batches,
         );
+        $crate::store_conformance_tests!(@race $make;
+            concurrent_payments_with_one_key_make_one_payment,
+            concurrent_runners_plan_once_and_work_each_account_once,
+        );
     };
     (@each $make:expr; $($check:ident),+ $(,)?) => {
         $(
@@ -1354,6 +1392,20 @@ macro_rules! store_conformance_tests {
                     name.bytes().fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b))) % 1_000_000 * 10
                 };
                 $crate::testing::conformance::$check(&*store, seed).await;
+            }
+        )+
+    };
+    (@race $make:expr; $($check:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $check() {
+                let Some(store) = $make.await else { return };
+                let seed = {
+                    let name = stringify!($check);
+                    name.bytes().fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b))) % 100_000 * 10
+                };
+                let store: std::sync::Arc<dyn $crate::testing::conformance::StoreUnderTest> = store;
+                $crate::testing::races::$check(store, seed).await;
             }
         )+
     };

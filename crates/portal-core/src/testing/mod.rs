@@ -671,6 +671,11 @@ impl crate::ports::ClockControl for FixedClock {
 pub struct SeqIds(AtomicU64);
 
 impl SeqIds {
+    /// Ids counting on from `n` (a namespace of their own).
+    pub fn starting_at(n: u64) -> Self {
+        Self(AtomicU64::new(n))
+    }
+
     fn next(&self) -> u64 {
         self.0.fetch_add(1, Ordering::Relaxed) + 1
     }
@@ -875,3 +880,4 @@ impl PaymentGateway for FakeGateway {
 }
 
 pub mod conformance;
+pub mod races;

@@ -10,7 +10,6 @@
 //! where the user may create databases); each test gets a fresh database. Without it they say
 //! they were skipped; with `CI=true` a skip is a failure.
 
-mod concurrency;
 mod raw;
 mod support;
 
