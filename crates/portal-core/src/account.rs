@@ -225,6 +225,8 @@ struct Snapshot {
     methods: Vec<PaymentMethod>,
     mandates: Vec<Mandate>,
     plans: Vec<PaymentPlan>,
+    /// Each stored payment's allocation rows.
+    allocations: std::collections::BTreeMap<PaymentId, Vec<crate::payment::Allocation>>,
 }
 
 impl PartialEq for Stored {
@@ -1052,7 +1054,23 @@ impl Account {
             methods: self.methods.clone(),
             mandates: self.mandates.clone(),
             plans: self.plans.clone(),
+            allocations: self
+                .ledger
+                .payments
+                .iter()
+                .map(|p| (p.id, p.allocations.clone()))
+                .collect(),
         })));
+    }
+
+    /// The allocation rows the store holds for a payment; `None` when it holds no such
+    /// payment (a new one).
+    pub fn stored_allocations(&self, id: PaymentId) -> Option<&[crate::payment::Allocation]> {
+        self.stored
+            .0
+            .as_ref()
+            .and_then(|s| s.allocations.get(&id))
+            .map(Vec::as_slice)
     }
 
     /// Whether the member row differs from what the store holds.

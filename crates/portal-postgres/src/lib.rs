@@ -1,45 +1,34 @@
-//! PostgreSQL storage: `PgStore` implements `Store`, `WorkQueue` and `Outbox` of `portal-core`.
+//! PostgreSQL storage: `PgStore` implements `Store`, `WorkQueue` and `Outbox` of `portal-core`
+//! through the shared layer of `portal-sql`; this crate holds what PostgreSQL does its own way.
 //!
-//! - Money is stored as integer cents; the conversion is `Money::cents` / `Money::from_cents`.
-//! - An account commit is one transaction: the version check (`UPDATE .. WHERE version = $n`,
-//!   which also row-locks the account), the account's rows, audit entries, outbox rows,
-//!   idempotency records, sessions and tokens. A unique violation rolls all of it back and is
-//!   reported as `StoreError::Duplicate` naming the rule.
-//! - Loads read in one `REPEATABLE READ` snapshot, so an aggregate is never half old, half new.
+//! - A commit is **one statement**: data-modifying CTEs write the account header with its
+//!   version check, the rows that changed, audit entries, outbox rows, idempotency records,
+//!   sessions and tokens, and the final `SELECT` refuses (raises, so nothing is written) when a
+//!   check fails. A single statement is atomic by itself: one round trip, no `BEGIN`/`COMMIT`.
+//!   Every write of an account's rows waits for the header's update (`EXISTS (SELECT FROM
+//!   acct)`), so the account row is always locked first and concurrent commits never deadlock
+//!   on its rows. A unique violation is reported as `StoreError::Duplicate` naming the rule.
+//! - A load is one statement too (each table's rows aggregated to a JSON array), so an
+//!   aggregate is read from one snapshot, never half old, half new.
 //! - Work and outbox claims use `FOR UPDATE SKIP LOCKED`, so any number of instances share them.
 
-use async_trait::async_trait;
-use chrono::{DateTime, NaiveDate, Utc};
-use portal_core::account::{
-    Account, EmailCode, Holder, IdempotencyRecord, LoginThrottle, LookupDigest, Member,
-    PasswordHash, Principal, ReminderPreferences, ResetToken, RowChanges, SealedSecret, Session,
-    Stored, TokenDigest,
-};
-use portal_core::audit::{Actor, AuditEvent};
-use portal_core::billing::{Bill, BillKind, BillNotice};
-use portal_core::calendar::CoverageMonth;
-use portal_core::enrollment::Enrollment;
-use portal_core::identity::{AccountNumber, Email, Language, PersonName, Username};
-use portal_core::ids::{AccountId, BillId, EnrollmentId, MessageId, PaymentId, SessionId};
-use portal_core::instrument::PaymentMethod;
-use portal_core::ledger::Ledger;
-use portal_core::mandate::Mandate;
-use portal_core::money::Money;
-use portal_core::notice::Notice;
-use portal_core::payment::{
-    Allocation, Payment, PaymentChannel, PaymentInstrument, PaymentStatus, Transition,
-};
-use portal_core::plan::PaymentPlan;
+use chrono::{DateTime, Utc};
 use portal_core::ports::{
-    AccountLookup, Changes, IssuedBills, JobRun, Outbox, OutboxMessage, PaymentLookup, Store,
-    StoreError, Unique, WorkChunk, WorkQueue,
+    Changes, IssuedBills, JobRun, OutboxMessage, StoreError, Unique, WorkChunk,
 };
-use portal_core::reference::PaymentReference;
-use serde::{Deserialize, Serialize, de::DeserializeOwned};
-use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use portal_sql::plan::{
+    AccountWrite, AuditRow, BillRow, CollectionWrite, HeaderRow, MemberWrite, OutboxRow,
+};
+use portal_sql::records::{
+    AccountRecords, AllocationRecord, BillRecord, ChunkRecord, CollectionRecord, HeaderRecord,
+    OutboxRecord, PaymentRecord,
+};
+use portal_sql::sql::LoadSql;
+use portal_sql::{StoreResult, corrupt};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::types::Json;
-use sqlx::{Postgres, Row, Transaction};
-use std::collections::BTreeMap;
+use sqlx::{Arguments, Encode, Postgres, Row, Type};
+use std::sync::OnceLock;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -53,11 +42,21 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
 }
 
 /// Connects a pool with sensible timeouts.
+///
+/// Its sessions plan each prepared statement once (`plan_cache_mode = force_generic_plan`).
+/// Every statement of the store is an index lookup by key, id list or id range whose best
+/// plan does not depend on the values bound; left to choose, PostgreSQL re-plans the
+/// `= ANY($1)` loads on every call (a custom plan looks cheaper than a generic one for an
+/// array of unknown length), and planning the three account queries cost more than running
+/// them (0.76 ms against 0.32 ms per load, measured with `pg_stat_statements`).
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
+    let options = url
+        .parse::<PgConnectOptions>()?
+        .options([("plan_cache_mode", "force_generic_plan")]);
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
-        .connect(url)
+        .connect_with(options)
         .await
 }
 
@@ -73,23 +72,14 @@ impl PgStore {
         Self { pool }
     }
 
-    /// Loads the scope's accounts from one consistent snapshot.
-    async fn load(&self, scope: Scope<'_>) -> Result<Vec<Account>, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        let accounts = load_accounts(&mut tx, scope).await?;
-        tx.commit().await.map_err(db_err)?;
-        Ok(accounts)
-    }
-
     /// The pool, for health checks.
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
 }
+
+/// The SQLSTATE `portal_refuse` raises (migration 0005); its message names the refusal.
+const REFUSED: &str = "PT409";
 
 /// Maps a database error to the core's terms; unique violations name the rule broken.
 fn db_err(e: sqlx::Error) -> StoreError {
@@ -102,6 +92,10 @@ fn db_err(e: sqlx::Error) -> StoreError {
                 };
             }
             Some("40001" | "40P01") => return StoreError::Conflict,
+            Some(REFUSED) if db.message() == "reset_token_use" => {
+                return StoreError::Duplicate(Unique::ResetTokenUse);
+            }
+            Some(REFUSED) => return StoreError::Conflict,
             _ => {}
         }
     }
@@ -123,1110 +117,736 @@ fn unique_rule(constraint: Option<&str>) -> Option<Unique> {
     })
 }
 
-fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(format!("{what}: {e}"))
-}
-
-fn get<'r, T: sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>>(
-    row: &'r PgRow,
-    col: &str,
-) -> Result<T, StoreError> {
-    row.try_get(col).map_err(|e| corrupt(col, e))
-}
-
-fn json<T: DeserializeOwned>(row: &PgRow, col: &str) -> Result<T, StoreError> {
-    let Json(v): Json<T> = row.try_get(col).map_err(|e| corrupt(col, e))?;
-    Ok(v)
-}
-
-fn to_u32(v: i32, col: &str) -> Result<u32, StoreError> {
-    u32::try_from(v).map_err(|e| corrupt(col, e))
-}
-
-fn month_date(m: CoverageMonth) -> NaiveDate {
-    m.first_day()
-}
-
-/// What of a payment lives in its JSON column (the rest are columns or rows of their own).
-#[derive(Serialize, Deserialize)]
-struct PaymentData {
-    instrument: PaymentInstrument,
-    channel: PaymentChannel,
-    status: PaymentStatus,
-    history: Vec<Transition>,
-}
-
-fn kind_name(k: &BillKind) -> &'static str {
-    match k {
-        BillKind::Binder => "binder",
-        BillKind::Premium => "premium",
-        BillKind::Installment { .. } => "installment",
-        BillKind::LateFee { .. } => "late_fee",
-    }
-}
-
-fn bill_from(row: &PgRow) -> Result<Bill, StoreError> {
-    Ok(Bill {
-        id: BillId(get(row, "id")?),
-        enrollment_id: EnrollmentId(get(row, "enrollment_id")?),
-        kind: json(row, "kind")?,
-        coverage_month: CoverageMonth::of(get(row, "coverage_month")?),
-        amount: Money::from_cents(get(row, "amount_cents")?),
-        allocated: Money::from_cents(get(row, "allocated_cents")?),
-        transferred: Money::from_cents(get(row, "transferred_cents")?),
-        due_date: get(row, "due_date")?,
-        issued_on: get(row, "issued_on")?,
-        void: get(row, "void")?,
-        notices: json::<Vec<BillNotice>>(row, "notices")?,
-        late_fee_assessed: get(row, "late_fee_assessed")?,
-    })
-}
-
-fn payment_from(row: &PgRow, allocations: Vec<Allocation>) -> Result<Payment, StoreError> {
-    let data: PaymentData = json(row, "data")?;
-    let reference: String = get(row, "reference")?;
-    Ok(Payment {
-        id: PaymentId(get(row, "id")?),
-        reference: PaymentReference::parse(&reference).map_err(|e| corrupt("reference", e))?,
-        amount: Money::from_cents(get(row, "amount_cents")?),
-        refunded: Money::from_cents(get(row, "refunded_cents")?),
-        instrument: data.instrument,
-        channel: data.channel,
-        status: data.status,
-        gateway_id: get(row, "gateway_id")?,
-        idempotency_key: get(row, "idempotency_key")?,
-        initiated_at: get(row, "initiated_at")?,
-        initiated_on: get(row, "initiated_on")?,
-        expected_settlement: get(row, "expected_settlement")?,
-        allocations,
-        history: data.history,
-    })
-}
-
-fn member_from(row: &PgRow) -> Result<Member, StoreError> {
-    let username: String = get(row, "username")?;
-    let email: String = get(row, "email")?;
-    let language: String = get(row, "language")?;
-    let code: Option<Json<EmailCode>> = get(row, "email_code")?;
-    Ok(Member {
-        username: Username::parse(&username).map_err(|e| corrupt("username", e))?,
-        email: Email::parse(&email).map_err(|e| corrupt("email", e))?,
-        email_verified_at: get(row, "email_verified_at")?,
-        email_code: code.map(|Json(c)| c),
-        password_hash: PasswordHash(get(row, "password_hash")?),
-        password_changed_at: get(row, "password_changed_at")?,
-        language: Language::parse(&language).map_err(|e| corrupt("language", e))?,
-        ssn_sealed: SealedSecret(get(row, "ssn_sealed")?),
-        ssn_digest: LookupDigest(get(row, "m_ssn_digest")?),
-        created_at: get(row, "m_created_at")?,
-    })
-}
-
-/// Which accounts a load reads.
-#[derive(Clone, Copy)]
-enum Scope<'a> {
-    /// These accounts.
-    Ids(&'a [Uuid]),
-    /// Every account from the first id to the last, inclusive: a chunk of job work, read by
-    /// one index range scan per table instead of one index search per account.
-    Range(Uuid, Uuid),
-}
-
-impl<'a> Scope<'a> {
-    /// The condition on `column` that selects the scope's accounts (`$1`, or `$1` and `$2`).
-    fn condition(self, column: &str) -> String {
-        match self {
-            Scope::Ids(_) => format!("{column} = ANY($1)"),
-            Scope::Range(..) => format!("{column} BETWEEN $1 AND $2"),
-        }
-    }
-
-    fn bind(self, q: PgQuery<'a>) -> PgQuery<'a> {
-        match self {
-            Scope::Ids(ids) => q.bind(ids),
-            Scope::Range(first, last) => q.bind(first).bind(last),
-        }
-    }
-}
-
-/// One per-account collection of many accounts, grouped by account, each in position order.
-/// An account's small collections, by account id.
-type Small = (
-    BTreeMap<Uuid, Vec<Enrollment>>,
-    BTreeMap<Uuid, Vec<PaymentMethod>>,
-    BTreeMap<Uuid, Vec<Mandate>>,
-    BTreeMap<Uuid, Vec<PaymentPlan>>,
-);
-
-/// The four small collections of the accounts in `scope`, in one query (one round trip).
-async fn small_collections(
-    tx: &mut Transaction<'_, Postgres>,
-    scope: Scope<'_>,
-) -> Result<Small, StoreError> {
-    let part = |n: u8, table: &str| {
-        format!(
-            "SELECT {n} AS kind, account_id, position, data FROM {table} WHERE {}",
-            scope.condition("account_id")
-        )
-    };
-    let sql = format!(
-        "{} UNION ALL {} UNION ALL {} UNION ALL {} ORDER BY kind, account_id, position",
-        part(0, "enrollments"),
-        part(1, "payment_methods"),
-        part(2, "mandates"),
-        part(3, "plans")
-    );
-    let mut out: Small = Default::default();
-    for r in scope
-        .bind(sqlx::query(&sql))
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(db_err)?
-    {
-        let account: Uuid = get(&r, "account_id")?;
-        let kind: i32 = get(&r, "kind")?;
-        match kind {
-            0 => out.0.entry(account).or_default().push(json(&r, "data")?),
-            1 => out.1.entry(account).or_default().push(json(&r, "data")?),
-            2 => out.2.entry(account).or_default().push(json(&r, "data")?),
-            _ => out.3.entry(account).or_default().push(json(&r, "data")?),
-        }
-    }
-    Ok(out)
-}
-
-/// Loads accounts whole, a handful of queries for any number of them; in id order.
-async fn load_accounts(
-    tx: &mut Transaction<'_, Postgres>,
-    scope: Scope<'_>,
-) -> Result<Vec<Account>, StoreError> {
-    let sql = format!(
-        "SELECT a.*, m.username, m.email, m.ssn_digest AS m_ssn_digest, m.ssn_sealed, m.password_hash,
-                m.language, m.email_verified_at, m.email_code, m.password_changed_at,
-                m.created_at AS m_created_at, m.account_id AS member_of
-         FROM accounts a LEFT JOIN members m ON m.account_id = a.id WHERE {}
-         ORDER BY a.id",
-        scope.condition("a.id")
-    );
-    let headers = scope
-        .bind(sqlx::query(&sql))
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(db_err)?;
-    if headers.is_empty() {
-        return Ok(Vec::new());
-    }
-    let (mut enrollments, mut methods, mut mandates, mut plans) =
-        small_collections(tx, scope).await?;
-    let mut bills: BTreeMap<Uuid, Vec<Bill>> = BTreeMap::new();
-    let sql = format!(
-        "SELECT * FROM bills WHERE {} ORDER BY account_id, position",
-        scope.condition("account_id")
-    );
-    for r in scope
-        .bind(sqlx::query(&sql))
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(db_err)?
-    {
-        bills
-            .entry(get(&r, "account_id")?)
-            .or_default()
-            .push(bill_from(&r)?);
-    }
-    let mut allocations: BTreeMap<Uuid, Vec<Allocation>> = BTreeMap::new();
-    let sql = format!(
-        "SELECT al.payment_id, al.bill_id, al.amount_cents FROM allocations al
-         JOIN payments p ON p.id = al.payment_id WHERE {}
-         ORDER BY al.payment_id, al.position",
-        scope.condition("p.account_id")
-    );
-    for r in scope
-        .bind(sqlx::query(&sql))
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(db_err)?
-    {
-        allocations
-            .entry(get(&r, "payment_id")?)
-            .or_default()
-            .push(Allocation {
-                bill_id: BillId(get(&r, "bill_id")?),
-                amount: Money::from_cents(get(&r, "amount_cents")?),
-            });
-    }
-    let mut payments: BTreeMap<Uuid, Vec<Payment>> = BTreeMap::new();
-    let sql = format!(
-        "SELECT * FROM payments WHERE {} ORDER BY account_id, position",
-        scope.condition("account_id")
-    );
-    for r in scope
-        .bind(sqlx::query(&sql))
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(db_err)?
-    {
-        let pid: Uuid = get(&r, "id")?;
-        payments
-            .entry(get(&r, "account_id")?)
-            .or_default()
-            .push(payment_from(
-                &r,
-                allocations.remove(&pid).unwrap_or_default(),
-            )?);
-    }
-    let mut out = Vec::with_capacity(headers.len());
-    for row in &headers {
-        let id: Uuid = get(row, "id")?;
-        let member = match get::<Option<Uuid>>(row, "member_of")? {
-            Some(_) => Some(member_from(row)?),
-            None => None,
-        };
-        let number: String = get(row, "number")?;
-        let first: String = get(row, "holder_first_name")?;
-        let last: String = get(row, "holder_last_name")?;
-        let contact: Option<String> = get(row, "contact_email")?;
-        let version: i64 = get(row, "version")?;
-        let Json(reminders): Json<ReminderPreferences> = row
-            .try_get("reminders")
-            .map_err(|e| corrupt("reminders", e))?;
-        out.push(Account {
-            id: AccountId(id),
-            version: u64::try_from(version).map_err(|e| corrupt("version", e))?,
-            number: AccountNumber::parse(&number).map_err(|e| corrupt("number", e))?,
-            holder: Holder {
-                first_name: PersonName::parse(&first)
-                    .map_err(|e| corrupt("holder_first_name", e))?,
-                last_name: PersonName::parse(&last).map_err(|e| corrupt("holder_last_name", e))?,
-                date_of_birth: get(row, "date_of_birth")?,
-                ssn_digest: LookupDigest(get(row, "ssn_digest")?),
-                ssn_last4: get(row, "ssn_last4")?,
-            },
-            contact_email: contact
-                .map(|c| Email::parse(&c).map_err(|e| corrupt("contact_email", e)))
-                .transpose()?,
-            enrollments: enrollments.remove(&id).unwrap_or_default(),
-            ledger: Ledger::new(
-                bills.remove(&id).unwrap_or_default(),
-                payments.remove(&id).unwrap_or_default(),
-            ),
-            methods: methods.remove(&id).unwrap_or_default(),
-            mandates: mandates.remove(&id).unwrap_or_default(),
-            plans: plans.remove(&id).unwrap_or_default(),
-            member,
-            reminders,
-            created_at: get(row, "created_at")?,
-            stored: Stored::default(),
-        });
-        if let Some(a) = out.last_mut() {
-            a.remember_stored();
-        }
-    }
-    Ok(out)
-}
-
-fn to_json(what: &str, v: &impl Serialize) -> Result<String, StoreError> {
-    serde_json::to_string(v).map_err(|e| corrupt(what, e))
-}
-
-/// What a bill write does with bills already stored.
-#[derive(Clone, Copy)]
-enum Known {
-    /// There are none: the bills are new.
-    Absent,
-    /// Updates them.
-    Update,
-}
-
-/// Bills as columns, written in one statement however many there are.
-#[derive(Default)]
-struct BillColumns {
-    id: Vec<Uuid>,
-    account: Vec<Uuid>,
-    position: Vec<i64>,
-    enrollment: Vec<Uuid>,
-    kind_name: Vec<&'static str>,
-    kind: Vec<String>,
-    month: Vec<NaiveDate>,
-    amount: Vec<i64>,
-    allocated: Vec<i64>,
-    transferred: Vec<i64>,
-    due: Vec<NaiveDate>,
-    issued: Vec<NaiveDate>,
-    void: Vec<bool>,
-    notices: Vec<String>,
-    late_fee: Vec<bool>,
-}
-
-impl BillColumns {
-    fn push(&mut self, account: Uuid, position: usize, b: &Bill) -> Result<(), StoreError> {
-        self.id.push(b.id.uuid());
-        self.account.push(account);
-        self.position
-            .push(i64::try_from(position).map_err(|e| corrupt("position", e))?);
-        self.enrollment.push(b.enrollment_id.uuid());
-        self.kind_name.push(kind_name(&b.kind));
-        self.kind.push(to_json("kind", &b.kind)?);
-        self.month.push(month_date(b.coverage_month));
-        self.amount.push(b.amount.cents());
-        self.allocated.push(b.allocated.cents());
-        self.transferred.push(b.transferred.cents());
-        self.due.push(b.due_date);
-        self.issued.push(b.issued_on);
-        self.void.push(b.void);
-        self.notices.push(to_json("notices", &b.notices)?);
-        self.late_fee.push(b.late_fee_assessed);
-        Ok(())
-    }
-
-    /// Inserts the bills; with `Known::Update`, bills already stored are updated instead (those
-    /// of the same account only). `Known::Absent` is a plain insert: cheaper, for bills that are
-    /// new by construction (an existing id then fails the whole write).
-    async fn write(
-        self,
-        tx: &mut Transaction<'_, Postgres>,
-        known: Known,
-    ) -> Result<(), StoreError> {
-        if self.id.is_empty() {
-            return Ok(());
-        }
-        const INSERT: &str = "INSERT INTO bills (id, account_id, position, enrollment_id, kind_name, kind, coverage_month,
-                 amount_cents, allocated_cents, transferred_cents, due_date, issued_on, void, notices,
-                 late_fee_assessed)
-             SELECT u.id, u.account_id, u.position, u.enrollment_id, u.kind_name, u.kind::json,
-                 u.coverage_month, u.amount, u.allocated, u.transferred, u.due_date, u.issued_on,
-                 u.void, u.notices::json, u.late_fee
-             FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::uuid[], $5::text[], $6::text[],
-                 $7::date[], $8::bigint[], $9::bigint[], $10::bigint[], $11::date[], $12::date[],
-                 $13::bool[], $14::text[], $15::bool[])
-                 AS u(id, account_id, position, enrollment_id, kind_name, kind, coverage_month, amount,
-                      allocated, transferred, due_date, issued_on, void, notices, late_fee)";
-        const UPSERT: &str = "
-             ON CONFLICT (id) DO UPDATE SET position = EXCLUDED.position,
-                 enrollment_id = EXCLUDED.enrollment_id, kind_name = EXCLUDED.kind_name,
-                 kind = EXCLUDED.kind, coverage_month = EXCLUDED.coverage_month,
-                 amount_cents = EXCLUDED.amount_cents, allocated_cents = EXCLUDED.allocated_cents,
-                 transferred_cents = EXCLUDED.transferred_cents, due_date = EXCLUDED.due_date,
-                 issued_on = EXCLUDED.issued_on, void = EXCLUDED.void, notices = EXCLUDED.notices,
-                 late_fee_assessed = EXCLUDED.late_fee_assessed
-             WHERE bills.account_id = EXCLUDED.account_id";
-        let sql = match known {
-            Known::Absent => INSERT.to_owned(),
-            Known::Update => format!("{INSERT}{UPSERT}"),
-        };
-        sqlx::query(&sql)
-            .bind(self.id)
-            .bind(self.account)
-            .bind(self.position)
-            .bind(self.enrollment)
-            .bind(self.kind_name)
-            .bind(self.kind)
-            .bind(self.month)
-            .bind(self.amount)
-            .bind(self.allocated)
-            .bind(self.transferred)
-            .bind(self.due)
-            .bind(self.issued)
-            .bind(self.void)
-            .bind(self.notices)
-            .bind(self.late_fee)
-            .execute(&mut **tx)
-            .await
-            .map_err(db_err)?;
-        Ok(())
-    }
-}
-
-/// Audit entries as columns, appended in one statement.
-#[derive(Default)]
-struct AuditColumns {
-    account: Vec<Uuid>,
-    at: Vec<DateTime<Utc>>,
-    actor: Vec<String>,
-    entity: Vec<String>,
-    action: Vec<String>,
-    detail: Vec<String>,
-}
-
-impl AuditColumns {
-    fn push(&mut self, e: &AuditEvent) -> Result<(), StoreError> {
-        self.account.push(e.account_id.uuid());
-        self.at.push(e.at);
-        self.actor.push(to_json("actor", &e.actor)?);
-        self.entity.push(e.entity.clone());
-        self.action.push(e.action.clone());
-        self.detail.push(e.detail.clone());
-        Ok(())
-    }
-
-    async fn write(self, tx: &mut Transaction<'_, Postgres>) -> Result<(), StoreError> {
-        if self.account.is_empty() {
-            return Ok(());
-        }
-        // WITH ORDINALITY keeps the entries' order in the log's sequence.
-        sqlx::query(
-            "INSERT INTO audit_log (account_id, at, actor, entity, action, detail)
-             SELECT u.account_id, u.at, u.actor::json, u.entity, u.action, u.detail
-             FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[])
-                 WITH ORDINALITY AS u(account_id, at, actor, entity, action, detail, n)
-             ORDER BY u.n",
-        )
-        .bind(self.account)
-        .bind(self.at)
-        .bind(self.actor)
-        .bind(self.entity)
-        .bind(self.action)
-        .bind(self.detail)
-        .execute(&mut **tx)
-        .await
-        .map_err(db_err)?;
-        Ok(())
-    }
-}
-
-/// Notices as columns, queued in one statement; a notice already queued is skipped.
-#[derive(Default)]
-struct OutboxColumns {
-    id: Vec<Uuid>,
-    key: Vec<String>,
-    account: Vec<Uuid>,
-    notice: Vec<String>,
-}
-
-impl OutboxColumns {
-    fn push(&mut self, n: &Notice) -> Result<(), StoreError> {
-        // Time-ordered ids keep the primary key's inserts at its right edge; random ones would
-        // touch a different index page for every message.
-        self.id.push(Uuid::now_v7());
-        self.key.push(n.dedupe_key.clone());
-        self.account.push(n.account_id.uuid());
-        self.notice.push(to_json("notice", n)?);
-        Ok(())
-    }
-
-    async fn write(self, tx: &mut Transaction<'_, Postgres>) -> Result<(), StoreError> {
-        if self.key.is_empty() {
-            return Ok(());
-        }
-        sqlx::query(
-            "INSERT INTO outbox (id, dedupe_key, account_id, notice)
-             SELECT u.id, u.key, u.account_id, u.notice::json
-             FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[])
-                 WITH ORDINALITY AS u(id, key, account_id, notice, n)
-             ORDER BY u.n
-             ON CONFLICT (dedupe_key) DO NOTHING",
-        )
-        .bind(self.id)
-        .bind(self.key)
-        .bind(self.account)
-        .bind(self.notice)
-        .execute(&mut **tx)
-        .await
-        .map_err(db_err)?;
-        Ok(())
-    }
-}
-
-fn holder_search(a: &Account) -> String {
-    a.holder.full_name().to_lowercase()
-}
-
-type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
-
-/// Binds the account header columns as `$1`..`$10`.
-fn bind_header<'q>(q: PgQuery<'q>, a: &Account) -> PgQuery<'q> {
-    q.bind(a.number.as_ref().to_owned())
-        .bind(a.holder.first_name.to_string())
-        .bind(a.holder.last_name.to_string())
-        .bind(holder_search(a))
-        .bind(a.holder.date_of_birth)
-        .bind(a.holder.ssn_digest.0.clone())
-        .bind(a.holder.ssn_last4.clone())
-        .bind(a.contact_email.as_ref().map(|e| e.as_ref().to_owned()))
-        .bind(Json(a.reminders.clone()))
-        .bind(a.created_at)
-}
-
-async fn write_account(tx: &mut Transaction<'_, Postgres>, a: &Account) -> Result<(), StoreError> {
-    let id = a.id.uuid();
-    let version = i64::try_from(a.version).map_err(|e| corrupt("version", e))?;
-    let header = |q| bind_header(q, a);
-    let is_new = a.version == 0;
-    if is_new {
-        header(sqlx::query(
-            "INSERT INTO accounts (id, version, number, holder_first_name, holder_last_name, holder_search,
-                 date_of_birth, ssn_digest, ssn_last4, contact_email, reminders, created_at)
-             VALUES ($11, 1, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        ))
-        .bind(id)
-        .execute(&mut **tx)
-        .await
-        .map_err(db_err)?;
-    } else {
-        let done = header(sqlx::query(
-            "UPDATE accounts SET version = version + 1, number = $1, holder_first_name = $2,
-                 holder_last_name = $3, holder_search = $4, date_of_birth = $5, ssn_digest = $6,
-                 ssn_last4 = $7, contact_email = $8, reminders = $9, created_at = $10
-             WHERE id = $11 AND version = $12",
-        ))
-        .bind(id)
-        .bind(version)
-        .execute(&mut **tx)
-        .await
-        .map_err(db_err)?;
-        if done.rows_affected() != 1 {
-            return Err(StoreError::Conflict);
-        }
-    }
-    match &a.member {
-        _ if !a.member_changed() => {}
-        Some(m) => {
-            sqlx::query(
-                "INSERT INTO members (account_id, username, username_key, email, email_key, ssn_digest,
-                     ssn_sealed, password_hash, language, email_verified_at, email_code,
-                     password_changed_at, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-                 ON CONFLICT (account_id) DO UPDATE SET username = $2, username_key = $3, email = $4,
-                     email_key = $5, ssn_digest = $6, ssn_sealed = $7, password_hash = $8, language = $9,
-                     email_verified_at = $10, email_code = $11, password_changed_at = $12, created_at = $13",
+/// The load as one statement for a list of ids (`$1`) and for a range (`$1` to `$2`): the
+/// shared load queries, each aggregated to a JSON array. One statement reads one snapshot, in
+/// one round trip, instead of a `REPEATABLE READ` transaction of five queries (eight).
+fn load_sql() -> &'static (String, String) {
+    static SQL: OnceLock<(String, String)> = OnceLock::new();
+    SQL.get_or_init(|| {
+        let one = |q: &LoadSql| {
+            format!(
+                "SELECT (SELECT json_agg(t ORDER BY t.id) FROM ({}) t) AS headers,
+                    (SELECT json_agg(t ORDER BY t.kind, t.account_id, t.position) FROM ({}) t)
+                        AS collections,
+                    (SELECT json_agg(t ORDER BY t.account_id, t.position) FROM ({}) t) AS bills,
+                    (SELECT json_agg(t ORDER BY t.payment_id, t.position) FROM ({}) t)
+                        AS allocations,
+                    (SELECT json_agg(t ORDER BY t.account_id, t.position) FROM ({}) t)
+                        AS payments",
+                q.headers, q.collections, q.bills, q.allocations, q.payments
             )
-            .bind(id)
-            .bind(m.username.to_string())
-            .bind(m.username.key())
-            .bind(m.email.to_string())
-            .bind(m.email.key())
-            .bind(m.ssn_digest.0.clone())
-            .bind(m.ssn_sealed.0.clone())
-            .bind(m.password_hash.0.clone())
-            .bind(m.language.code())
-            .bind(m.email_verified_at)
-            .bind(m.email_code.clone().map(Json))
-            .bind(m.password_changed_at)
-            .bind(m.created_at)
-            .execute(&mut **tx)
-            .await
-            .map_err(db_err)?;
-        }
-        None => {
-            sqlx::query("DELETE FROM members WHERE account_id = $1")
-                .bind(id)
-                .execute(&mut **tx)
-                .await
-                .map_err(db_err)?;
-        }
-    }
-    // Small collections: only the rows that differ from what the store holds.
-    write_collection(
-        tx,
-        "enrollments",
-        id,
-        &a.enrollments,
-        a.enrollment_changes(),
-        |e| e.id.uuid(),
-    )
-    .await?;
-    write_collection(
-        tx,
-        "payment_methods",
-        id,
-        &a.methods,
-        a.method_changes(),
-        |m| m.id.uuid(),
-    )
-    .await?;
-    write_collection(tx, "mandates", id, &a.mandates, a.mandate_changes(), |m| {
-        m.id.uuid()
-    })
-    .await?;
-    write_collection(tx, "plans", id, &a.plans, a.plan_changes(), |p| p.id.uuid()).await?;
-
-    // New accounts write their whole ledger; later commits what changed since loading.
-    let (bills, payments): (Vec<&Bill>, Vec<&Payment>) = if is_new {
-        (
-            a.ledger.bills.iter().collect(),
-            a.ledger.payments.iter().collect(),
-        )
-    } else {
-        a.ledger.changed()
-    };
-    let bill_pos: BTreeMap<BillId, usize> = a
-        .ledger
-        .bills
-        .iter()
-        .enumerate()
-        .map(|(i, b)| (b.id, i))
-        .collect();
-    let mut columns = BillColumns::default();
-    for b in bills {
-        columns.push(id, bill_pos.get(&b.id).copied().unwrap_or(0), b)?;
-    }
-    columns.write(tx, Known::Update).await?;
-    let pay_pos: BTreeMap<PaymentId, usize> = a
-        .ledger
-        .payments
-        .iter()
-        .enumerate()
-        .map(|(i, p)| (p.id, i))
-        .collect();
-    for p in payments {
-        let pos = i64::try_from(pay_pos.get(&p.id).copied().unwrap_or(0)).unwrap_or(0);
-        let data = PaymentData {
-            instrument: p.instrument.clone(),
-            channel: p.channel,
-            status: p.status,
-            history: p.history.clone(),
         };
-        sqlx::query(
-            "INSERT INTO payments (id, account_id, position, reference, gateway_id, amount_cents,
-                 refunded_cents, status, idempotency_key, initiated_at, initiated_on, expected_settlement, data)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-             ON CONFLICT (id) DO UPDATE SET position = $3, reference = $4, gateway_id = $5,
-                 amount_cents = $6, refunded_cents = $7, status = $8, idempotency_key = $9,
-                 initiated_at = $10, initiated_on = $11, expected_settlement = $12, data = $13
-             WHERE payments.account_id = $2",
+        (
+            one(&LoadSql::new(|c| format!("{c} = ANY($1)"))),
+            one(&LoadSql::new(|c| format!("{c} BETWEEN $1 AND $2"))),
         )
-        .bind(p.id.uuid())
-        .bind(id)
-        .bind(pos)
-        .bind(p.reference.to_string())
-        .bind(p.gateway_id.clone())
-        .bind(p.amount.cents())
-        .bind(p.refunded.cents())
-        .bind(p.status.name())
-        .bind(p.idempotency_key.clone())
-        .bind(p.initiated_at)
-        .bind(p.initiated_on)
-        .bind(p.expected_settlement)
-        .bind(Json(data))
-        .execute(&mut **tx)
-        .await
-        .map_err(db_err)?;
-        sqlx::query("DELETE FROM allocations WHERE payment_id = $1")
-            .bind(p.id.uuid())
-            .execute(&mut **tx)
-            .await
-            .map_err(db_err)?;
-        for (i, al) in p.allocations.iter().enumerate() {
-            sqlx::query("INSERT INTO allocations (payment_id, bill_id, position, amount_cents) VALUES ($1, $2, $3, $4)")
-                .bind(p.id.uuid())
-                .bind(al.bill_id.uuid())
-                .bind(i32::try_from(i).unwrap_or(i32::MAX))
-                .bind(al.amount.cents())
-                .execute(&mut **tx)
-                .await
-                .map_err(db_err)?;
-        }
-    }
-    Ok(())
-}
-
-async fn write_collection<T: Serialize>(
-    tx: &mut Transaction<'_, Postgres>,
-    table: &str,
-    account: Uuid,
-    all: &[T],
-    changes: RowChanges<'_, T>,
-    id_of: impl Fn(&T) -> Uuid,
-) -> Result<(), StoreError> {
-    if changes.removed {
-        let ids: Vec<Uuid> = all.iter().map(&id_of).collect();
-        sqlx::query(&format!(
-            "DELETE FROM {table} WHERE account_id = $1 AND NOT (id = ANY($2))"
-        ))
-        .bind(account)
-        .bind(&ids)
-        .execute(&mut **tx)
-        .await
-        .map_err(db_err)?;
-    }
-    let changed = changes.changed;
-    for (pos, item) in changed {
-        let sql = format!(
-            "INSERT INTO {table} (id, account_id, position, data) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (id) DO UPDATE SET position = excluded.position, data = excluded.data
-             WHERE {table}.account_id = excluded.account_id"
-        );
-        let done = sqlx::query(&sql)
-            .bind(id_of(item))
-            .bind(account)
-            .bind(i32::try_from(pos).unwrap_or(i32::MAX))
-            .bind(Json(item))
-            .execute(&mut **tx)
-            .await
-            .map_err(db_err)?;
-        if done.rows_affected() != 1 {
-            // The id belongs to another account.
-            return Err(StoreError::Conflict);
-        }
-    }
-    Ok(())
-}
-
-fn session_account(p: &Principal) -> Option<Uuid> {
-    match p {
-        Principal::Member { account_id } => Some(account_id.uuid()),
-        Principal::Agent { .. } => None,
-    }
-}
-
-fn outbox_from(row: &PgRow) -> Result<OutboxMessage, StoreError> {
-    Ok(OutboxMessage {
-        id: MessageId(get(row, "id")?),
-        notice: json::<Notice>(row, "notice")?,
-        created_at: get(row, "created_at")?,
-        attempts: to_u32(get(row, "attempts")?, "attempts")?,
     })
 }
 
-#[async_trait]
-impl Store for PgStore {
-    async fn load_account(&self, id: AccountId) -> Result<Option<Account>, StoreError> {
-        Ok(self.load_accounts(vec![id]).await?.pop())
+/// The statement that loads accounts by a list of ids (`$1`, `uuid[]`), for benchmarks that
+/// replay the store's SQL.
+pub fn load_statement() -> &'static str {
+    &load_sql().0
+}
+
+/// The five JSON arrays of the load (`NULL` when empty).
+#[derive(sqlx::FromRow)]
+struct LoadRow {
+    headers: Option<Json<Vec<HeaderRecord>>>,
+    collections: Option<Json<Vec<CollectionRecord>>>,
+    bills: Option<Json<Vec<BillRecord>>>,
+    allocations: Option<Json<Vec<AllocationRecord>>>,
+    payments: Option<Json<Vec<PaymentRecord>>>,
+}
+
+fn all<T>(v: Option<Json<Vec<T>>>) -> Vec<T> {
+    v.map(|Json(v)| v).unwrap_or_default()
+}
+
+impl PgStore {
+    /// Loads accounts whole from one snapshot, in id order, in one statement.
+    async fn load_scope(
+        &self,
+        range: Option<(Uuid, Uuid)>,
+        ids: &[Uuid],
+    ) -> StoreResult<Vec<portal_core::account::Account>> {
+        let (by_ids, by_range) = load_sql();
+        let q = match range {
+            Some((first, last)) => sqlx::query_as::<_, LoadRow>(by_range)
+                .bind(first)
+                .bind(last),
+            None => sqlx::query_as::<_, LoadRow>(by_ids).bind(ids),
+        };
+        let row = q.fetch_one(&self.pool).await.map_err(db_err)?;
+        AccountRecords {
+            headers: all(row.headers),
+            collections: all(row.collections),
+            bills: all(row.bills),
+            allocations: all(row.allocations),
+            payments: all(row.payments),
+        }
+        .into_accounts()
+    }
+}
+
+portal_sql::sql_store!(PgStore, sqlx::Postgres);
+
+/// One commit as one statement, built part by part: each part is a data-modifying CTE, each
+/// check a condition the final `SELECT` refuses the whole statement on.
+#[derive(Default)]
+struct Statement {
+    ctes: Vec<String>,
+    checks: Vec<(String, &'static str)>,
+    args: PgArguments,
+    n: usize,
+    /// Whether the statement writes an account: every other part then waits for its header.
+    gated: bool,
+}
+
+impl Statement {
+    /// Binds a value; returns its placeholder.
+    fn arg<T>(&mut self, v: T) -> StoreResult<String>
+    where
+        T: for<'q> Encode<'q, Postgres> + Type<Postgres> + Send + 'static,
+    {
+        self.args.add(v).map_err(|e| corrupt("argument", e))?;
+        self.n += 1;
+        Ok(format!("${}", self.n))
     }
 
-    async fn load_accounts(&self, ids: Vec<AccountId>) -> Result<Vec<Account>, StoreError> {
-        let ids: Vec<Uuid> = ids.into_iter().map(AccountId::uuid).collect();
-        self.load(Scope::Ids(&ids)).await
+    /// Binds one column of `rows` as an array.
+    fn col<R, T>(&mut self, rows: &[R], f: impl Fn(&R) -> T) -> StoreResult<String>
+    where
+        Vec<T>: for<'q> Encode<'q, Postgres> + Type<Postgres> + Send + 'static,
+    {
+        self.arg(rows.iter().map(f).collect::<Vec<T>>())
     }
 
-    async fn load_chunk(&self, chunk: WorkChunk) -> Result<Vec<Account>, StoreError> {
-        self.load(Scope::Range(chunk.first.uuid(), chunk.last.uuid()))
+    /// Binds one column of `rows` as an array of `ty`; returns `$n::ty[]`.
+    fn array<R, T>(&mut self, rows: &[R], ty: &str, f: impl Fn(&R) -> T) -> StoreResult<String>
+    where
+        Vec<T>: for<'q> Encode<'q, Postgres> + Type<Postgres> + Send + 'static,
+    {
+        Ok(format!("{}::{ty}[]", self.col(rows, f)?))
+    }
+
+    /// `INSERT INTO table (..) SELECT .. FROM unnest(..)`, each column bound as an array;
+    /// `json` names the columns that travel as text and are stored as `json` or `jsonb`.
+    /// With `ordered`, rows go in in their order (`WITH ORDINALITY`). Gated.
+    fn insert(
+        &self,
+        table: &str,
+        cols: &[(&str, String)],
+        json: &[(&str, &str)],
+        ordered: bool,
+    ) -> String {
+        let names: Vec<&str> = cols.iter().map(|c| c.0).collect();
+        let exprs: Vec<String> = names
+            .iter()
+            .map(|n| match json.iter().find(|j| j.0 == *n) {
+                Some((_, t)) => format!("u.{n}::{t}"),
+                None => format!("u.{n}"),
+            })
+            .collect();
+        let arrays: Vec<&str> = cols.iter().map(|c| c.1.as_str()).collect();
+        let (ord, n, order) = if ordered {
+            (" WITH ORDINALITY", ", n", " ORDER BY u.n")
+        } else {
+            ("", "", "")
+        };
+        format!(
+            "INSERT INTO {table} ({names}) SELECT {exprs} FROM unnest({arrays}){ord} AS u({names}{n}){gate}{order}",
+            names = names.join(", "),
+            exprs = exprs.join(", "),
+            arrays = arrays.join(", "),
+            gate = self.where_gate(),
+        )
+    }
+
+    /// Adds a part; returns its name.
+    fn part(&mut self, sql: String) -> String {
+        let name = format!("w{}", self.ctes.len());
+        self.ctes.push(format!("{name} AS ({sql})"));
+        name
+    }
+
+    /// Adds a part whose `RETURNING` rows must number `count`, or the statement is refused.
+    fn counted(&mut self, sql: String, count: usize, refusal: &'static str) {
+        let name = self.part(sql);
+        self.checks
+            .push((format!("(SELECT count(*) FROM {name}) = {count}"), refusal));
+    }
+
+    /// `WHERE` clause that holds a part back until the account's header is written.
+    fn where_gate(&self) -> &'static str {
+        if self.gated {
+            " WHERE EXISTS (SELECT FROM acct)"
+        } else {
+            ""
+        }
+    }
+
+    fn and_gate(&self) -> &'static str {
+        if self.gated {
+            " AND EXISTS (SELECT FROM acct)"
+        } else {
+            ""
+        }
+    }
+
+    async fn run(self, pool: &PgPool) -> StoreResult<()> {
+        if self.ctes.is_empty() {
+            return Ok(());
+        }
+        let mut verdict = String::from("SELECT ");
+        if !self.checks.is_empty() {
+            verdict.push_str("CASE");
+            for (cond, refusal) in &self.checks {
+                verdict.push_str(&format!(" WHEN NOT {cond} THEN portal_refuse('{refusal}')"));
+            }
+            verdict.push_str(" ELSE 0 END");
+        } else {
+            verdict.push('0');
+        }
+        let sql = format!("WITH {} {verdict}", self.ctes.join(",\n"));
+        sqlx::query_with(&sql, self.args)
+            .execute(pool)
             .await
+            .map_err(db_err)?;
+        Ok(())
     }
 
-    async fn issue_bills(&self, batch: Vec<IssuedBills>) -> Result<(), StoreError> {
+    fn header(&mut self, w: &AccountWrite) -> StoreResult<()> {
+        let h: &HeaderRow = &w.header;
+        let id = self.arg(w.id)?;
+        let cols = [
+            self.arg(h.number.clone())?,
+            self.arg(h.first_name.clone())?,
+            self.arg(h.last_name.clone())?,
+            self.arg(h.search.clone())?,
+            self.arg(h.date_of_birth)?,
+            self.arg(h.ssn_digest.clone())?,
+            self.arg(h.ssn_last4.clone())?,
+            self.arg(h.contact_email.clone())?,
+            format!("{}::jsonb", self.arg(h.reminders.clone())?),
+            self.arg(h.created_at)?,
+        ];
+        let [
+            number,
+            first,
+            last,
+            search,
+            dob,
+            digest,
+            last4,
+            contact,
+            reminders,
+            created,
+        ] = cols;
+        let sql = match w.loaded_version {
+            None => format!(
+                "INSERT INTO accounts (id, version, number, holder_first_name, holder_last_name,
+                     holder_search, date_of_birth, ssn_digest, ssn_last4, contact_email, reminders,
+                     created_at)
+                 VALUES ({id}, 1, {number}, {first}, {last}, {search}, {dob}, {digest}, {last4},
+                     {contact}, {reminders}, {created})
+                 RETURNING id"
+            ),
+            Some(v) => {
+                let version = self.arg(v)?;
+                format!(
+                    "UPDATE accounts SET version = version + 1, number = {number},
+                         holder_first_name = {first}, holder_last_name = {last},
+                         holder_search = {search}, date_of_birth = {dob}, ssn_digest = {digest},
+                         ssn_last4 = {last4}, contact_email = {contact}, reminders = {reminders},
+                         created_at = {created}
+                     WHERE id = {id} AND version = {version}
+                     RETURNING id"
+                )
+            }
+        };
+        self.ctes.push(format!("acct AS ({sql})"));
+        self.checks
+            .push(("(SELECT count(*) FROM acct) = 1".into(), "conflict"));
+        self.gated = true;
+        Ok(())
+    }
+
+    fn account(&mut self, w: &AccountWrite) -> StoreResult<()> {
+        self.header(w)?;
+        let id = self.arg(w.id)?;
+        match &w.member {
+            MemberWrite::Unchanged => {}
+            MemberWrite::Delete => {
+                let gate = self.and_gate();
+                self.part(format!("DELETE FROM members WHERE account_id = {id}{gate}"));
+            }
+            MemberWrite::Put(m) => {
+                let v = [
+                    self.arg(m.username.clone())?,
+                    self.arg(m.username_key.clone())?,
+                    self.arg(m.email.clone())?,
+                    self.arg(m.email_key.clone())?,
+                    self.arg(m.ssn_digest.clone())?,
+                    self.arg(m.ssn_sealed.clone())?,
+                    self.arg(m.password_hash.clone())?,
+                    self.arg(m.language)?,
+                    self.arg(m.email_verified_at)?,
+                    format!("{}::jsonb", self.arg(m.email_code.clone())?),
+                    self.arg(m.password_changed_at)?,
+                    self.arg(m.created_at)?,
+                ]
+                .join(", ");
+                let gate = self.where_gate();
+                self.part(format!(
+                    "INSERT INTO members (account_id, username, username_key, email, email_key,
+                         ssn_digest, ssn_sealed, password_hash, language, email_verified_at,
+                         email_code, password_changed_at, created_at)
+                     SELECT {id}, {v}{gate}
+                     ON CONFLICT (account_id) DO UPDATE SET username = excluded.username,
+                         username_key = excluded.username_key, email = excluded.email,
+                         email_key = excluded.email_key, ssn_digest = excluded.ssn_digest,
+                         ssn_sealed = excluded.ssn_sealed, password_hash = excluded.password_hash,
+                         language = excluded.language, email_verified_at = excluded.email_verified_at,
+                         email_code = excluded.email_code,
+                         password_changed_at = excluded.password_changed_at,
+                         created_at = excluded.created_at"
+                ));
+            }
+        }
+        for c in &w.collections {
+            self.collection(&id, w.id, c)?;
+        }
+        self.bills(&w.bills, true)?;
+        self.payments(w)?;
+        Ok(())
+    }
+
+    fn collection(&mut self, id: &str, account: Uuid, c: &CollectionWrite) -> StoreResult<()> {
+        let t = c.table;
+        if let Some(keep) = &c.keep {
+            let keep = self.arg(keep.clone())?;
+            let gate = self.and_gate();
+            self.part(format!(
+                "DELETE FROM {t} WHERE account_id = {id} AND NOT (id = ANY({keep})){gate}"
+            ));
+        }
+        if c.rows.is_empty() {
+            return Ok(());
+        }
+        let cols = [
+            ("id", self.array(&c.rows, "uuid", |r| r.0)?),
+            ("account_id", self.array(&c.rows, "uuid", |_| account)?),
+            ("position", self.array(&c.rows, "int", |r| r.1)?),
+            ("data", self.array(&c.rows, "text", |r| r.2.clone())?),
+        ];
+        // An id of another account's row is not overwritten, and the count check refuses.
+        let insert = self.insert(t, &cols, &[("data", "jsonb")], false);
+        self.counted(
+            format!(
+                "{insert} ON CONFLICT (id) DO UPDATE SET position = excluded.position,
+                     data = excluded.data WHERE {t}.account_id = excluded.account_id RETURNING 1"
+            ),
+            c.rows.len(),
+            "conflict",
+        );
+        Ok(())
+    }
+
+    /// Bills: inserted, or with `upsert` updated where the account already has them.
+    fn bills(&mut self, rows: &[BillRow], upsert: bool) -> StoreResult<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let cols = [
+            ("id", self.array(rows, "uuid", |b| b.id)?),
+            ("account_id", self.array(rows, "uuid", |b| b.account_id)?),
+            ("position", self.array(rows, "bigint", |b| b.position)?),
+            (
+                "enrollment_id",
+                self.array(rows, "uuid", |b| b.enrollment_id)?,
+            ),
+            ("kind_name", self.array(rows, "text", |b| b.kind_name)?),
+            ("kind", self.array(rows, "text", |b| b.kind.clone())?),
+            (
+                "coverage_month",
+                self.array(rows, "date", |b| b.coverage_month)?,
+            ),
+            (
+                "amount_cents",
+                self.array(rows, "bigint", |b| b.amount_cents)?,
+            ),
+            (
+                "allocated_cents",
+                self.array(rows, "bigint", |b| b.allocated_cents)?,
+            ),
+            (
+                "transferred_cents",
+                self.array(rows, "bigint", |b| b.transferred_cents)?,
+            ),
+            ("due_date", self.array(rows, "date", |b| b.due_date)?),
+            ("issued_on", self.array(rows, "date", |b| b.issued_on)?),
+            ("void", self.array(rows, "bool", |b| b.void)?),
+            ("notices", self.array(rows, "text", |b| b.notices.clone())?),
+            (
+                "late_fee_assessed",
+                self.array(rows, "bool", |b| b.late_fee_assessed)?,
+            ),
+        ];
+        let insert = self.insert(
+            "bills",
+            &cols,
+            &[("kind", "json"), ("notices", "json")],
+            false,
+        );
+        let on_conflict = if upsert {
+            format!(
+                " ON CONFLICT (id) DO UPDATE SET {} WHERE bills.account_id = excluded.account_id",
+                set_excluded(&cols)
+            )
+        } else {
+            String::new()
+        };
+        self.counted(
+            format!("{insert}{on_conflict} RETURNING 1"),
+            rows.len(),
+            "conflict",
+        );
+        Ok(())
+    }
+
+    fn payments(&mut self, w: &AccountWrite) -> StoreResult<()> {
+        let rows = &w.payments;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let cols = [
+            ("id", self.array(rows, "uuid", |p| p.id)?),
+            ("account_id", self.array(rows, "uuid", |_| w.id)?),
+            ("position", self.array(rows, "bigint", |p| p.position)?),
+            (
+                "reference",
+                self.array(rows, "text", |p| p.reference.clone())?,
+            ),
+            (
+                "gateway_id",
+                self.array(rows, "text", |p| p.gateway_id.clone())?,
+            ),
+            (
+                "amount_cents",
+                self.array(rows, "bigint", |p| p.amount_cents)?,
+            ),
+            (
+                "refunded_cents",
+                self.array(rows, "bigint", |p| p.refunded_cents)?,
+            ),
+            ("status", self.array(rows, "text", |p| p.status)?),
+            (
+                "idempotency_key",
+                self.array(rows, "text", |p| p.idempotency_key.clone())?,
+            ),
+            (
+                "initiated_at",
+                self.array(rows, "timestamptz", |p| p.initiated_at)?,
+            ),
+            (
+                "initiated_on",
+                self.array(rows, "date", |p| p.initiated_on)?,
+            ),
+            (
+                "expected_settlement",
+                self.array(rows, "date", |p| p.expected_settlement)?,
+            ),
+            ("data", self.array(rows, "text", |p| p.data.clone())?),
+        ];
+        let insert = self.insert("payments", &cols, &[("data", "jsonb")], false);
+        self.counted(
+            format!(
+                "{insert} ON CONFLICT (id) DO UPDATE SET {}
+                 WHERE payments.account_id = excluded.account_id RETURNING 1",
+                set_excluded(&cols)
+            ),
+            rows.len(),
+            "conflict",
+        );
+        // Each rewritten payment's allocations become exactly its rows: the others go (a set
+        // disjoint from the rows upserted, so no row is touched twice).
+        let al = &w.allocations;
+        let ap = self.array(al, "uuid", |a| a.payment_id)?;
+        let ab = self.array(al, "uuid", |a| a.bill_id)?;
+        if !w.allocated.is_empty() {
+            let payments = self.arg(w.allocated.clone())?;
+            let gate = self.and_gate();
+            self.part(format!(
+                "DELETE FROM allocations al WHERE al.payment_id = ANY({payments})
+                     AND NOT EXISTS (SELECT FROM unnest({ap}, {ab}) AS n(p, b)
+                                     WHERE n.p = al.payment_id AND n.b = al.bill_id){gate}"
+            ));
+        }
+        if al.is_empty() {
+            return Ok(());
+        }
+        let cols = [
+            ("payment_id", ap),
+            ("bill_id", ab),
+            ("position", self.array(al, "int", |a| a.position)?),
+            (
+                "amount_cents",
+                self.array(al, "bigint", |a| a.amount_cents)?,
+            ),
+        ];
+        let insert = self.insert("allocations", &cols, &[], false);
+        self.part(format!(
+            "{insert} ON CONFLICT (payment_id, bill_id) DO UPDATE SET position = excluded.position,
+                 amount_cents = excluded.amount_cents"
+        ));
+        Ok(())
+    }
+
+    fn audit(&mut self, rows: &[AuditRow]) -> StoreResult<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let cols = [
+            ("account_id", self.array(rows, "uuid", |e| e.account_id)?),
+            ("at", self.array(rows, "timestamptz", |e| e.at)?),
+            ("actor", self.array(rows, "text", |e| e.actor.clone())?),
+            ("entity", self.array(rows, "text", |e| e.entity.clone())?),
+            ("action", self.array(rows, "text", |e| e.action.clone())?),
+            ("detail", self.array(rows, "text", |e| e.detail.clone())?),
+        ];
+        // In order: the entries' order is the log's sequence.
+        let insert = self.insert("audit_log", &cols, &[("actor", "json")], true);
+        self.part(insert);
+        Ok(())
+    }
+
+    fn outbox(&mut self, rows: &[OutboxRow]) -> StoreResult<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let cols = [
+            ("id", self.array(rows, "uuid", |n| n.id)?),
+            (
+                "dedupe_key",
+                self.array(rows, "text", |n| n.dedupe_key.clone())?,
+            ),
+            ("account_id", self.array(rows, "uuid", |n| n.account_id)?),
+            ("notice", self.array(rows, "text", |n| n.notice.clone())?),
+        ];
+        let insert = self.insert("outbox", &cols, &[("notice", "json")], true);
+        self.part(format!("{insert} ON CONFLICT (dedupe_key) DO NOTHING"));
+        Ok(())
+    }
+
+    /// Sessions, reset tokens, throttles and idempotency records.
+    fn records(&mut self, c: &Changes) -> StoreResult<()> {
+        // A session written in this commit is never also deleted by it.
+        let put: Vec<String> = c.put_sessions.iter().map(|s| s.digest.0.clone()).collect();
+        if !c.put_sessions.is_empty() {
+            let s = &c.put_sessions;
+            let principals = s
+                .iter()
+                .map(|s| portal_sql::to_json("principal", &s.principal))
+                .collect::<StoreResult<Vec<String>>>()?;
+            let cols = [
+                ("digest", format!("{}::text[]", self.arg(put.clone())?)),
+                ("id", self.array(s, "uuid", |s| s.id.uuid())?),
+                ("principal", format!("{}::text[]", self.arg(principals)?)),
+                (
+                    "account_id",
+                    self.array(s, "uuid", |s| portal_sql::session_account(&s.principal))?,
+                ),
+                (
+                    "created_at",
+                    self.array(s, "timestamptz", |s| s.created_at)?,
+                ),
+                (
+                    "last_seen_at",
+                    self.array(s, "timestamptz", |s| s.last_seen_at)?,
+                ),
+            ];
+            let insert = self.insert("sessions", &cols, &[("principal", "jsonb")], false);
+            self.part(format!(
+                "{insert} ON CONFLICT (digest) DO UPDATE SET {}",
+                set_excluded(cols.get(1..).unwrap_or_default())
+            ));
+        }
+        let keep = self.arg(put)?;
+        let gate = self.and_gate();
+        if !c.delete_sessions.is_empty() {
+            let d: Vec<String> = c.delete_sessions.iter().map(|d| d.0.clone()).collect();
+            let d = self.arg(d)?;
+            self.part(format!(
+                "DELETE FROM sessions WHERE digest = ANY({d}) AND NOT (digest = ANY({keep})){gate}"
+            ));
+        }
+        if let Some(acc) = c.delete_all_sessions_of {
+            let acc = self.arg(acc.uuid())?;
+            self.part(format!(
+                "DELETE FROM sessions WHERE account_id = {acc} AND NOT (digest = ANY({keep})){gate}"
+            ));
+        }
+        if !c.put_reset_tokens.is_empty() {
+            let t = &c.put_reset_tokens;
+            let cols = [
+                ("digest", self.array(t, "text", |t| t.digest.0.clone())?),
+                (
+                    "account_id",
+                    self.array(t, "uuid", |t| t.account_id.uuid())?,
+                ),
+                (
+                    "expires_at",
+                    self.array(t, "timestamptz", |t| t.expires_at)?,
+                ),
+                ("used_at", self.array(t, "timestamptz", |t| t.used_at)?),
+            ];
+            let insert = self.insert("reset_tokens", &cols, &[], false);
+            self.part(format!(
+                "{insert} ON CONFLICT (digest) DO UPDATE SET {}",
+                set_excluded(cols.get(1..).unwrap_or_default())
+            ));
+        }
+        if let Some((digest, at)) = &c.consume_reset_token {
+            let digest = self.arg(digest.0.clone())?;
+            let at = self.arg(*at)?;
+            // Used once, even under concurrent use: the second finds it used and is refused.
+            self.counted(
+                format!(
+                    "UPDATE reset_tokens SET used_at = {at}
+                     WHERE digest = {digest} AND used_at IS NULL{gate} RETURNING 1"
+                ),
+                1,
+                "reset_token_use",
+            );
+        }
+        if !c.put_throttles.is_empty() {
+            let t = &c.put_throttles;
+            let cols = [
+                ("key", self.array(t, "text", |t| t.key.clone())?),
+                (
+                    "failures",
+                    self.array(t, "int", |t| i32::try_from(t.failures).unwrap_or(i32::MAX))?,
+                ),
+                (
+                    "window_started_at",
+                    self.array(t, "timestamptz", |t| t.window_started_at)?,
+                ),
+                (
+                    "locked_until",
+                    self.array(t, "timestamptz", |t| t.locked_until)?,
+                ),
+            ];
+            let insert = self.insert("login_throttles", &cols, &[], false);
+            self.part(format!(
+                "{insert} ON CONFLICT (key) DO UPDATE SET {}",
+                set_excluded(&cols)
+            ));
+        }
+        if !c.idempotency.is_empty() {
+            let r = &c.idempotency;
+            let cols = [
+                ("scope", self.array(r, "text", |r| r.scope.clone())?),
+                ("key", self.array(r, "text", |r| r.key.clone())?),
+                (
+                    "request_digest",
+                    self.array(r, "text", |r| r.request_digest.clone())?,
+                ),
+                (
+                    "payment_id",
+                    self.array(r, "uuid", |r| r.payment_id.uuid())?,
+                ),
+                (
+                    "account_id",
+                    self.array(r, "uuid", |r| r.account_id.uuid())?,
+                ),
+                (
+                    "created_at",
+                    self.array(r, "timestamptz", |r| r.created_at)?,
+                ),
+            ];
+            let insert = self.insert("idempotency_records", &cols, &[], false);
+            self.part(insert);
+        }
+        Ok(())
+    }
+}
+
+/// `a = excluded.a, ..` for the columns (all but the first, the key).
+fn set_excluded(cols: &[(&str, String)]) -> String {
+    let sets: Vec<String> = cols
+        .iter()
+        .skip(1)
+        .map(|(c, _)| format!("{c} = excluded.{c}"))
+        .collect();
+    sets.join(", ")
+}
+
+impl PgStore {
+    async fn write(&self, changes: Changes) -> StoreResult<()> {
+        let mut s = Statement::default();
+        if let Some(a) = &changes.account {
+            s.account(&AccountWrite::of(a)?)?;
+        }
+        s.records(&changes)?;
+        let audit = changes
+            .audit
+            .iter()
+            .map(AuditRow::of)
+            .collect::<StoreResult<Vec<_>>>()?;
+        s.audit(&audit)?;
+        let outbox = changes
+            .outbox
+            .iter()
+            .map(OutboxRow::of)
+            .collect::<StoreResult<Vec<_>>>()?;
+        s.outbox(&outbox)?;
+        s.run(&self.pool).await
+    }
+
+    /// New bills of many accounts in one statement: every account's version is checked and
+    /// bumped, or nothing is written.
+    async fn write_bills(&self, batch: Vec<IssuedBills>) -> StoreResult<()> {
         if batch.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
-        let ids: Vec<Uuid> = batch.iter().map(|b| b.account.uuid()).collect();
+        let mut s = Statement::default();
+        let ids = s.col(&batch, |b| b.account.uuid())?;
         let versions = batch
             .iter()
             .map(|b| i64::try_from(b.version).map_err(|e| corrupt("version", e)))
-            .collect::<Result<Vec<i64>, _>>()?;
-        let bumped = sqlx::query(
-            "UPDATE accounts a SET version = a.version + 1
-             FROM unnest($1::uuid[], $2::bigint[]) AS u(id, version)
-             WHERE a.id = u.id AND a.version = u.version",
-        )
-        .bind(&ids)
-        .bind(&versions)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        if usize::try_from(bumped.rows_affected()).ok() != Some(batch.len()) {
-            return Err(StoreError::Conflict);
-        }
-        let mut rows = BillColumns::default();
-        let mut audit = AuditColumns::default();
-        let mut outbox = OutboxColumns::default();
+            .collect::<StoreResult<Vec<i64>>>()?;
+        let versions = s.arg(versions)?;
+        s.ctes.push(format!(
+            "acct AS (UPDATE accounts a SET version = a.version + 1
+                 FROM unnest({ids}::uuid[], {versions}::bigint[]) AS u(id, version)
+                 WHERE a.id = u.id AND a.version = u.version RETURNING a.id)"
+        ));
+        s.checks.push((
+            format!("(SELECT count(*) FROM acct) = {}", batch.len()),
+            "conflict",
+        ));
+        s.gated = true;
+        let (mut bills, mut audit, mut outbox) = (Vec::new(), Vec::new(), Vec::new());
         for b in &batch {
             for (pos, bill) in &b.bills {
-                rows.push(b.account.uuid(), *pos, bill)?;
+                bills.push(BillRow::of(b.account.uuid(), *pos, bill)?);
             }
             for e in &b.audit {
-                audit.push(e)?;
+                audit.push(AuditRow::of(e)?);
             }
             for n in &b.outbox {
-                outbox.push(n)?;
+                outbox.push(OutboxRow::of(n)?);
             }
         }
-        rows.write(&mut tx, Known::Absent).await?;
-        audit.write(&mut tx).await?;
-        outbox.write(&mut tx).await?;
-        tx.commit().await.map_err(db_err)
+        // The bills are new by construction: a plain insert (an existing id fails it all).
+        s.bills(&bills, false)?;
+        s.audit(&audit)?;
+        s.outbox(&outbox)?;
+        s.run(&self.pool).await
     }
 
-    async fn find_account(&self, by: AccountLookup) -> Result<Option<AccountId>, StoreError> {
-        let q = match &by {
-            AccountLookup::Number(n) => {
-                sqlx::query("SELECT id FROM accounts WHERE number = $1").bind(n.as_ref().to_owned())
-            }
-            AccountLookup::Username(k) => {
-                sqlx::query("SELECT account_id AS id FROM members WHERE username_key = $1")
-                    .bind(k.clone())
-            }
-            AccountLookup::Email(k) => {
-                sqlx::query("SELECT account_id AS id FROM members WHERE email_key = $1")
-                    .bind(k.clone())
-            }
-            AccountLookup::MemberSsn(d) => {
-                sqlx::query("SELECT account_id AS id FROM members WHERE ssn_digest = $1")
-                    .bind(d.0.clone())
-            }
-        };
-        let row = q.fetch_optional(&self.pool).await.map_err(db_err)?;
-        row.map(|r| get::<Uuid>(&r, "id").map(AccountId))
-            .transpose()
-    }
-
-    async fn find_payment(
-        &self,
-        by: PaymentLookup,
-    ) -> Result<Option<(AccountId, PaymentId)>, StoreError> {
-        let q = match &by {
-            PaymentLookup::Reference(r) => {
-                sqlx::query("SELECT account_id, id FROM payments WHERE reference = $1")
-                    .bind(r.to_string())
-            }
-            PaymentLookup::GatewayId(g) => {
-                sqlx::query("SELECT account_id, id FROM payments WHERE gateway_id = $1")
-                    .bind(g.clone())
-            }
-            PaymentLookup::Id(id) => {
-                sqlx::query("SELECT account_id, id FROM payments WHERE id = $1").bind(id.uuid())
-            }
-        };
-        let row = q.fetch_optional(&self.pool).await.map_err(db_err)?;
-        row.map(|r| Ok((AccountId(get(&r, "account_id")?), PaymentId(get(&r, "id")?))))
-            .transpose()
-    }
-
-    async fn idempotency_record(
-        &self,
-        scope: String,
-        key: String,
-    ) -> Result<Option<IdempotencyRecord>, StoreError> {
-        let row = sqlx::query("SELECT * FROM idempotency_records WHERE scope = $1 AND key = $2")
-            .bind(scope)
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_err)?;
-        row.map(|r| {
-            Ok(IdempotencyRecord {
-                scope: get(&r, "scope")?,
-                key: get(&r, "key")?,
-                request_digest: get(&r, "request_digest")?,
-                payment_id: PaymentId(get(&r, "payment_id")?),
-                account_id: AccountId(get(&r, "account_id")?),
-                created_at: get(&r, "created_at")?,
-            })
-        })
-        .transpose()
-    }
-
-    async fn session(&self, digest: TokenDigest) -> Result<Option<Session>, StoreError> {
-        let row = sqlx::query("SELECT * FROM sessions WHERE digest = $1")
-            .bind(digest.0.clone())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_err)?;
-        row.map(|r| {
-            Ok(Session {
-                id: SessionId(get(&r, "id")?),
-                digest: TokenDigest(get(&r, "digest")?),
-                principal: json(&r, "principal")?,
-                created_at: get(&r, "created_at")?,
-                last_seen_at: get(&r, "last_seen_at")?,
-            })
-        })
-        .transpose()
-    }
-
-    async fn reset_token(&self, digest: TokenDigest) -> Result<Option<ResetToken>, StoreError> {
-        let row = sqlx::query("SELECT * FROM reset_tokens WHERE digest = $1")
-            .bind(digest.0.clone())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_err)?;
-        row.map(|r| {
-            Ok(ResetToken {
-                digest: TokenDigest(get(&r, "digest")?),
-                account_id: AccountId(get(&r, "account_id")?),
-                expires_at: get(&r, "expires_at")?,
-                used_at: get(&r, "used_at")?,
-            })
-        })
-        .transpose()
-    }
-
-    async fn login_throttle(&self, key: String) -> Result<Option<LoginThrottle>, StoreError> {
-        let row = sqlx::query("SELECT * FROM login_throttles WHERE key = $1")
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_err)?;
-        row.map(|r| {
-            Ok(LoginThrottle {
-                key: get(&r, "key")?,
-                failures: to_u32(get(&r, "failures")?, "failures")?,
-                window_started_at: get(&r, "window_started_at")?,
-                locked_until: get(&r, "locked_until")?,
-            })
-        })
-        .transpose()
-    }
-
-    async fn account_ids(
-        &self,
-        after: Option<AccountId>,
-        limit: u32,
-    ) -> Result<Vec<AccountId>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id FROM accounts WHERE $1::uuid IS NULL OR id > $1 ORDER BY id LIMIT $2",
-        )
-        .bind(after.map(AccountId::uuid))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?;
-        rows.iter().map(|r| get(r, "id").map(AccountId)).collect()
-    }
-
-    async fn search_accounts(
-        &self,
-        query: String,
-        limit: u32,
-    ) -> Result<Vec<AccountId>, StoreError> {
-        let escaped: String = query
-            .to_lowercase()
-            .chars()
-            .flat_map(|c| match c {
-                '%' | '_' | '\\' => vec!['\\', c],
-                c => vec![c],
-            })
-            .collect();
-        let pattern = format!("%{escaped}%");
-        let rows = sqlx::query(
-            "SELECT a.id FROM accounts a LEFT JOIN members m ON m.account_id = a.id
-             WHERE a.holder_search LIKE $1 OR m.email_key LIKE $1 OR m.username_key LIKE $1
-             ORDER BY a.id LIMIT $2",
-        )
-        .bind(pattern)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?;
-        rows.iter().map(|r| get(r, "id").map(AccountId)).collect()
-    }
-
-    async fn audit_trail(&self, account: AccountId) -> Result<Vec<AuditEvent>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM audit_log WHERE account_id = $1 ORDER BY seq")
-            .bind(account.uuid())
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err)?;
-        rows.iter()
-            .map(|r| {
-                Ok(AuditEvent {
-                    at: get(r, "at")?,
-                    account_id: AccountId(get(r, "account_id")?),
-                    actor: json::<Actor>(r, "actor")?,
-                    entity: get(r, "entity")?,
-                    action: get(r, "action")?,
-                    detail: get(r, "detail")?,
-                })
-            })
-            .collect()
-    }
-
-    async fn commit(&self, changes: Changes) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
-        if let Some(a) = &changes.account {
-            write_account(&mut tx, a).await?;
-        }
-        for s in &changes.put_sessions {
-            sqlx::query(
-                "INSERT INTO sessions (digest, id, principal, account_id, created_at, last_seen_at)
-                 VALUES ($1, $2, $3, $4, $5, $6)
-                 ON CONFLICT (digest) DO UPDATE SET principal = $3, account_id = $4, created_at = $5, last_seen_at = $6",
-            )
-            .bind(s.digest.0.clone())
-            .bind(s.id.uuid())
-            .bind(Json(&s.principal))
-            .bind(session_account(&s.principal))
-            .bind(s.created_at)
-            .bind(s.last_seen_at)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        }
-        for d in &changes.delete_sessions {
-            sqlx::query("DELETE FROM sessions WHERE digest = $1")
-                .bind(d.0.clone())
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
-        }
-        if let Some(acc) = changes.delete_all_sessions_of {
-            sqlx::query("DELETE FROM sessions WHERE account_id = $1")
-                .bind(acc.uuid())
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
-        }
-        for t in &changes.put_reset_tokens {
-            sqlx::query(
-                "INSERT INTO reset_tokens (digest, account_id, expires_at, used_at) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (digest) DO UPDATE SET expires_at = $3, used_at = $4",
-            )
-            .bind(t.digest.0.clone())
-            .bind(t.account_id.uuid())
-            .bind(t.expires_at)
-            .bind(t.used_at)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        }
-        if let Some((digest, at)) = &changes.consume_reset_token {
-            let done = sqlx::query(
-                "UPDATE reset_tokens SET used_at = $2 WHERE digest = $1 AND used_at IS NULL",
-            )
-            .bind(digest.0.clone())
-            .bind(*at)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-            if done.rows_affected() != 1 {
-                return Err(StoreError::Duplicate(Unique::ResetTokenUse));
-            }
-        }
-        for t in &changes.put_throttles {
-            sqlx::query(
-                "INSERT INTO login_throttles (key, failures, window_started_at, locked_until) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (key) DO UPDATE SET failures = $2, window_started_at = $3, locked_until = $4",
-            )
-            .bind(t.key.clone())
-            .bind(i32::try_from(t.failures).unwrap_or(i32::MAX))
-            .bind(t.window_started_at)
-            .bind(t.locked_until)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        }
-        for r in &changes.idempotency {
-            sqlx::query(
-                "INSERT INTO idempotency_records (scope, key, request_digest, payment_id, account_id, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(r.scope.clone())
-            .bind(r.key.clone())
-            .bind(r.request_digest.clone())
-            .bind(r.payment_id.uuid())
-            .bind(r.account_id.uuid())
-            .bind(r.created_at)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        }
-        let mut audit = AuditColumns::default();
-        for e in &changes.audit {
-            audit.push(e)?;
-        }
-        audit.write(&mut tx).await?;
-        let mut outbox = OutboxColumns::default();
-        for n in &changes.outbox {
-            outbox.push(n)?;
-        }
-        outbox.write(&mut tx).await?;
-        tx.commit().await.map_err(db_err)
-    }
-}
-
-#[async_trait]
-impl WorkQueue for PgStore {
-    async fn plan_run(&self, run: JobRun, chunk_size: u32) -> Result<u64, StoreError> {
+    async fn plan(&self, run: JobRun, chunk_size: u32) -> StoreResult<u64> {
         let mut tx = self.pool.begin().await.map_err(db_err)?;
         // One planner per run at a time; the second finds the run planned.
         sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 0))")
@@ -1252,15 +872,15 @@ impl WorkQueue for PgStore {
         Ok(done.rows_affected())
     }
 
-    async fn claim(
+    async fn claim_chunks(
         &self,
         run: JobRun,
         worker: String,
         limit: u32,
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
-    ) -> Result<Vec<WorkChunk>, StoreError> {
-        let rows = sqlx::query(
+    ) -> StoreResult<Vec<WorkChunk>> {
+        let rows: Vec<ChunkRecord> = sqlx::query_as(
             // MATERIALIZED: the selection must run once; a subquery in UPDATE .. FROM can be
             // re-run per row and, after the first rows are leased, pick more than LIMIT.
             "WITH c AS MATERIALIZED (
@@ -1281,25 +901,15 @@ impl WorkQueue for PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db_err)?;
-        let mut chunks = rows
-            .iter()
-            .map(|r| {
-                Ok(WorkChunk {
-                    first: AccountId(get(r, "account_id")?),
-                    last: AccountId(get(r, "last_account_id")?),
-                })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        chunks.sort();
-        Ok(chunks)
+        Ok(rows.into_iter().map(Into::into).collect())
     }
 
-    async fn finish(
+    async fn finish_chunks(
         &self,
         run: JobRun,
         chunks: Vec<WorkChunk>,
         now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
+    ) -> StoreResult<()> {
         let ids: Vec<Uuid> = chunks.into_iter().map(|c| c.first.uuid()).collect();
         sqlx::query(
             "UPDATE work_items SET finished_at = $3, leased_until = NULL
@@ -1314,17 +924,14 @@ impl WorkQueue for PgStore {
         .map_err(db_err)?;
         Ok(())
     }
-}
 
-#[async_trait]
-impl Outbox for PgStore {
-    async fn claim_messages(
+    async fn claim_due(
         &self,
         worker: String,
         limit: u32,
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
-    ) -> Result<Vec<OutboxMessage>, StoreError> {
+    ) -> StoreResult<Vec<OutboxMessage>> {
         let rows = sqlx::query(
             "WITH c AS MATERIALIZED (
                  SELECT id FROM outbox
@@ -1342,83 +949,14 @@ impl Outbox for PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db_err)?;
-        let mut out = rows
-            .iter()
-            .map(|r| Ok((get::<i64>(r, "seq")?, outbox_from(r)?)))
-            .collect::<Result<Vec<_>, StoreError>>()?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let seq: i64 = r.try_get("seq").map_err(|e| corrupt("seq", e))?;
+            let record = <OutboxRecord as sqlx::FromRow<_>>::from_row(r)
+                .map_err(|e| corrupt("outbox", e))?;
+            out.push((seq, OutboxMessage::try_from(record)?));
+        }
         out.sort_by_key(|(seq, _)| *seq);
         Ok(out.into_iter().map(|(_, m)| m).collect())
-    }
-
-    async fn mark_sent(
-        &self,
-        id: MessageId,
-        message_id: String,
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE outbox SET sent_at = $2, message_id = $3, attempts = attempts + 1, leased_until = NULL
-             WHERE id = $1",
-        )
-        .bind(id.uuid())
-        .bind(now)
-        .bind(message_id)
-        .execute(&self.pool)
-        .await
-        .map_err(db_err)?;
-        Ok(())
-    }
-
-    async fn mark_failed(
-        &self,
-        id: MessageId,
-        error: String,
-        retry_at: Option<DateTime<Utc>>,
-        _now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE outbox SET attempts = attempts + 1, last_error = $2, leased_until = NULL,
-                 due_at = COALESCE($3, due_at), dead = ($3 IS NULL)
-             WHERE id = $1",
-        )
-        .bind(id.uuid())
-        .bind(error)
-        .bind(retry_at)
-        .execute(&self.pool)
-        .await
-        .map_err(db_err)?;
-        Ok(())
-    }
-
-    async fn dead_letters(&self, limit: u32) -> Result<Vec<OutboxMessage>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM outbox WHERE dead ORDER BY seq LIMIT $1")
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err)?;
-        rows.iter().map(outbox_from).collect()
-    }
-
-    async fn requeue(&self, id: MessageId, now: DateTime<Utc>) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE outbox SET dead = false, due_at = $2, attempts = 0 WHERE id = $1 AND dead",
-        )
-        .bind(id.uuid())
-        .bind(now)
-        .execute(&self.pool)
-        .await
-        .map_err(db_err)?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    async fn pending_messages(&self, limit: u32) -> Result<Vec<OutboxMessage>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT * FROM outbox WHERE sent_at IS NULL AND NOT dead ORDER BY seq LIMIT $1",
-        )
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?;
-        rows.iter().map(outbox_from).collect()
     }
 }

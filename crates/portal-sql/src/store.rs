@@ -1,0 +1,312 @@
+//! The storage ports, written once for both databases: [`sql_store!`](crate::sql_store)
+//! expands, in a dialect crate, to the `Store`, `WorkQueue` and `Outbox` implementations of
+//! its store type with the dialect's concrete sqlx types. A macro rather than generic code: the
+//! same text is type-checked against each database with no bound on sqlx's internals.
+//!
+//! The dialect crate provides, next to the invocation:
+//! - the store type with a `pool` field (`sqlx::Pool` of its database);
+//! - `fn db_err(sqlx::Error) -> StoreError` (unique violations name the rule broken);
+//! - inherent methods for what it does its own way: `load_scope(range, ids)` (accounts whole
+//!   from one snapshot, in id order, by a range of ids or a list), `write(Changes)`,
+//!   `write_bills(Vec<IssuedBills>)`,
+//!   `plan(JobRun, u32)`, `claim_chunks(..)`, `finish_chunks(..)`, `claim_due(..)`, with the
+//!   arguments and results of the port methods they implement.
+
+/// Expands to the `Store`, `WorkQueue` and `Outbox` implementations of `$store` over the
+/// database `$db`. See the module documentation for what the invoking crate provides.
+#[macro_export]
+macro_rules! sql_store {
+    ($store:ident, $db:ty) => {
+        /// The storage ports over the shared layer (`portal_sql::sql_store!`).
+        mod sql_store {
+            use super::db_err;
+            use ::chrono::{DateTime, Utc};
+            use ::portal_core::account::{
+                Account, IdempotencyRecord, LoginThrottle, ResetToken, Session, TokenDigest,
+            };
+            use ::portal_core::audit::AuditEvent;
+            use ::portal_core::ids::{AccountId, MessageId, PaymentId};
+            use ::portal_core::ports::{
+                AccountLookup, Changes, IssuedBills, JobRun, Outbox, OutboxMessage, PaymentLookup,
+                Store, StoreError, WorkChunk, WorkQueue,
+            };
+            use ::uuid::Uuid;
+            use $crate::{records, sql};
+            impl super::$store {
+                async fn optional<'q, R>(
+                    &self,
+                    q: ::sqlx::query::QueryAs<'q, $db, R, <$db as sqlx::Database>::Arguments<'q>>,
+                ) -> Result<Option<R>, StoreError>
+                where
+                    R: for<'r> ::sqlx::FromRow<'r, <$db as sqlx::Database>::Row> + Send + Unpin,
+                {
+                    q.fetch_optional(&self.pool).await.map_err(db_err)
+                }
+
+                async fn all<'q, R>(
+                    &self,
+                    q: ::sqlx::query::QueryAs<'q, $db, R, <$db as sqlx::Database>::Arguments<'q>>,
+                ) -> Result<Vec<R>, StoreError>
+                where
+                    R: for<'r> ::sqlx::FromRow<'r, <$db as sqlx::Database>::Row> + Send + Unpin,
+                {
+                    q.fetch_all(&self.pool).await.map_err(db_err)
+                }
+            }
+
+            #[::async_trait::async_trait]
+            impl Store for super::$store {
+                async fn load_account(&self, id: AccountId) -> Result<Option<Account>, StoreError> {
+                    Ok(self.load_scope(None, &[id.uuid()]).await?.pop())
+                }
+
+                async fn load_accounts(
+                    &self,
+                    ids: Vec<AccountId>,
+                ) -> Result<Vec<Account>, StoreError> {
+                    let ids: Vec<Uuid> = ids.into_iter().map(|i| i.uuid()).collect();
+                    self.load_scope(None, &ids).await
+                }
+
+                async fn load_chunk(&self, chunk: WorkChunk) -> Result<Vec<Account>, StoreError> {
+                    self.load_scope(Some((chunk.first.uuid(), chunk.last.uuid())), &[])
+                        .await
+                }
+
+                async fn issue_bills(&self, batch: Vec<IssuedBills>) -> Result<(), StoreError> {
+                    self.write_bills(batch).await
+                }
+
+                async fn find_account(
+                    &self,
+                    by: AccountLookup,
+                ) -> Result<Option<AccountId>, StoreError> {
+                    use AccountLookup as L;
+                    use sql::*;
+                    let q = |text| ::sqlx::query_as::<$db, records::IdRecord>(text);
+                    let q = match by {
+                        L::Number(n) => q(ACCOUNT_BY_NUMBER).bind(n.as_ref().to_owned()),
+                        L::Username(k) => q(ACCOUNT_BY_USERNAME).bind(k),
+                        L::Email(k) => q(ACCOUNT_BY_EMAIL).bind(k),
+                        L::MemberSsn(d) => q(ACCOUNT_BY_MEMBER_SSN).bind(d.0),
+                    };
+                    Ok(self.optional(q).await?.map(|r| r.account()))
+                }
+
+                async fn find_payment(
+                    &self,
+                    by: PaymentLookup,
+                ) -> Result<Option<(AccountId, PaymentId)>, StoreError> {
+                    use PaymentLookup as L;
+                    use sql::*;
+                    let q = |text| ::sqlx::query_as::<$db, records::PaymentOwnerRecord>(text);
+                    let q = match by {
+                        L::Reference(r) => q(PAYMENT_BY_REFERENCE).bind(r.to_string()),
+                        L::GatewayId(g) => q(PAYMENT_BY_GATEWAY_ID).bind(g),
+                        L::Id(id) => q(PAYMENT_BY_ID).bind(id.uuid()),
+                    };
+                    Ok(self.optional(q).await?.map(Into::into))
+                }
+
+                async fn idempotency_record(
+                    &self,
+                    scope: String,
+                    key: String,
+                ) -> Result<Option<IdempotencyRecord>, StoreError> {
+                    let q =
+                        ::sqlx::query_as::<$db, records::IdempotencyRow>(sql::IDEMPOTENCY_RECORD);
+                    Ok(self
+                        .optional(q.bind(scope).bind(key))
+                        .await?
+                        .map(Into::into))
+                }
+
+                async fn session(
+                    &self,
+                    digest: TokenDigest,
+                ) -> Result<Option<Session>, StoreError> {
+                    let q = ::sqlx::query_as::<$db, records::SessionRecord>(sql::SESSION);
+                    Ok(self.optional(q.bind(digest.0)).await?.map(Into::into))
+                }
+
+                async fn reset_token(
+                    &self,
+                    digest: TokenDigest,
+                ) -> Result<Option<ResetToken>, StoreError> {
+                    let q = ::sqlx::query_as::<$db, records::ResetTokenRecord>(sql::RESET_TOKEN);
+                    Ok(self.optional(q.bind(digest.0)).await?.map(Into::into))
+                }
+
+                async fn login_throttle(
+                    &self,
+                    key: String,
+                ) -> Result<Option<LoginThrottle>, StoreError> {
+                    let q = ::sqlx::query_as::<$db, records::ThrottleRecord>(sql::LOGIN_THROTTLE);
+                    self.optional(q.bind(key))
+                        .await?
+                        .map(TryInto::try_into)
+                        .transpose()
+                }
+
+                async fn account_ids(
+                    &self,
+                    after: Option<AccountId>,
+                    limit: u32,
+                ) -> Result<Vec<AccountId>, StoreError> {
+                    let q = ::sqlx::query_as::<$db, records::IdRecord>(sql::ACCOUNT_IDS)
+                        .bind(after.map(|a| a.uuid()))
+                        .bind(i64::from(limit));
+                    Ok(self
+                        .all(q)
+                        .await?
+                        .into_iter()
+                        .map(|r| r.account())
+                        .collect())
+                }
+
+                async fn search_accounts(
+                    &self,
+                    query: String,
+                    limit: u32,
+                ) -> Result<Vec<AccountId>, StoreError> {
+                    let q = ::sqlx::query_as::<$db, records::IdRecord>(sql::SEARCH_ACCOUNTS)
+                        .bind($crate::contains_pattern(&query))
+                        .bind(i64::from(limit));
+                    Ok(self
+                        .all(q)
+                        .await?
+                        .into_iter()
+                        .map(|r| r.account())
+                        .collect())
+                }
+
+                async fn audit_trail(
+                    &self,
+                    account: AccountId,
+                ) -> Result<Vec<AuditEvent>, StoreError> {
+                    let q = ::sqlx::query_as::<$db, records::AuditRecord>(sql::AUDIT_TRAIL)
+                        .bind(account.uuid());
+                    Ok(self.all(q).await?.into_iter().map(Into::into).collect())
+                }
+
+                async fn commit(&self, changes: Changes) -> Result<(), StoreError> {
+                    self.write(changes).await
+                }
+            }
+
+            #[::async_trait::async_trait]
+            impl WorkQueue for super::$store {
+                async fn plan_run(&self, run: JobRun, chunk_size: u32) -> Result<u64, StoreError> {
+                    self.plan(run, chunk_size).await
+                }
+
+                async fn claim(
+                    &self,
+                    run: JobRun,
+                    worker: String,
+                    limit: u32,
+                    now: DateTime<Utc>,
+                    lease_until: DateTime<Utc>,
+                ) -> Result<Vec<WorkChunk>, StoreError> {
+                    let mut chunks = self
+                        .claim_chunks(run, worker, limit, now, lease_until)
+                        .await?;
+                    chunks.sort();
+                    Ok(chunks)
+                }
+
+                async fn finish(
+                    &self,
+                    run: JobRun,
+                    chunks: Vec<WorkChunk>,
+                    now: DateTime<Utc>,
+                ) -> Result<(), StoreError> {
+                    self.finish_chunks(run, chunks, now).await
+                }
+            }
+
+            #[::async_trait::async_trait]
+            impl Outbox for super::$store {
+                async fn claim_messages(
+                    &self,
+                    worker: String,
+                    limit: u32,
+                    now: DateTime<Utc>,
+                    lease_until: DateTime<Utc>,
+                ) -> Result<Vec<OutboxMessage>, StoreError> {
+                    self.claim_due(worker, limit, now, lease_until).await
+                }
+
+                async fn mark_sent(
+                    &self,
+                    id: MessageId,
+                    message_id: String,
+                    now: DateTime<Utc>,
+                ) -> Result<(), StoreError> {
+                    ::sqlx::query::<$db>(sql::MARK_SENT)
+                        .bind(id.uuid())
+                        .bind(now)
+                        .bind(message_id)
+                        .execute(&self.pool)
+                        .await
+                        .map_err(db_err)?;
+                    Ok(())
+                }
+
+                async fn mark_failed(
+                    &self,
+                    id: MessageId,
+                    error: String,
+                    retry_at: Option<DateTime<Utc>>,
+                    _now: DateTime<Utc>,
+                ) -> Result<(), StoreError> {
+                    ::sqlx::query::<$db>(sql::MARK_FAILED)
+                        .bind(id.uuid())
+                        .bind(error)
+                        .bind(retry_at)
+                        .execute(&self.pool)
+                        .await
+                        .map_err(db_err)?;
+                    Ok(())
+                }
+
+                async fn dead_letters(&self, limit: u32) -> Result<Vec<OutboxMessage>, StoreError> {
+                    let q = ::sqlx::query_as::<$db, records::OutboxRecord>(sql::DEAD_LETTERS)
+                        .bind(i64::from(limit));
+                    self.all(q)
+                        .await?
+                        .into_iter()
+                        .map(TryInto::try_into)
+                        .collect()
+                }
+
+                async fn requeue(
+                    &self,
+                    id: MessageId,
+                    now: DateTime<Utc>,
+                ) -> Result<bool, StoreError> {
+                    let done = ::sqlx::query::<$db>(sql::REQUEUE)
+                        .bind(id.uuid())
+                        .bind(now)
+                        .execute(&self.pool)
+                        .await
+                        .map_err(db_err)?;
+                    Ok(done.rows_affected() == 1)
+                }
+
+                async fn pending_messages(
+                    &self,
+                    limit: u32,
+                ) -> Result<Vec<OutboxMessage>, StoreError> {
+                    let q = ::sqlx::query_as::<$db, records::OutboxRecord>(sql::PENDING_MESSAGES)
+                        .bind(i64::from(limit));
+                    self.all(q)
+                        .await?
+                        .into_iter()
+                        .map(TryInto::try_into)
+                        .collect()
+                }
+            }
+        }
+    };
+}
