@@ -603,20 +603,19 @@ impl Portal {
 
     /// Creates the payment and its idempotency record in one commit, then settles it with the
     /// gateway (or at once for offline payments). The account is read once (or taken as the
-    /// caller loaded it); each commit hands the next step the account as committed.
+    /// caller loaded it); each commit hands the next step the account as committed. A key used
+    /// before answers with its payment (or `Conflict` when the request differs).
     async fn submit(
         &self,
         new: NewPayment,
         account_id: AccountId,
         loaded: Option<Account>,
     ) -> Result<PaymentReceipt, ServiceError> {
+        // The idempotency key is checked by the commit that creates the payment (its record
+        // is unique): a repeated key fails that commit, and the error path below answers with
+        // the first payment. No lookup before it: a first request, by far the common case,
+        // pays one round trip less.
         let store = &self.deps.store;
-        if let Some(rec) = store
-            .idempotency_record(new.scope.clone(), new.key.clone())
-            .await?
-        {
-            return self.replay(rec, &new.digest).await;
-        }
         let payment_id: PaymentId = self.new_id();
         let reference = self.deps.ids.payment_reference();
         let now = self.now();
@@ -679,8 +678,9 @@ impl Portal {
             Ok((Some(p), account)) => (p, account),
             Ok((None, _)) => return Err(ServiceError::NotFound("payment")),
             Err(e) => {
-                // A concurrent request with the same key may have won while this one waited
-                // (its payment can even have made the amount due zero): its result is ours.
+                // The key was used before, or a concurrent request with it won while this one
+                // waited (its payment can even have made the amount due zero): its result is
+                // ours.
                 if let Some(rec) = store
                     .idempotency_record(new.scope.clone(), new.key.clone())
                     .await?
