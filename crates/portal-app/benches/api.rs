@@ -18,16 +18,21 @@
 )]
 
 use chrono::Utc;
-use portal_core::account::{Account, Holder, LookupDigest, Member, NewAccount};
+use portal_core::account::{
+    Account, Holder, IdempotencyRecord, LookupDigest, Member, NewAccount, Principal, Session,
+    TokenDigest,
+};
 use portal_core::calendar::CoverageMonth;
 use portal_core::enrollment::{CoverageKind, Enrollment};
 use portal_core::identity::{AccountNumber, Email, Language, PersonName, Username};
-use portal_core::ids::{AccountId, EnrollmentId, MethodId};
+use portal_core::ids::{AccountId, EnrollmentId, MethodId, PaymentId, SessionId};
 use portal_core::instrument::{CardBrand, CardExpiry, MethodDetails, PaymentMethod};
 use portal_core::money::Money;
 use portal_core::password::Password;
+use portal_core::payment::{Payment, PaymentChannel, PaymentInstrument, PaymentStatus};
+use portal_core::ports::IdGenerator;
 use portal_core::ports::{Changes, PasswordHasher, SecretSealer, Store};
-use portal_crypto::{AesGcmSealer, Argon2Hasher};
+use portal_crypto::{AesGcmSealer, Argon2Hasher, RandomIds};
 use portal_postgres::PgStore;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -35,11 +40,25 @@ use std::time::{Duration, Instant};
 
 mod common;
 use common::{
-    LOAD_SQL, Run, WRITE_ACCOUNT_SQL, card_token, fresh_database, median, percentile, pgbench_run,
+    Run, WRITE_ACCOUNT_SQL, card_token, fresh_database, load_sql, median, percentile, pgbench_run,
     rss_kib,
 };
 
-const MEMBERS: usize = 64;
+/// Members paying through the portal (as many again are pgbench's), each with a year of
+/// payments behind it. Each client pays for its own members in turn: with 1,024, an account
+/// gains about ten payments during the run (with 64 it gained some 200, and every load read
+/// them all). `BENCH_API_MEMBERS` overrides it.
+fn members() -> usize {
+    std::env::var("BENCH_API_MEMBERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024)
+}
+/// Members who log in over HTTP (Argon2 and all), for the RSS after logins; the others get
+/// their sessions written directly.
+const LOGINS: usize = 8;
+/// Past payments each account starts with.
+const HISTORY: u32 = 12;
 const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 const SECONDS: u64 = 5;
 const ROUNDS: usize = 3;
@@ -54,12 +73,13 @@ async fn portal_run(
     members: &[Member1],
     clients: usize,
     next: &Arc<std::sync::atomic::AtomicU64>,
+    seconds: u64,
 ) -> Run {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
         .build()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(SECONDS);
+    let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..clients {
@@ -138,29 +158,32 @@ async fn portal_run(
 }
 
 /// The SQL one saved-card payment performs in `PgStore`, in order: a load of the account, the
-/// idempotency lookup, a commit creating the payment with its idempotency record and audit entry,
-/// and a commit recording the gateway's answer with its audit entry and outbox notice (each
-/// commit hands the next step the account as committed, so there is no second load).
+/// idempotency lookup, one statement creating the payment with its idempotency record and audit
+/// entry, and one statement recording the gateway's answer with its audit entry and outbox
+/// notice (each commit hands the next step the account as committed, so there is no second
+/// load). Each commit is a single statement of data-modifying CTEs gated on the account's
+/// version check, as `PgStore::commit` writes it.
 fn payment_script() -> String {
-    let load = LOAD_SQL;
-    let write_account = WRITE_ACCOUNT_SQL;
+    let members = members();
+    let load = load_sql();
+    let header = WRITE_ACCOUNT_SQL.trim_end().trim_end_matches(';');
     format!(
-        "\\set n random(1, {MEMBERS})
+        "\\set n random(1, {members})
 SELECT id AS aid FROM bench_members WHERE n = :n \\gset
 {load}SELECT * FROM idempotency_records WHERE scope = 'account:' || :aid AND key = md5(random()::text);
-BEGIN;
-{write_account}INSERT INTO payments (id, account_id, position, reference, gateway_id, amount_cents, refunded_cents, status, idempotency_key, initiated_at, initiated_on, expected_settlement, data) VALUES (gen_random_uuid(), :aid, 0, md5(random()::text), NULL, 100, 0, 'pending', md5(random()::text), now(), current_date, NULL, '{{\"instrument\":{{\"type\":\"saved\"}},\"channel\":{{\"type\":\"member\"}},\"status\":{{\"state\":\"pending\",\"stage\":\"submitted\"}},\"history\":[]}}') RETURNING id AS pay
+WITH acct AS ({header} RETURNING id),
+ w0 AS (INSERT INTO payments (id, account_id, position, reference, gateway_id, amount_cents, refunded_cents, status, idempotency_key, initiated_at, initiated_on, expected_settlement, data) SELECT gen_random_uuid(), :aid::uuid, 0, md5(random()::text), NULL, 100, 0, 'pending', md5(random()::text), now(), current_date, NULL, '{{\"instrument\":{{\"type\":\"saved\"}},\"channel\":{{\"type\":\"member\"}},\"status\":{{\"state\":\"pending\",\"stage\":\"submitted\"}},\"history\":[]}}'::jsonb WHERE EXISTS (SELECT FROM acct) RETURNING id),
+ w1 AS (DELETE FROM allocations WHERE payment_id IN (SELECT id FROM w0)),
+ w2 AS (INSERT INTO idempotency_records (scope, key, request_digest, payment_id, account_id, created_at) SELECT 'account:' || :aid, md5(random()::text), md5(random()::text), id, :aid::uuid, now() FROM w0),
+ w3 AS (INSERT INTO audit_log (account_id, at, actor, entity, action, detail) SELECT :aid::uuid, now(), '{{\"type\":\"member\"}}', 'payment:' || id, 'payment.submitted', 'bench' FROM w0)
+SELECT (SELECT id FROM w0) AS pay, CASE WHEN (SELECT count(*) FROM acct) = 1 THEN 0 END AS ok
 \\gset
-DELETE FROM allocations WHERE payment_id = :pay;
-INSERT INTO idempotency_records (scope, key, request_digest, payment_id, account_id, created_at) VALUES ('account:' || :aid, md5(random()::text), md5(random()::text), :pay, :aid, now());
-INSERT INTO audit_log (account_id, at, actor, entity, action, detail) VALUES (:aid, now(), '{{\"type\":\"member\"}}', 'payment:' || :pay, 'payment.submitted', 'bench');
-COMMIT;
-BEGIN;
-{write_account}UPDATE payments SET position = position, reference = reference, gateway_id = 'pi_' || md5(random()::text), amount_cents = amount_cents, refunded_cents = refunded_cents, status = 'succeeded', idempotency_key = idempotency_key, initiated_at = initiated_at, initiated_on = initiated_on, expected_settlement = expected_settlement, data = data WHERE id = :pay;
-DELETE FROM allocations WHERE payment_id = :pay;
-INSERT INTO audit_log (account_id, at, actor, entity, action, detail) VALUES (:aid, now(), '{{\"type\":\"member\"}}', 'payment:' || :pay, 'payment.succeeded', 'bench');
-INSERT INTO outbox (dedupe_key, account_id, notice) VALUES (md5(random()::text), :aid, '{{}}') ON CONFLICT (dedupe_key) DO NOTHING;
-COMMIT;
+WITH acct AS ({header} RETURNING id),
+ w0 AS (UPDATE payments SET position = position, reference = reference, gateway_id = 'pi_' || md5(random()::text), amount_cents = amount_cents, refunded_cents = refunded_cents, status = 'succeeded', idempotency_key = idempotency_key, initiated_at = initiated_at, initiated_on = initiated_on, expected_settlement = expected_settlement, data = data WHERE id = :pay::uuid AND EXISTS (SELECT FROM acct) RETURNING 1),
+ w1 AS (DELETE FROM allocations WHERE payment_id = :pay::uuid AND EXISTS (SELECT FROM acct)),
+ w2 AS (INSERT INTO audit_log (account_id, at, actor, entity, action, detail) SELECT :aid::uuid, now(), '{{\"type\":\"member\"}}', 'payment:' || :pay::uuid, 'payment.succeeded', 'bench' WHERE EXISTS (SELECT FROM acct)),
+ w3 AS (INSERT INTO outbox (dedupe_key, account_id, notice) SELECT md5(random()::text), :aid::uuid, '{{}}'::json WHERE EXISTS (SELECT FROM acct) ON CONFLICT (dedupe_key) DO NOTHING)
+SELECT CASE WHEN (SELECT count(*) FROM acct) = 1 AND (SELECT count(*) FROM w0) = 1 THEN 0 END;
 "
     )
 }
@@ -222,10 +245,11 @@ async fn run(base_url: String) {
         .execute(&pool)
         .await
         .unwrap();
-    // Members 1..=64 pay through the portal; 65..=128 are pgbench's, so the baseline's rows
-    // never land in accounts the portal loads.
+    // Members 1..=MEMBERS pay through the portal; the next MEMBERS are pgbench's, so the
+    // baseline's rows never land in accounts the portal loads.
+    let members_n = members();
     let mut methods = Vec::new();
-    for n in 1..=2 * MEMBERS {
+    for n in 1..=2 * members_n {
         let id = AccountId(uuid::Uuid::now_v7());
         let enrollment = Enrollment::new(
             EnrollmentId(uuid::Uuid::now_v7()),
@@ -280,18 +304,63 @@ async fn run(base_url: String) {
             added_at: Utc::now(),
             removed_at: None,
         });
-        store.commit(Changes::account(a)).await.unwrap();
-        if n > MEMBERS {
+        // A year of monthly payments behind each account, as a member's account has.
+        let mut history = Changes::default();
+        for m in 1..=HISTORY {
+            let pid = PaymentId(uuid::Uuid::now_v7());
+            let at = Utc::now() - chrono::Duration::days(i64::from(31 * m));
+            let key = format!("history-{n}-{m}");
+            a.ledger.add_payment(Payment {
+                id: pid,
+                reference: RandomIds.payment_reference(),
+                amount: Money::from_cents(30_000),
+                refunded: Money::ZERO,
+                instrument: PaymentInstrument::Saved {
+                    method_id: method,
+                    details: MethodDetails::Card {
+                        brand: CardBrand::Visa,
+                        last4: "4242".into(),
+                        expiry: CardExpiry {
+                            month: 12,
+                            year: 2034,
+                        },
+                    },
+                },
+                channel: PaymentChannel::Member,
+                status: PaymentStatus::Succeeded,
+                gateway_id: Some(format!("pi_history_{}", pid.uuid().simple())),
+                idempotency_key: key.clone(),
+                initiated_at: at,
+                initiated_on: at.date_naive(),
+                expected_settlement: None,
+                allocations: Vec::new(),
+                history: Vec::new(),
+            });
+            history.idempotency.push(IdempotencyRecord {
+                scope: format!("account:{id}"),
+                key,
+                request_digest: "history".into(),
+                payment_id: pid,
+                account_id: id,
+                created_at: at,
+            });
+        }
+        history.account = Some(a);
+        store.commit(history).await.unwrap();
+        if n > members_n {
             sqlx::query("INSERT INTO bench_members (n, id) VALUES ($1, $2)")
-                .bind(i32::try_from(n - MEMBERS).unwrap())
+                .bind(i32::try_from(n - members_n).unwrap())
                 .bind(id.uuid())
                 .execute(&pool)
                 .await
                 .unwrap();
         } else {
-            methods.push(method);
+            methods.push((id, method));
         }
     }
+    // Statistics, as a live database has them (the fixed baseline's schema ends the same way):
+    // without them the planner's first plans scan whole tables.
+    sqlx::query("VACUUM ANALYZE").execute(&pool).await.unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -328,26 +397,58 @@ async fn run(base_url: String) {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle_kib = rss_kib(server.id(), "VmRSS:");
     let mut members = Vec::new();
-    for (n, method) in methods.iter().enumerate() {
-        let r: serde_json::Value = http
-            .post(format!("{base}/api/v1/sessions"))
-            .json(&serde_json::json!({ "username": format!("bench{}", n + 1), "password": "bench premium payments passphrase" }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+    let mut sessions = Changes::default();
+    for (n, (id, method)) in methods.iter().enumerate() {
+        let token = if n < LOGINS {
+            let r: serde_json::Value = http
+                .post(format!("{base}/api/v1/sessions"))
+                .json(&serde_json::json!({ "username": format!("bench{}", n + 1), "password": "bench premium payments passphrase" }))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            r["token"].as_str().unwrap().to_owned()
+        } else {
+            // What a login writes, without the Argon2 check.
+            let token = format!("bench-session-{}", uuid::Uuid::now_v7().simple());
+            sessions.put_sessions.push(Session {
+                id: SessionId(uuid::Uuid::now_v7()),
+                digest: TokenDigest::of(&token),
+                principal: Principal::Member { account_id: *id },
+                created_at: Utc::now(),
+                last_seen_at: Utc::now(),
+            });
+            token
+        };
         members.push(Member1 {
-            token: r["token"].as_str().unwrap().to_owned(),
+            token,
             method: method.to_string(),
         });
     }
+    store.commit(sessions).await.unwrap();
     let after_logins_kib = rss_kib(server.id(), "VmHWM:");
     let script = data.join("payment.sql");
     std::fs::create_dir_all(&data).unwrap();
     std::fs::write(&script, payment_script()).unwrap();
     let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    // `BENCH_API_SOAK=N`: only the portal, 8 clients, for N seconds (to profile the server).
+    if let Some(secs) = std::env::var("BENCH_API_SOAK")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        println!("soak: server pid {}", server.id());
+        let p = portal_run(&base, &members, 8, &next, secs).await;
+        println!(
+            "soak: {:.1} payments/s, p50 {:.2} ms, p99 {:.2} ms, {} errors",
+            p.tps, p.p50, p.p99, p.errors
+        );
+        let _ = server.kill();
+        let _ = server.wait();
+        sandbox.stop();
+        return;
+    }
     println!(
         "POST /api/v1/payments vs the fixed baseline (payment2.sql) and pgbench of the portal's own SQL (-M prepared), {SECONDS} s per run, {ROUNDS} alternating rounds, medians"
     );
@@ -379,7 +480,7 @@ async fn run(base_url: String) {
                 SECONDS,
                 &data.join(format!("fixed-{clients}-{round}")),
             );
-            let p = portal_run(&base, &members, clients, &next).await;
+            let p = portal_run(&base, &members, clients, &next, SECONDS).await;
             let o = pgbench_run(
                 &url,
                 &script,
@@ -427,7 +528,7 @@ async fn run(base_url: String) {
     }
     let peak_kib = rss_kib(server.id(), "VmHWM:");
     println!(
-        "server RSS: idle {:.1} MiB, peak after {MEMBERS} logins {:.1} MiB, peak {:.1} MiB",
+        "server RSS: idle {:.1} MiB, peak after {LOGINS} logins {:.1} MiB, peak {:.1} MiB ({members_n} members)",
         idle_kib as f64 / 1024.0,
         after_logins_kib as f64 / 1024.0,
         peak_kib as f64 / 1024.0

@@ -28,7 +28,7 @@ mod common;
 
 use chrono::NaiveDate;
 use common::{
-    LOAD_SQL, WRITE_ACCOUNT_SQL, card_token, drop_database, fresh_database, mandated_account,
+    WRITE_ACCOUNT_SQL, card_token, drop_database, fresh_database, load_sql, mandated_account,
     median, pgbench_run,
 };
 use portal_core::account::ReminderPreferences;
@@ -434,7 +434,7 @@ async fn run(base_url: String) {
 /// the gateway's answer with its audit entry and confirmation notice, and the load finding the
 /// account done.
 fn debit_script(members: u32) -> String {
-    let load = LOAD_SQL;
+    let load = load_sql();
     let write = format!(
         "{WRITE_ACCOUNT_SQL}INSERT INTO mandates SELECT * FROM mandates WHERE account_id = :aid ON CONFLICT (id) DO UPDATE SET position = excluded.position, data = excluded.data WHERE mandates.account_id = excluded.account_id;\n"
     );

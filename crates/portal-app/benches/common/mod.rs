@@ -23,16 +23,17 @@ use portal_core::money::Money;
 use sqlx::{ConnectOptions, Connection, Executor};
 use std::process::{Command, Stdio};
 
-/// How `PgStore` loads one account (`load_accounts` with one id), for pgbench scripts with
-/// the account's id in `:aid`.
-pub const LOAD_SQL: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;
-SELECT a.*, m.username, m.email, m.ssn_digest AS m_ssn_digest, m.ssn_sealed, m.password_hash, m.language, m.email_verified_at, m.email_code, m.password_changed_at, m.created_at AS m_created_at, m.account_id AS member_of FROM accounts a LEFT JOIN members m ON m.account_id = a.id WHERE a.id = ANY(ARRAY[:aid]::uuid[]) ORDER BY a.id;
-SELECT 0 AS kind, account_id, position, data FROM enrollments WHERE account_id = ANY(ARRAY[:aid]::uuid[]) UNION ALL SELECT 1, account_id, position, data FROM payment_methods WHERE account_id = ANY(ARRAY[:aid]::uuid[]) UNION ALL SELECT 2, account_id, position, data FROM mandates WHERE account_id = ANY(ARRAY[:aid]::uuid[]) UNION ALL SELECT 3, account_id, position, data FROM plans WHERE account_id = ANY(ARRAY[:aid]::uuid[]) ORDER BY kind, account_id, position;
-SELECT * FROM bills WHERE account_id = ANY(ARRAY[:aid]::uuid[]) ORDER BY account_id, position;
-SELECT al.payment_id, al.bill_id, al.amount_cents FROM allocations al JOIN payments p ON p.id = al.payment_id WHERE p.account_id = ANY(ARRAY[:aid]::uuid[]) ORDER BY al.payment_id, al.position;
-SELECT * FROM payments WHERE account_id = ANY(ARRAY[:aid]::uuid[]) ORDER BY account_id, position;
-COMMIT;
-";
+/// How `PgStore` loads one account (`load_accounts` with one id: one statement), for pgbench
+/// scripts with the account's id in `:aid`.
+pub fn load_sql() -> String {
+    let one_line: Vec<&str> = portal_postgres::load_statement()
+        .split_whitespace()
+        .collect();
+    format!(
+        "{};\n",
+        one_line.join(" ").replace("$1", "ARRAY[:aid]::uuid[]")
+    )
+}
 
 /// How `PgStore` writes an account in a commit that changes none of its small collections:
 /// the header with its version check (member, enrollment, method, mandate and plan rows are
