@@ -20,14 +20,14 @@ use portal_sql::plan::{
     AccountWrite, AuditRow, BillRow, CollectionWrite, HeaderRow, MemberWrite, OutboxRow,
 };
 use portal_sql::records::{
-    AccountRecords, AllocationRecord, BillRecord, ChunkRecord, CollectionRecord, HeaderRecord,
-    OutboxRecord, PaymentRecord,
+    AccountRecords, AllocationRecord, BillRecord, ChunkRecord, ClaimedRecord, CollectionRecord,
+    HeaderRecord, PaymentRecord, in_queue_order,
 };
 use portal_sql::sql::LoadSql;
 use portal_sql::{StoreResult, corrupt};
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::types::Json;
-use sqlx::{Arguments, Encode, Postgres, Row, Type};
+use sqlx::{Arguments, Encode, Postgres, Type};
 use std::sync::OnceLock;
 use std::time::Duration;
 use uuid::Uuid;
@@ -50,9 +50,11 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
 /// array of unknown length), and planning the three account queries cost more than running
 /// them (0.76 ms against 0.32 ms per load, measured with `pg_stat_statements`).
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
-    let options = url
-        .parse::<PgConnectOptions>()?
-        .options([("plan_cache_mode", "force_generic_plan")]);
+    let options = url.parse::<PgConnectOptions>()?.options([
+        ("plan_cache_mode", "force_generic_plan"),
+        // The load reads a member's sealed SSN from JSON, where bytea is written as set.
+        ("bytea_output", "hex"),
+    ]);
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
@@ -932,7 +934,7 @@ impl PgStore {
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
     ) -> StoreResult<Vec<OutboxMessage>> {
-        let rows = sqlx::query(
+        let rows: Vec<ClaimedRecord> = sqlx::query_as(
             "WITH c AS MATERIALIZED (
                  SELECT id FROM outbox
                  WHERE sent_at IS NULL AND NOT dead AND (due_at IS NULL OR due_at <= $2)
@@ -949,14 +951,6 @@ impl PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db_err)?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let seq: i64 = r.try_get("seq").map_err(|e| corrupt("seq", e))?;
-            let record = <OutboxRecord as sqlx::FromRow<_>>::from_row(r)
-                .map_err(|e| corrupt("outbox", e))?;
-            out.push((seq, OutboxMessage::try_from(record)?));
-        }
-        out.sort_by_key(|(seq, _)| *seq);
-        Ok(out.into_iter().map(|(_, m)| m).collect())
+        in_queue_order(rows)
     }
 }

@@ -460,6 +460,20 @@ impl TryFrom<OutboxRecord> for OutboxMessage {
     }
 }
 
+/// An outbox row as a claim returns it, with its place in the queue.
+#[derive(Debug, sqlx::FromRow)]
+pub struct ClaimedRecord {
+    seq: i64,
+    #[sqlx(flatten)]
+    message: OutboxRecord,
+}
+
+/// Claimed messages in queue order.
+pub fn in_queue_order(mut rows: Vec<ClaimedRecord>) -> StoreResult<Vec<OutboxMessage>> {
+    rows.sort_by_key(|r| r.seq);
+    rows.into_iter().map(|r| r.message.try_into()).collect()
+}
+
 /// A claimed chunk of job work.
 #[derive(Debug, sqlx::FromRow)]
 pub struct ChunkRecord {

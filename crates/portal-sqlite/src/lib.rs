@@ -16,13 +16,13 @@ use portal_core::ports::{
     Changes, IssuedBills, JobRun, OutboxMessage, StoreError, Unique, WorkChunk,
 };
 use portal_sql::plan::{AccountWrite, AuditRow, BillRow, MemberWrite, OutboxRow};
-use portal_sql::records::{AccountRecords, ChunkRecord, OutboxRecord};
+use portal_sql::records::{AccountRecords, ChunkRecord, ClaimedRecord, in_queue_order};
 use portal_sql::sql::LoadSql;
 use portal_sql::{StoreResult, corrupt};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{Sqlite, Transaction};
 use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -580,7 +580,7 @@ impl SqliteStore {
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
     ) -> StoreResult<Vec<OutboxMessage>> {
-        let rows = sqlx::query(
+        let rows: Vec<ClaimedRecord> = sqlx::query_as(
             "UPDATE outbox SET leased_by = $1, leased_until = $3
              WHERE seq IN (SELECT seq FROM outbox
                            WHERE sent_at IS NULL AND NOT dead AND (due_at IS NULL OR due_at <= $2)
@@ -595,14 +595,6 @@ impl SqliteStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db_err)?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let seq: i64 = r.try_get("seq").map_err(|e| corrupt("seq", e))?;
-            let record = <OutboxRecord as sqlx::FromRow<_>>::from_row(r)
-                .map_err(|e| corrupt("outbox", e))?;
-            out.push((seq, OutboxMessage::try_from(record)?));
-        }
-        out.sort_by_key(|(seq, _)| *seq);
-        Ok(out.into_iter().map(|(_, m)| m).collect())
+        in_queue_order(rows)
     }
 }
