@@ -14,7 +14,8 @@ tasks:
   openapi
          regenerate docs/openapi.json from the route table
   bench-api
-         POST /api/v1/payments at 1, 8, 32 clients next to pgbench of the same SQL
+         POST /api/v1/payments at 1, 8, 32 clients next to the fixed baseline
+         (benches/pg-payment/payment2.sql) and pgbench of the portal's own SQL
          (needs PORTAL_TEST_DATABASE_URL and pgbench)
   screenshots
          walk the member pages in headless Chromium and save a PNG of each to docs/screenshots

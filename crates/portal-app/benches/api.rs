@@ -40,8 +40,8 @@ use std::time::{Duration, Instant};
 
 mod common;
 use common::{
-    Run, WRITE_ACCOUNT_SQL, card_token, fresh_database, load_sql, median, percentile, pgbench_run,
-    rss_kib,
+    FIXED_SCRIPT, Run, card_token, fixed_baseline, fresh_database, load_sql, median,
+    payment_commits_sql, percentile, pgbench_run, rss_kib,
 };
 
 /// Members paying through the portal (as many again are pgbench's), each with a year of
@@ -157,34 +157,17 @@ async fn portal_run(
     }
 }
 
-/// The SQL one saved-card payment performs in `PgStore`, in order: a load of the account, the
-/// idempotency lookup, one statement creating the payment with its idempotency record and audit
-/// entry, and one statement recording the gateway's answer with its audit entry and outbox
-/// notice (each commit hands the next step the account as committed, so there is no second
-/// load). Each commit is a single statement of data-modifying CTEs gated on the account's
-/// version check, as `PgStore::commit` writes it.
+/// The SQL one saved-card payment performs in `PgStore`, in order: the load of the account,
+/// the intent commit (payment, idempotency record, audit entry) and the outcome commit (status,
+/// audit entry, outbox notice), each one statement; the session lookup is left out.
 fn payment_script() -> String {
     let members = members();
     let load = load_sql();
-    let header = WRITE_ACCOUNT_SQL.trim_end().trim_end_matches(';');
+    let commits = payment_commits_sql("member", "member", 100, true);
     format!(
         "\\set n random(1, {members})
 SELECT id AS aid FROM bench_members WHERE n = :n \\gset
-{load}SELECT * FROM idempotency_records WHERE scope = 'account:' || :aid AND key = md5(random()::text);
-WITH acct AS ({header} RETURNING id),
- w0 AS (INSERT INTO payments (id, account_id, position, reference, gateway_id, amount_cents, refunded_cents, status, idempotency_key, initiated_at, initiated_on, expected_settlement, data) SELECT gen_random_uuid(), :aid::uuid, 0, md5(random()::text), NULL, 100, 0, 'pending', md5(random()::text), now(), current_date, NULL, '{{\"instrument\":{{\"type\":\"saved\"}},\"channel\":{{\"type\":\"member\"}},\"status\":{{\"state\":\"pending\",\"stage\":\"submitted\"}},\"history\":[]}}'::jsonb WHERE EXISTS (SELECT FROM acct) RETURNING id),
- w1 AS (DELETE FROM allocations WHERE payment_id IN (SELECT id FROM w0)),
- w2 AS (INSERT INTO idempotency_records (scope, key, request_digest, payment_id, account_id, created_at) SELECT 'account:' || :aid, md5(random()::text), md5(random()::text), id, :aid::uuid, now() FROM w0),
- w3 AS (INSERT INTO audit_log (account_id, at, actor, entity, action, detail) SELECT :aid::uuid, now(), '{{\"type\":\"member\"}}', 'payment:' || id, 'payment.submitted', 'bench' FROM w0)
-SELECT (SELECT id FROM w0) AS pay, CASE WHEN (SELECT count(*) FROM acct) = 1 THEN 0 END AS ok
-\\gset
-WITH acct AS ({header} RETURNING id),
- w0 AS (UPDATE payments SET position = position, reference = reference, gateway_id = 'pi_' || md5(random()::text), amount_cents = amount_cents, refunded_cents = refunded_cents, status = 'succeeded', idempotency_key = idempotency_key, initiated_at = initiated_at, initiated_on = initiated_on, expected_settlement = expected_settlement, data = data WHERE id = :pay::uuid AND EXISTS (SELECT FROM acct) RETURNING 1),
- w1 AS (DELETE FROM allocations WHERE payment_id = :pay::uuid AND EXISTS (SELECT FROM acct)),
- w2 AS (INSERT INTO audit_log (account_id, at, actor, entity, action, detail) SELECT :aid::uuid, now(), '{{\"type\":\"member\"}}', 'payment:' || :pay::uuid, 'payment.succeeded', 'bench' WHERE EXISTS (SELECT FROM acct)),
- w3 AS (INSERT INTO outbox (dedupe_key, account_id, notice) SELECT md5(random()::text), :aid::uuid, '{{}}'::json WHERE EXISTS (SELECT FROM acct) ON CONFLICT (dedupe_key) DO NOTHING)
-SELECT CASE WHEN (SELECT count(*) FROM acct) = 1 AND (SELECT count(*) FROM w0) = 1 THEN 0 END;
-"
+{load}{commits}"
     )
 }
 
@@ -206,27 +189,8 @@ fn main() {
 async fn run(base_url: String) {
     let url = fresh_database(&base_url, &format!("portal_bench_{}", std::process::id())).await;
     let fixed_url =
-        fresh_database(&base_url, &format!("pay_baseline_{}", std::process::id())).await;
-    let schema = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/pg-payment/schema.sql");
-    let loaded = Command::new("psql")
-        .args([
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-d",
-            &fixed_url,
-            "-f",
-            schema,
-        ])
-        .env("PGOPTIONS", "-c client_min_messages=warning")
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(loaded.success(), "psql could not load {schema}");
-    let fixed_script = std::path::PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/benches/pg-payment/payment2.sql"
-    ));
+        fixed_baseline(&base_url, &format!("pay_baseline_{}", std::process::id())).await;
+    let fixed_script = std::path::PathBuf::from(FIXED_SCRIPT);
     let pool = portal_postgres::connect(&url, 8).await.unwrap();
     portal_postgres::migrate(&pool).await.unwrap();
     let store = PgStore::new(pool.clone());

@@ -266,3 +266,51 @@ pub async fn card_token(base: &str) -> GatewayToken {
         .unwrap();
     GatewayToken::parse(reply["id"].as_str().unwrap()).unwrap()
 }
+
+/// A fresh database holding the fixed payment baseline's schema
+/// (`benches/pg-payment/schema.sql`, 100,000 open bills); returns its URL. Its script is
+/// [`FIXED_SCRIPT`].
+pub async fn fixed_baseline(base_url: &str, name: &str) -> String {
+    let url = fresh_database(base_url, name).await;
+    let schema = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/pg-payment/schema.sql");
+    let loaded = Command::new("psql")
+        .args(["-q", "-v", "ON_ERROR_STOP=1", "-d", &url, "-f", schema])
+        .env("PGOPTIONS", "-c client_min_messages=warning")
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(loaded.success(), "psql could not load {schema}");
+    url
+}
+
+/// The fixed baseline: the two transactions a crash-safe gateway payment must write.
+pub const FIXED_SCRIPT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/benches/pg-payment/payment2.sql"
+);
+
+/// A payment's two commits as `PgStore` writes them, for pgbench scripts with the account's
+/// id in `:aid`: the intent (the version-checked header, the pending payment, with
+/// `idempotency` its idempotency record, an audit entry) and the outcome (the header, the
+/// payment's status, an audit entry, an outbox notice), each one statement of CTEs.
+pub fn payment_commits_sql(channel: &str, actor: &str, cents: u32, idempotency: bool) -> String {
+    let header = WRITE_ACCOUNT_SQL.trim_end().trim_end_matches(';');
+    let record = if idempotency {
+        " w2 AS (INSERT INTO idempotency_records (scope, key, request_digest, payment_id, account_id, created_at) SELECT 'account:' || :aid, md5(random()::text), md5(random()::text), id, :aid::uuid, now() FROM w0),\n"
+    } else {
+        ""
+    };
+    format!(
+        "WITH acct AS ({header} RETURNING id),
+ w0 AS (INSERT INTO payments (id, account_id, position, reference, gateway_id, amount_cents, refunded_cents, status, idempotency_key, initiated_at, initiated_on, expected_settlement, data) SELECT gen_random_uuid(), :aid::uuid, 0, md5(random()::text), NULL, {cents}, 0, 'pending', md5(random()::text), now(), current_date, NULL, '{{\"instrument\":{{\"type\":\"saved\"}},\"channel\":{{\"type\":\"{channel}\"}},\"status\":{{\"state\":\"pending\",\"stage\":\"submitted\"}},\"history\":[]}}'::jsonb WHERE EXISTS (SELECT FROM acct) RETURNING id),
+{record} w3 AS (INSERT INTO audit_log (account_id, at, actor, entity, action, detail) SELECT :aid::uuid, now(), '{{\"type\":\"{actor}\"}}', 'payment:' || id, 'payment.submitted', 'bench' FROM w0)
+SELECT (SELECT id FROM w0) AS pay, CASE WHEN (SELECT count(*) FROM acct) = 1 THEN 0 END AS ok
+\\gset
+WITH acct AS ({header} RETURNING id),
+ w0 AS (INSERT INTO payments (id, account_id, position, reference, gateway_id, amount_cents, refunded_cents, status, idempotency_key, initiated_at, initiated_on, expected_settlement, data) SELECT id, account_id, position, reference, 'pi_' || md5(random()::text), amount_cents, refunded_cents, 'succeeded', idempotency_key, initiated_at, initiated_on, expected_settlement, data FROM payments WHERE id = :pay::uuid AND EXISTS (SELECT FROM acct) ON CONFLICT (id) DO UPDATE SET position = excluded.position, reference = excluded.reference, gateway_id = excluded.gateway_id, amount_cents = excluded.amount_cents, refunded_cents = excluded.refunded_cents, status = excluded.status, idempotency_key = excluded.idempotency_key, initiated_at = excluded.initiated_at, initiated_on = excluded.initiated_on, expected_settlement = excluded.expected_settlement, data = excluded.data WHERE payments.account_id = excluded.account_id RETURNING 1),
+ w2 AS (INSERT INTO audit_log (account_id, at, actor, entity, action, detail) SELECT :aid::uuid, now(), '{{\"type\":\"{actor}\"}}', 'payment:' || :pay::uuid, 'payment.succeeded', 'bench' WHERE EXISTS (SELECT FROM acct)),
+ w3 AS (INSERT INTO outbox (dedupe_key, account_id, notice) SELECT md5(random()::text), :aid::uuid, '{{}}'::json WHERE EXISTS (SELECT FROM acct) ON CONFLICT (dedupe_key) DO NOTHING)
+SELECT CASE WHEN (SELECT count(*) FROM acct) = 1 AND (SELECT count(*) FROM w0) = 1 THEN 0 END;
+"
+    )
+}
