@@ -322,48 +322,37 @@ impl Statement {
         let h: &HeaderRow = &w.header;
         let id = self.arg(w.id)?;
         let cols = [
-            self.arg(h.number.clone())?,
-            self.arg(h.first_name.clone())?,
-            self.arg(h.last_name.clone())?,
-            self.arg(h.search.clone())?,
-            self.arg(h.date_of_birth)?,
-            self.arg(h.ssn_digest.clone())?,
-            self.arg(h.ssn_last4.clone())?,
-            self.arg(h.contact_email.clone())?,
-            format!("{}::jsonb", self.arg(h.reminders.clone())?),
-            self.arg(h.created_at)?,
-        ];
-        let [
-            number,
-            first,
-            last,
-            search,
-            dob,
-            digest,
-            last4,
-            contact,
-            reminders,
-            created,
-        ] = cols;
-        let sql = match w.loaded_version {
-            None => format!(
-                "INSERT INTO accounts (id, version, number, holder_first_name, holder_last_name,
-                     holder_search, date_of_birth, ssn_digest, ssn_last4, contact_email, reminders,
-                     created_at)
-                 VALUES ({id}, 1, {number}, {first}, {last}, {search}, {dob}, {digest}, {last4},
-                     {contact}, {reminders}, {created})
-                 RETURNING id"
+            ("number", self.arg(h.number.clone())?),
+            ("holder_first_name", self.arg(h.first_name.clone())?),
+            ("holder_last_name", self.arg(h.last_name.clone())?),
+            ("holder_search", self.arg(h.search.clone())?),
+            ("date_of_birth", self.arg(h.date_of_birth)?),
+            ("ssn_digest", self.arg(h.ssn_digest.clone())?),
+            ("ssn_last4", self.arg(h.ssn_last4.clone())?),
+            ("contact_email", self.arg(h.contact_email.clone())?),
+            (
+                "reminders",
+                format!("{}::jsonb", self.arg(h.reminders.clone())?),
             ),
+            ("created_at", self.arg(h.created_at)?),
+        ];
+        let sql = match w.loaded_version {
+            None => {
+                let names: Vec<&str> = cols.iter().map(|c| c.0).collect();
+                let values: Vec<&str> = cols.iter().map(|c| c.1.as_str()).collect();
+                format!(
+                    "INSERT INTO accounts (id, version, {}) VALUES ({id}, 1, {}) RETURNING id",
+                    names.join(", "),
+                    values.join(", ")
+                )
+            }
             Some(v) => {
                 let version = self.arg(v)?;
+                let sets: Vec<String> = cols.iter().map(|(c, v)| format!("{c} = {v}")).collect();
                 format!(
-                    "UPDATE accounts SET version = version + 1, number = {number},
-                         holder_first_name = {first}, holder_last_name = {last},
-                         holder_search = {search}, date_of_birth = {dob}, ssn_digest = {digest},
-                         ssn_last4 = {last4}, contact_email = {contact}, reminders = {reminders},
-                         created_at = {created}
-                     WHERE id = {id} AND version = {version}
-                     RETURNING id"
+                    "UPDATE accounts SET version = version + 1, {}
+                     WHERE id = {id} AND version = {version} RETURNING id",
+                    sets.join(", ")
                 )
             }
         };
@@ -384,35 +373,33 @@ impl Statement {
                 self.part(format!("DELETE FROM members WHERE account_id = {id}{gate}"));
             }
             MemberWrite::Put(m) => {
-                let v = [
-                    self.arg(m.username.clone())?,
-                    self.arg(m.username_key.clone())?,
-                    self.arg(m.email.clone())?,
-                    self.arg(m.email_key.clone())?,
-                    self.arg(m.ssn_digest.clone())?,
-                    self.arg(m.ssn_sealed.clone())?,
-                    self.arg(m.password_hash.clone())?,
-                    self.arg(m.language)?,
-                    self.arg(m.email_verified_at)?,
-                    format!("{}::jsonb", self.arg(m.email_code.clone())?),
-                    self.arg(m.password_changed_at)?,
-                    self.arg(m.created_at)?,
-                ]
-                .join(", ");
+                let cols = [
+                    ("account_id", id.clone()),
+                    ("username", self.arg(m.username.clone())?),
+                    ("username_key", self.arg(m.username_key.clone())?),
+                    ("email", self.arg(m.email.clone())?),
+                    ("email_key", self.arg(m.email_key.clone())?),
+                    ("ssn_digest", self.arg(m.ssn_digest.clone())?),
+                    ("ssn_sealed", self.arg(m.ssn_sealed.clone())?),
+                    ("password_hash", self.arg(m.password_hash.clone())?),
+                    ("language", self.arg(m.language)?),
+                    ("email_verified_at", self.arg(m.email_verified_at)?),
+                    (
+                        "email_code",
+                        format!("{}::jsonb", self.arg(m.email_code.clone())?),
+                    ),
+                    ("password_changed_at", self.arg(m.password_changed_at)?),
+                    ("created_at", self.arg(m.created_at)?),
+                ];
+                let names: Vec<&str> = cols.iter().map(|c| c.0).collect();
+                let values: Vec<&str> = cols.iter().map(|c| c.1.as_str()).collect();
                 let gate = self.where_gate();
                 self.part(format!(
-                    "INSERT INTO members (account_id, username, username_key, email, email_key,
-                         ssn_digest, ssn_sealed, password_hash, language, email_verified_at,
-                         email_code, password_changed_at, created_at)
-                     SELECT {id}, {v}{gate}
-                     ON CONFLICT (account_id) DO UPDATE SET username = excluded.username,
-                         username_key = excluded.username_key, email = excluded.email,
-                         email_key = excluded.email_key, ssn_digest = excluded.ssn_digest,
-                         ssn_sealed = excluded.ssn_sealed, password_hash = excluded.password_hash,
-                         language = excluded.language, email_verified_at = excluded.email_verified_at,
-                         email_code = excluded.email_code,
-                         password_changed_at = excluded.password_changed_at,
-                         created_at = excluded.created_at"
+                    "INSERT INTO members ({}) SELECT {}{gate}
+                     ON CONFLICT (account_id) DO UPDATE SET {}",
+                    names.join(", "),
+                    values.join(", "),
+                    set_excluded(&cols)
                 ));
             }
         }
