@@ -8,8 +8,9 @@
 //!   Every write of an account's rows waits for the header's update (`EXISTS (SELECT FROM
 //!   acct)`), so the account row is always locked first and concurrent commits never deadlock
 //!   on its rows. A unique violation is reported as `StoreError::Duplicate` naming the rule.
-//! - A load is one statement too (each table's rows aggregated to a JSON array), so an
-//!   aggregate is read from one snapshot, never half old, half new.
+//! - A load of accounts by id is one statement too (each table's rows aggregated to a JSON
+//!   array), so an aggregate is read from one snapshot, never half old, half new; a job's
+//!   chunk (a range of ids) reads typed rows in one `REPEATABLE READ` transaction.
 //! - Work and outbox claims use `FOR UPDATE SKIP LOCKED`, so any number of instances share them.
 
 use chrono::{DateTime, Utc};
@@ -119,14 +120,23 @@ fn unique_rule(constraint: Option<&str>) -> Option<Unique> {
     })
 }
 
-/// The load as one statement for a list of ids (`$1`) and for a range (`$1` to `$2`): the
-/// shared load queries, each aggregated to a JSON array. One statement reads one snapshot, in
-/// one round trip, instead of a `REPEATABLE READ` transaction of five queries (eight).
-fn load_sql() -> &'static (String, String) {
-    static SQL: OnceLock<(String, String)> = OnceLock::new();
+/// The load of a list of ids (`$1`) as one statement: the shared load queries, each
+/// aggregated to a JSON array. One statement reads one snapshot, in one round trip, instead
+/// of a `REPEATABLE READ` transaction of five queries (eight round trips): what a request
+/// loading one account wants. A job's chunk of thousands of accounts reads faster as typed
+/// rows (`load_chunk` of a million accounts: 22 s, against 33 s through JSON), so a range
+/// runs the five queries of `by_range` in a `REPEATABLE READ` transaction.
+struct Loads {
+    by_ids: String,
+    by_range: LoadSql,
+}
+
+fn load_sql() -> &'static Loads {
+    static SQL: OnceLock<Loads> = OnceLock::new();
     SQL.get_or_init(|| {
-        let one = |q: &LoadSql| {
-            format!(
+        let q = LoadSql::new(|c| format!("{c} = ANY($1)"));
+        Loads {
+            by_ids: format!(
                 "SELECT (SELECT json_agg(t ORDER BY t.id) FROM ({}) t) AS headers,
                     (SELECT json_agg(t ORDER BY t.kind, t.account_id, t.position) FROM ({}) t)
                         AS collections,
@@ -136,19 +146,16 @@ fn load_sql() -> &'static (String, String) {
                     (SELECT json_agg(t ORDER BY t.account_id, t.position) FROM ({}) t)
                         AS payments",
                 q.headers, q.collections, q.bills, q.allocations, q.payments
-            )
-        };
-        (
-            one(&LoadSql::new(|c| format!("{c} = ANY($1)"))),
-            one(&LoadSql::new(|c| format!("{c} BETWEEN $1 AND $2"))),
-        )
+            ),
+            by_range: LoadSql::new(|c| format!("{c} BETWEEN $1 AND $2")),
+        }
     })
 }
 
 /// The statement that loads accounts by a list of ids (`$1`, `uuid[]`), for benchmarks that
 /// replay the store's SQL.
 pub fn load_statement() -> &'static str {
-    &load_sql().0
+    &load_sql().by_ids
 }
 
 /// The five JSON arrays of the load (`NULL` when empty).
@@ -172,13 +179,18 @@ impl PgStore {
         range: Option<(Uuid, Uuid)>,
         ids: &[Uuid],
     ) -> StoreResult<Vec<portal_core::account::Account>> {
-        let (by_ids, by_range) = load_sql();
-        let q = match range {
-            Some((first, last)) => sqlx::query_as::<_, LoadRow>(by_range)
-                .bind(first)
-                .bind(last),
-            None => sqlx::query_as::<_, LoadRow>(by_ids).bind(ids),
-        };
+        let sql = load_sql();
+        if let Some((first, last)) = range {
+            let mut tx = self.pool.begin().await.map_err(db_err)?;
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            let records = portal_sql::fetch_records!(tx, &sql.by_range, first, last);
+            tx.commit().await.map_err(db_err)?;
+            return records.into_accounts();
+        }
+        let q = sqlx::query_as::<_, LoadRow>(&sql.by_ids).bind(ids);
         let row = q.fetch_one(&self.pool).await.map_err(db_err)?;
         AccountRecords {
             headers: all(row.headers),

@@ -310,3 +310,38 @@ macro_rules! sql_store {
         }
     };
 }
+
+/// Runs the five load queries of a [`LoadSql`](crate::sql::LoadSql) on `$conn` (a
+/// transaction, for one snapshot), each with the same arguments bound, and gathers the rows
+/// as [`AccountRecords`](crate::records::AccountRecords); `db_err` must be in scope.
+#[macro_export]
+macro_rules! fetch_records {
+    ($conn:expr, $sql:expr, $($arg:expr),+) => {{
+        let sql: &$crate::sql::LoadSql = $sql;
+        let headers: Vec<$crate::records::HeaderRecord> = ::sqlx::query_as(&sql.headers)
+            $(.bind($arg))+
+            .fetch_all(&mut *$conn)
+            .await
+            .map_err(db_err)?;
+        if headers.is_empty() {
+            $crate::records::AccountRecords::default()
+        } else {
+            macro_rules! rows {
+                ($text:expr) => {
+                    ::sqlx::query_as($text)
+                        $(.bind($arg))+
+                        .fetch_all(&mut *$conn)
+                        .await
+                        .map_err(db_err)?
+                };
+            }
+            $crate::records::AccountRecords {
+                headers,
+                collections: rows!(&sql.collections),
+                bills: rows!(&sql.bills),
+                allocations: rows!(&sql.allocations),
+                payments: rows!(&sql.payments),
+            }
+        }
+    }};
+}

@@ -16,7 +16,7 @@ use portal_core::ports::{
     Changes, IssuedBills, JobRun, OutboxMessage, StoreError, Unique, WorkChunk,
 };
 use portal_sql::plan::{AccountWrite, AuditRow, BillRow, MemberWrite, OutboxRow};
-use portal_sql::records::{AccountRecords, ChunkRecord, ClaimedRecord, in_queue_order};
+use portal_sql::records::{ChunkRecord, ClaimedRecord, in_queue_order};
 use portal_sql::sql::LoadSql;
 use portal_sql::{StoreResult, corrupt};
 use sqlx::sqlite::{
@@ -131,29 +131,11 @@ impl SqliteStore {
         ids: &[Uuid],
     ) -> StoreResult<Vec<portal_core::account::Account>> {
         let (by_ids, by_range) = load_sql();
-        let sql = if range.is_some() { by_range } else { by_ids };
         let ids = ids_arg(ids);
         let mut tx = self.pool.begin().await.map_err(db_err)?;
-        macro_rules! fetch {
-            ($text:expr) => {{
-                let q = sqlx::query_as($text);
-                let q = match range {
-                    Some((first, last)) => q.bind(first).bind(last),
-                    None => q.bind(&ids),
-                };
-                q.fetch_all(&mut *tx).await.map_err(db_err)?
-            }};
-        }
-        let headers = fetch!(&sql.headers);
-        if headers.is_empty() {
-            return Ok(Vec::new());
-        }
-        let records = AccountRecords {
-            headers,
-            collections: fetch!(&sql.collections),
-            bills: fetch!(&sql.bills),
-            allocations: fetch!(&sql.allocations),
-            payments: fetch!(&sql.payments),
+        let records = match range {
+            Some((first, last)) => portal_sql::fetch_records!(tx, by_range, first, last),
+            None => portal_sql::fetch_records!(tx, by_ids, &ids),
         };
         tx.commit().await.map_err(db_err)?;
         records.into_accounts()
