@@ -15,7 +15,51 @@ use crate::services::{Deps, MakePayment, PayWith, Portal, PortalConfig};
 use crate::verifier::RecordMatchVerifier;
 use chrono::{Duration, NaiveDate, TimeZone, Utc};
 use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
+
+/// Runs the futures concurrently in this task and returns their outputs in order. No runtime
+/// of its own (the core does no I/O): the races need the futures interleaved, and a real store
+/// runs each one's statements on its own connection.
+async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, slot) in futures.iter_mut().zip(out.iter_mut()) {
+            if slot.is_none() {
+                match f.as_mut().poll(cx) {
+                    Poll::Ready(v) => *slot = Some(v),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
+}
+
+/// Lets the other futures of a [`join_all`] run.
+async fn yield_once() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    })
+    .await;
+}
 
 fn portal(store: &Arc<dyn StoreUnderTest>, gateway: Arc<FakeGateway>, seed: u32) -> Portal {
     let sealer = Arc::new(TestSealer);
@@ -66,7 +110,7 @@ pub async fn concurrent_payments_with_one_key_make_one_payment(
         .map(|_| {
             let portal = portal.clone();
             let key = key.clone();
-            tokio::spawn(async move {
+            async move {
                 portal
                     .make_payment(MakePayment {
                         account_id: id,
@@ -79,14 +123,14 @@ pub async fn concurrent_payments_with_one_key_make_one_payment(
                         idempotency_key: key,
                     })
                     .await
-            })
+            }
         })
         .collect();
     let mut ids = HashSet::new();
-    for t in tasks {
-        match t.await {
-            Ok(Ok(receipt)) => ids.insert(receipt.payment().id),
-            other => panic!("every request answers with the payment: {other:?}"),
+    for answer in join_all(tasks).await {
+        match answer {
+            Ok(receipt) => ids.insert(receipt.payment().id),
+            Err(e) => panic!("every request answers with the payment: {e:?}"),
         };
     }
     assert_eq!(ids.len(), 1, "every request got the same payment");
@@ -148,7 +192,7 @@ pub async fn concurrent_runners_plan_once_and_work_each_account_once(
     let runners: Vec<_> = (0..4)
         .map(|w| {
             let (store, run) = (store.clone(), run.clone());
-            tokio::spawn(async move {
+            async move {
                 // Every runner plans, as every instance does; one of them plans the run.
                 let planned = store.plan_run(run.clone(), 8).await.unwrap_or(0);
                 let mut mine = Vec::new();
@@ -177,25 +221,20 @@ pub async fn concurrent_runners_plan_once_and_work_each_account_once(
                             .unwrap_or_else(|e| panic!("load_chunk failed: {e}"));
                         mine.extend(accounts.into_iter().map(|a| a.id));
                         // Give the other runners a turn, as real work would.
-                        tokio::task::yield_now().await;
+                        yield_once().await;
                     }
                     if let Err(e) = store.finish(run.clone(), batch, now).await {
                         panic!("finish failed: {e}");
                     }
                 }
-            })
+            }
         })
         .collect();
     let (mut all, mut planned, mut per_runner) = (Vec::new(), 0, Vec::new());
-    for r in runners {
-        match r.await {
-            Ok((p, mine)) => {
-                planned += p;
-                per_runner.push(mine.len());
-                all.extend(mine);
-            }
-            Err(e) => panic!("a runner failed: {e}"),
-        }
+    for (p, mine) in join_all(runners).await {
+        planned += p;
+        per_runner.push(mine.len());
+        all.extend(mine);
     }
     let chunks = u64::try_from(everyone.len().div_ceil(8)).unwrap_or(0);
     assert_eq!(planned, chunks, "planned once, in chunks of eight");
