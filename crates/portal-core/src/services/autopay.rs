@@ -286,83 +286,101 @@ impl Portal {
         .ok_or(ServiceError::NotFound("automatic payment"))
     }
 
-    /// The autopay run's work for one account on `today`: notices and at most one debit per
-    /// mandate period. Safe to rerun and to run concurrently: the debit's payment is created
-    /// with a per-period idempotency record before the gateway is called.
-    pub(crate) async fn autopay_account(&self, account_id: AccountId) -> Result<u32, ServiceError> {
-        let account = self.account(account_id).await?;
-        self.autopay_loaded(account).await
+    /// The autopay run's work for one account on `today`, from the account as loaded (with its
+    /// chunk): notices and at most one debit per mandate period, repeated while something falls
+    /// due (a notice and a debit can both be due on one day when catching up). Returns the
+    /// account as it now stands. Safe to rerun and to run concurrently: each change is a
+    /// version-checked commit (a conflict reloads and decides again), and the debit's payment
+    /// is created with a per-period idempotency record before the gateway is called.
+    pub(crate) async fn autopay_loaded(
+        &self,
+        mut account: Account,
+    ) -> Result<(u32, Account), ServiceError> {
+        let mut total = 0;
+        // A notice, then a debit.
+        for _ in 0..2 {
+            let (n, now) = self.autopay_step(account).await?;
+            account = now;
+            if n == 0 {
+                break;
+            }
+            total += n;
+        }
+        Ok((total, account))
     }
 
-    /// [`Portal::autopay_account`] deciding from an account already loaded (with its chunk);
-    /// every change still goes through a fresh load and a version-checked commit.
-    pub(crate) async fn autopay_loaded(&self, account: Account) -> Result<u32, ServiceError> {
-        let account_id = account.id;
+    /// One autopay action for an account: the notice or debit due today, if any.
+    async fn autopay_step(&self, account: Account) -> Result<(u32, Account), ServiceError> {
         let today = self.today();
         let now = self.now();
         let policy = self.config.autopay;
         let Some(mandate) = account.current_mandate().cloned() else {
-            return Ok(0);
+            return Ok((0, account));
         };
         let Some(action) = mandate.action_on(today, &policy) else {
-            return Ok(0);
+            return Ok((0, account));
         };
         match action {
             MandateAction::Notify { period, debit_date } => {
-                self.update_account(account_id, |account, changes| {
-                    let Some(m) = account.mandate(mandate.id).cloned() else {
-                        return Ok(None);
-                    };
-                    if m.action_on(today, &policy) != Some(action) {
-                        return Ok(None);
-                    }
-                    let amount = m.debit_amount(debit_base(account, &m, period, self));
-                    let label = account
-                        .method(m.method_id)
-                        .map(|x| x.details.masked())
-                        .unwrap_or_default();
-                    if let Some(mm) = account.mandate_mut(m.id) {
-                        mm.record_notice(period, amount, today);
-                    }
-                    changes.notify([account.notice(
-                        format!(
-                            "autopay-notice:{}:{}:{period}:{}",
-                            m.id,
-                            m.start_date,
-                            amount.cents()
-                        ),
-                        NoticeBody::AutopayPreDebit {
-                            amount,
-                            debit_date,
-                            method: label,
-                        },
-                    )]);
-                    changes.audit.push(account.audit(
-                        now,
-                        Actor::System {
-                            job: "autopay".into(),
-                        },
-                        format!("mandate:{}", m.id),
-                        "mandate.notice_sent",
-                        format!("${amount} on {debit_date}"),
-                    ));
-                    Ok(Some(1))
-                })
-                .await
+                let (n, account) = self
+                    .update_loaded(account, |account, changes| {
+                        let Some(m) = account.mandate(mandate.id).cloned() else {
+                            return Ok(None);
+                        };
+                        if m.action_on(today, &policy) != Some(action) {
+                            return Ok(None);
+                        }
+                        let amount = m.debit_amount(debit_base(account, &m, period, self));
+                        let label = account
+                            .method(m.method_id)
+                            .map(|x| x.details.masked())
+                            .unwrap_or_default();
+                        if let Some(mm) = account.mandate_mut(m.id) {
+                            mm.record_notice(period, amount, today);
+                        }
+                        changes.notify([account.notice(
+                            format!(
+                                "autopay-notice:{}:{}:{period}:{}",
+                                m.id,
+                                m.start_date,
+                                amount.cents()
+                            ),
+                            NoticeBody::AutopayPreDebit {
+                                amount,
+                                debit_date,
+                                method: label,
+                            },
+                        )]);
+                        changes.audit.push(account.audit(
+                            now,
+                            Actor::System {
+                                job: "autopay".into(),
+                            },
+                            format!("mandate:{}", m.id),
+                            "mandate.notice_sent",
+                            format!("${amount} on {debit_date}"),
+                        ));
+                        Ok(Some(1))
+                    })
+                    .await?;
+                Ok((n.unwrap_or(0), account))
             }
             MandateAction::Debit {
                 period, attempt, ..
-            } => self.debit(account_id, &mandate, period, attempt).await,
+            } => self.debit(account, &mandate, period, attempt).await,
         }
     }
 
+    /// Debits one period of a mandate: commits the payment, calls the gateway, commits the
+    /// outcome, each step on the account the previous one left.
     async fn debit(
         &self,
-        account_id: AccountId,
+        account: Account,
         mandate: &Mandate,
         period: u32,
         attempt: u32,
-    ) -> Result<u32, ServiceError> {
+    ) -> Result<(u32, Account), ServiceError> {
+        let account_id = account.id;
         let today = self.today();
         let now = self.now();
         let policy = self.config.autopay;
@@ -376,8 +394,8 @@ impl Portal {
             mandate.id, mandate.start_date
         );
         // Step 1: one commit creates the payment (or finds the period already handled).
-        let created: Option<(Payment, crate::instrument::GatewayToken)> = self
-            .update_account(account_id, |account, changes| {
+        let created = self
+            .update_loaded(account, |account, changes| {
                 let Some(m) = account.mandate(mandate.id).cloned() else { return Ok(None) };
                 if !matches!(m.action_on(today, &policy), Some(MandateAction::Debit { period: p, attempt: a, .. }) if p == period && a == attempt) {
                     return Ok(None);
@@ -457,25 +475,26 @@ impl Portal {
                 account.ledger.add_payment(payment.clone());
                 Ok(Some(Some((payment, method.token))))
             })
-            .await
-            .or_else(|e| match e {
-                // Another instance created this attempt first.
-                ServiceError::Invalid(v) if v.has("Idempotency-Key") => Ok(None),
-                other => Err(other),
-            })?;
-        let Some((payment, token)) = created else {
-            return Ok(0);
+            .await;
+        let (payment, token, account) = match created {
+            Ok((Some(Some((payment, token))), account)) => (payment, token, account),
+            Ok((_, account)) => return Ok((0, account)),
+            // Another instance created this attempt first.
+            Err(ServiceError::Invalid(v)) if v.has("Idempotency-Key") => {
+                return Ok((0, self.account(account_id).await?));
+            }
+            Err(e) => return Err(e),
         };
         if payment.status
             != (PaymentStatus::Pending {
                 stage: PendingStage::Submitted,
             })
         {
-            return Ok(0);
+            return Ok((0, account));
         }
         // Step 2: the gateway, with a key that cannot charge twice.
         let Some(kind) = payment.instrument.method_kind() else {
-            return Ok(0);
+            return Ok((0, account));
         };
         let outcome = self
             .deps
@@ -489,7 +508,7 @@ impl Portal {
                 reference: payment.reference.clone(),
             })
             .await;
-        match outcome {
+        let (event, gateway_id, cause) = match outcome {
             Ok(o) => {
                 let event = match o.status {
                     crate::ports::ChargeStatus::Succeeded => PaymentEvent::Settled,
@@ -502,32 +521,21 @@ impl Portal {
                         PaymentEvent::Declined { reason }
                     }
                 };
-                self.apply_outcome(
-                    account_id,
-                    payment.id,
-                    event,
-                    Some(o.gateway_id),
-                    &actor,
-                    "autopay debit",
-                )
-                .await?;
+                (event, Some(o.gateway_id), "autopay debit".to_string())
             }
-            Err(GatewayError::Unknown(_)) => {}
-            Err(GatewayError::Rejected(msg) | GatewayError::Protocol(msg)) => {
-                self.apply_outcome(
-                    account_id,
-                    payment.id,
-                    PaymentEvent::Declined {
-                        reason: crate::payment::DeclineReason::ProcessingError,
-                    },
-                    None,
-                    &actor,
-                    &format!("gateway refused the request: {msg}"),
-                )
-                .await?;
-            }
-        }
-        Ok(1)
+            Err(GatewayError::Unknown(_)) => return Ok((1, account)),
+            Err(GatewayError::Rejected(msg) | GatewayError::Protocol(msg)) => (
+                PaymentEvent::Declined {
+                    reason: crate::payment::DeclineReason::ProcessingError,
+                },
+                None,
+                format!("gateway refused the request: {msg}"),
+            ),
+        };
+        let (_, account) = self
+            .apply_outcome_loaded(account, payment.id, event, gateway_id, &actor, &cause)
+            .await?;
+        Ok((1, account))
     }
 }
 

@@ -142,8 +142,8 @@ impl Portal {
     }
 
     /// Runs `work` once for every account, chunk by chunk (see `for_each_chunk`), each chunk
-    /// loaded at once: `work` decides from the loaded account and writes through
-    /// `update_account` (a fresh load and a version-checked commit) only when there is work.
+    /// loaded at once: `work` decides from the loaded account and writes, version-checked,
+    /// only when there is work (a conflict reloads the account).
     async fn for_each_loaded<F, Fut>(
         &self,
         job: &str,
@@ -166,20 +166,19 @@ impl Portal {
         .await
     }
 
-    /// Applies `change` to an account: when it finds nothing to do on the loaded copy, the
-    /// account is skipped without a write; otherwise the change is made by `update_account`.
+    /// Applies `change` to an account as loaded: when it finds nothing to do, nothing is
+    /// written; otherwise the change is committed, version-checked (a conflict reloads and
+    /// decides again). Returns what it did and the account as it now stands.
     async fn change_if_needed<F>(
         &self,
-        mut account: Account,
-        mut change: F,
-    ) -> Result<u32, ServiceError>
+        account: Account,
+        change: F,
+    ) -> Result<(u32, Account), ServiceError>
     where
         F: FnMut(&mut Account, &mut Changes) -> Result<Option<u32>, ServiceError>,
     {
-        if change(&mut account, &mut Changes::default())?.is_none() {
-            return Ok(0);
-        }
-        self.update_account(account.id, change).await
+        let (n, account) = self.update_loaded(account, change).await?;
+        Ok((n.unwrap_or(0), account))
     }
 
     /// Issues every bill whose issue date has come, for every account. A chunk of accounts is
@@ -354,8 +353,11 @@ impl Portal {
 
     /// Sends due-date reminders (by the policy's days before) for bills autopay will not pay.
     pub async fn run_reminders(&self) -> Result<JobReport, ServiceError> {
-        self.for_each_loaded("reminders", self.today().to_string(), |a| {
-            self.change_if_needed(a, |a, c| self.reminders_of(a, c))
+        self.for_each_loaded("reminders", self.today().to_string(), |a| async move {
+            Ok(self
+                .change_if_needed(a, |a, c| self.reminders_of(a, c))
+                .await?
+                .0)
         })
         .await
     }
@@ -434,14 +436,7 @@ impl Portal {
     /// Runs autopay for every account: pre-debit notices and debits due today.
     pub async fn run_autopay(&self) -> Result<JobReport, ServiceError> {
         self.for_each_loaded("autopay", self.today().to_string(), |a| async move {
-            let id = a.id;
-            let n = self.autopay_loaded(a).await?;
-            // A notice and a debit can both fall due on one day (catching up).
-            Ok(if n == 0 {
-                0
-            } else {
-                n + self.autopay_account(id).await?
-            })
+            Ok(self.autopay_loaded(a).await?.0)
         })
         .await
     }
@@ -449,8 +444,11 @@ impl Portal {
     /// Applies delinquency for every account: notices, late fees, missed installments,
     /// terminations, and reinstatements that payments made possible.
     pub async fn run_delinquency(&self) -> Result<JobReport, ServiceError> {
-        self.for_each_loaded("delinquency", self.today().to_string(), |a| {
-            self.change_if_needed(a, |a, c| self.delinquency_of(a, c))
+        self.for_each_loaded("delinquency", self.today().to_string(), |a| async move {
+            Ok(self
+                .change_if_needed(a, |a, c| self.delinquency_of(a, c))
+                .await?
+                .0)
         })
         .await
     }
@@ -526,8 +524,9 @@ impl Portal {
 
     /// Every daily job for each account in one pass over the accounts, as the worker runs
     /// them: a chunk is loaded once, its bills are written together, then each account has its
-    /// reminders, automatic payment, delinquency and reconciliation done in that order (the
-    /// account reloaded only after a step changed it). One work run per date, so a pass that
+    /// reminders, automatic payment, delinquency and reconciliation done in that order (each
+    /// step goes on from the account the step before left; only an account whose bills were
+    /// written with its chunk is read again). One work run per date, so a pass that
     /// finished the date does nothing more that day. The per-job runs stay for operators.
     pub async fn run_daily(&self) -> Result<JobReport, ServiceError> {
         self.for_each_chunk("daily", self.today().to_string(), |accounts| async move {
@@ -548,34 +547,19 @@ impl Portal {
     /// Reminders, automatic payment, delinquency and reconciliation of one account; `fresh`
     /// says whether `account` is still current.
     async fn daily_account(&self, account: Account, fresh: bool) -> Result<u32, ServiceError> {
-        let id = account.id;
-        let mut current = if fresh {
+        let current = if fresh {
             account
         } else {
-            self.account(id).await?
+            self.account(account.id).await?
         };
-        let mut total = 0;
-        let n = self
-            .change_if_needed(current.clone(), |a, c| self.reminders_of(a, c))
+        let (reminders, current) = self
+            .change_if_needed(current, |a, c| self.reminders_of(a, c))
             .await?;
-        if n > 0 {
-            total += n;
-            current = self.account(id).await?;
-        }
-        let mut n = self.autopay_loaded(current.clone()).await?;
-        if n > 0 {
-            // A notice and a debit can both fall due on one day (catching up).
-            n += self.autopay_account(id).await?;
-            total += n;
-            current = self.account(id).await?;
-        }
-        let n = self
-            .change_if_needed(current.clone(), |a, c| self.delinquency_of(a, c))
+        let (autopay, current) = self.autopay_loaded(current).await?;
+        let (delinquency, current) = self
+            .change_if_needed(current, |a, c| self.delinquency_of(a, c))
             .await?;
-        if n > 0 {
-            total += n;
-            current = self.account(id).await?;
-        }
+        let mut total = reminders + autopay + delinquency;
         total += self.reconcile_loaded(current).await?;
         Ok(total)
     }
