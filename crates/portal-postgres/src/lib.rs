@@ -17,9 +17,7 @@ use chrono::{DateTime, Utc};
 use portal_core::ports::{
     Changes, IssuedBills, JobRun, OutboxMessage, StoreError, Unique, WorkChunk,
 };
-use portal_sql::plan::{
-    AccountWrite, AuditRow, BillRow, CollectionWrite, HeaderRow, MemberWrite, OutboxRow,
-};
+use portal_sql::plan::{self, AccountWrite, MemberWrite, Table, Value};
 use portal_sql::records::{
     AccountRecords, AllocationRecord, BillRecord, ChunkRecord, ClaimedRecord, CollectionRecord,
     HeaderRecord, PaymentRecord, in_queue_order,
@@ -67,18 +65,6 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Er
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
-}
-
-impl PgStore {
-    /// A store over a migrated pool.
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
-    }
-
-    /// The pool, for health checks.
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
 }
 
 /// The SQLSTATE `portal_refuse` raises (migration 0005); its message names the refusal.
@@ -147,7 +133,7 @@ fn load_sql() -> &'static Loads {
                         AS payments",
                 q.headers, q.collections, q.bills, q.allocations, q.payments
             ),
-            by_range: LoadSql::new(|c| format!("{c} BETWEEN $1 AND $2")),
+            by_range: LoadSql::by_range(),
         }
     })
 }
@@ -228,53 +214,95 @@ impl Statement {
         Ok(format!("${}", self.n))
     }
 
-    /// Binds one column of `rows` as an array.
-    fn col<R, T>(&mut self, rows: &[R], f: impl Fn(&R) -> T) -> StoreResult<String>
-    where
-        Vec<T>: for<'q> Encode<'q, Postgres> + Type<Postgres> + Send + 'static,
-    {
-        self.arg(rows.iter().map(f).collect::<Vec<T>>())
-    }
-
-    /// Binds one column of `rows` as an array of `ty`; returns `$n::ty[]`.
-    fn array<R, T>(&mut self, rows: &[R], ty: &str, f: impl Fn(&R) -> T) -> StoreResult<String>
-    where
-        Vec<T>: for<'q> Encode<'q, Postgres> + Type<Postgres> + Send + 'static,
-    {
-        Ok(format!("{}::{ty}[]", self.col(rows, f)?))
-    }
-
-    /// `INSERT INTO table (..) SELECT .. FROM unnest(..)`, each column bound as an array;
-    /// `json` names the columns that travel as text and are stored as `json` or `jsonb`.
-    /// With `ordered`, rows go in in their order (`WITH ORDINALITY`). Gated.
-    fn insert(
-        &self,
-        table: &str,
-        cols: &[(&str, String)],
-        json: &[(&str, &str)],
-        ordered: bool,
-    ) -> String {
-        let names: Vec<&str> = cols.iter().map(|c| c.0).collect();
-        let exprs: Vec<String> = names
-            .iter()
-            .map(|n| match json.iter().find(|j| j.0 == *n) {
-                Some((_, t)) => format!("u.{n}::{t}"),
-                None => format!("u.{n}"),
-            })
-            .collect();
-        let arrays: Vec<&str> = cols.iter().map(|c| c.1.as_str()).collect();
-        let (ord, n, order) = if ordered {
-            (" WITH ORDINALITY", ", n", " ORDER BY u.n")
-        } else {
-            ("", "", "")
+    /// Binds one column's values as an array; returns `$n::type[]`.
+    fn column(&mut self, col: Vec<Value>) -> StoreResult<String> {
+        let ty = col.first().map_or("text", Value::pg_type);
+        macro_rules! typed {
+            ($variant:ident) => {
+                self.arg(
+                    col.into_iter()
+                        .map(|v| match v {
+                            Value::$variant(x) => Ok(x),
+                            other => Err(corrupt("column", format!("{other:?} among {ty}"))),
+                        })
+                        .collect::<StoreResult<Vec<_>>>()?,
+                )?
+            };
+        }
+        let p = match col.first() {
+            Some(Value::Id(_)) => typed!(Id),
+            Some(Value::Text(_)) => typed!(Text),
+            Some(Value::Json(_)) => typed!(Json),
+            Some(Value::Int(_)) => typed!(Int),
+            Some(Value::Bool(_)) => typed!(Bool),
+            Some(Value::Date(_)) => typed!(Date),
+            Some(Value::Time(_)) => typed!(Time),
+            Some(Value::Bytes(_)) => typed!(Bytes),
+            None => return Err(corrupt("column", "no rows")),
         };
-        format!(
-            "INSERT INTO {table} ({names}) SELECT {exprs} FROM unnest({arrays}){ord} AS u({names}{n}){gate}{order}",
-            names = names.join(", "),
-            exprs = exprs.join(", "),
-            arrays = arrays.join(", "),
-            gate = self.where_gate(),
-        )
+        Ok(format!("{p}::{ty}[]"))
+    }
+
+    /// Binds each column of a table's rows as an array; returns the arrays, comma-separated.
+    fn columns(&mut self, t: Table) -> StoreResult<String> {
+        let arrays: Vec<String> = (t.into_columns().into_iter())
+            .map(|c| self.column(c))
+            .collect::<StoreResult<_>>()?;
+        Ok(arrays.join(", "))
+    }
+
+    /// Binds one value; returns `$n::type`.
+    fn value(&mut self, v: Value) -> StoreResult<String> {
+        let ty = v.pg_type();
+        let p = match v {
+            Value::Id(x) => self.arg(x)?,
+            Value::Text(x) | Value::Json(x) => self.arg(x)?,
+            Value::Int(x) => self.arg(x)?,
+            Value::Bool(x) => self.arg(x)?,
+            Value::Date(x) => self.arg(x)?,
+            Value::Time(x) => self.arg(x)?,
+            Value::Bytes(x) => self.arg(x)?,
+        };
+        Ok(format!("{p}::{ty}"))
+    }
+
+    /// `INSERT INTO table (..) SELECT .. FROM unnest(..)`, each column bound as one array,
+    /// the rows in their order, gated, with the table's conflict clause.
+    fn insert(&mut self, t: Table) -> StoreResult<String> {
+        let (table, names, conflict) = (t.name, t.columns, t.on_conflict_sql());
+        let order = if t.rows.len() > 1 {
+            " ORDER BY u.n"
+        } else {
+            ""
+        };
+        let values: Vec<String> = t.names().map(|c| format!("u.{c}")).collect();
+        Ok(format!(
+            "INSERT INTO {table} ({names}) SELECT {} FROM unnest({}) WITH ORDINALITY
+                 AS u({names}, n){}{order}{conflict}",
+            values.join(", "),
+            self.columns(t)?,
+            self.gate("WHERE"),
+        ))
+    }
+
+    /// Adds the insert of a table's rows, if it has any, refused unless every row is written
+    /// where the table says so; returns the part's name (its rows return their keys).
+    fn put(&mut self, t: Table) -> StoreResult<Option<String>> {
+        if t.rows.is_empty() {
+            return Ok(None);
+        }
+        let (count, checked) = (t.rows.len(), t.checked());
+        let returning = if t.key.is_empty() {
+            "1".into()
+        } else {
+            t.key.to_owned()
+        };
+        let sql = format!("{} RETURNING {returning}", self.insert(t)?);
+        Ok(Some(if checked {
+            self.counted(sql, count, "conflict")
+        } else {
+            self.part(sql)
+        }))
     }
 
     /// Adds a part; returns its name.
@@ -285,26 +313,20 @@ impl Statement {
     }
 
     /// Adds a part whose `RETURNING` rows must number `count`, or the statement is refused.
-    fn counted(&mut self, sql: String, count: usize, refusal: &'static str) {
+    fn counted(&mut self, sql: String, count: usize, refusal: &'static str) -> String {
         let name = self.part(sql);
         self.checks
             .push((format!("(SELECT count(*) FROM {name}) = {count}"), refusal));
+        name
     }
 
-    /// `WHERE` clause that holds a part back until the account's header is written.
-    fn where_gate(&self) -> &'static str {
+    /// The condition (after `word`, `WHERE` or `AND`) that holds a part back until the
+    /// account's header is written.
+    fn gate(&self, word: &str) -> String {
         if self.gated {
-            " WHERE EXISTS (SELECT FROM acct)"
+            format!(" {word} EXISTS (SELECT FROM acct)")
         } else {
-            ""
-        }
-    }
-
-    fn and_gate(&self) -> &'static str {
-        if self.gated {
-            " AND EXISTS (SELECT FROM acct)"
-        } else {
-            ""
+            String::new()
         }
     }
 
@@ -312,17 +334,15 @@ impl Statement {
         if self.ctes.is_empty() {
             return Ok(());
         }
-        let mut verdict = String::from("SELECT ");
-        if !self.checks.is_empty() {
-            verdict.push_str("CASE");
-            for (cond, refusal) in &self.checks {
-                verdict.push_str(&format!(" WHEN NOT {cond} THEN portal_refuse('{refusal}')"));
-            }
-            verdict.push_str(" ELSE 0 END");
+        let cases: String = (self.checks.iter())
+            .map(|(cond, refusal)| format!(" WHEN NOT {cond} THEN portal_refuse('{refusal}')"))
+            .collect();
+        let verdict = if cases.is_empty() {
+            "0".into()
         } else {
-            verdict.push('0');
-        }
-        let sql = format!("WITH {} {verdict}", self.ctes.join(",\n"));
+            format!("CASE{cases} ELSE 0 END")
+        };
+        let sql = format!("WITH {} SELECT {verdict}", self.ctes.join(",\n"));
         sqlx::query_with(&sql, self.args)
             .execute(pool)
             .await
@@ -330,351 +350,99 @@ impl Statement {
         Ok(())
     }
 
-    fn header(&mut self, w: &AccountWrite) -> StoreResult<()> {
-        let h: &HeaderRow = &w.header;
-        let id = self.arg(w.id)?;
-        let cols = [
-            ("number", self.arg(h.number.clone())?),
-            ("holder_first_name", self.arg(h.first_name.clone())?),
-            ("holder_last_name", self.arg(h.last_name.clone())?),
-            ("holder_search", self.arg(h.search.clone())?),
-            ("date_of_birth", self.arg(h.date_of_birth)?),
-            ("ssn_digest", self.arg(h.ssn_digest.clone())?),
-            ("ssn_last4", self.arg(h.ssn_last4.clone())?),
-            ("contact_email", self.arg(h.contact_email.clone())?),
-            (
-                "reminders",
-                format!("{}::jsonb", self.arg(h.reminders.clone())?),
-            ),
-            ("created_at", self.arg(h.created_at)?),
-        ];
-        let sql = match w.loaded_version {
-            None => {
-                let names: Vec<&str> = cols.iter().map(|c| c.0).collect();
-                let values: Vec<&str> = cols.iter().map(|c| c.1.as_str()).collect();
+    /// The accounts' header rows (`id`, `version`, then what is written): inserted when new,
+    /// otherwise updated where each still has the version it was loaded at, its version
+    /// bumped. Any other outcome refuses the statement; every later part waits for this one.
+    fn versions(&mut self, t: Table, is_new: bool) -> StoreResult<()> {
+        let count = t.rows.len();
+        let sql = match t.rows.as_slice() {
+            _ if is_new => format!("{} RETURNING id", self.insert(t)?),
+            [row] => {
+                let p = (row.iter().cloned())
+                    .map(|v| self.value(v))
+                    .collect::<StoreResult<Vec<_>>>()?;
+                let sets: String = (t.names().zip(&p).skip(2))
+                    .map(|(c, p)| format!(", {c} = {p}"))
+                    .collect();
+                let (Some(id), Some(version)) = (p.first(), p.get(1)) else {
+                    return Err(corrupt("accounts", "no id and version"));
+                };
                 format!(
-                    "INSERT INTO accounts (id, version, {}) VALUES ({id}, 1, {}) RETURNING id",
-                    names.join(", "),
-                    values.join(", ")
+                    "UPDATE accounts SET version = version + 1{sets}
+                     WHERE id = {id} AND version = {version} RETURNING id"
                 )
             }
-            Some(v) => {
-                let version = self.arg(v)?;
-                let sets: Vec<String> = cols.iter().map(|(c, v)| format!("{c} = {v}")).collect();
+            _ => {
+                let names = t.columns;
+                let sets: String = t
+                    .names()
+                    .skip(2)
+                    .map(|c| format!(", {c} = u.{c}"))
+                    .collect();
                 format!(
-                    "UPDATE accounts SET version = version + 1, {}
-                     WHERE id = {id} AND version = {version} RETURNING id",
-                    sets.join(", ")
+                    "UPDATE accounts a SET version = a.version + 1{sets}
+                     FROM unnest({}) AS u({names})
+                     WHERE a.id = u.id AND a.version = u.version RETURNING a.id",
+                    self.columns(t)?
                 )
             }
         };
         self.ctes.push(format!("acct AS ({sql})"));
         self.checks
-            .push(("(SELECT count(*) FROM acct) = 1".into(), "conflict"));
+            .push((format!("(SELECT count(*) FROM acct) = {count}"), "conflict"));
         self.gated = true;
         Ok(())
     }
 
-    fn account(&mut self, w: &AccountWrite) -> StoreResult<()> {
-        self.header(w)?;
+    fn account(&mut self, w: AccountWrite) -> StoreResult<()> {
+        self.versions(w.header, w.is_new)?;
         let id = self.arg(w.id)?;
-        match &w.member {
+        let gate = self.gate("AND");
+        match w.member {
             MemberWrite::Unchanged => {}
             MemberWrite::Delete => {
-                let gate = self.and_gate();
                 self.part(format!("DELETE FROM members WHERE account_id = {id}{gate}"));
             }
-            MemberWrite::Put(m) => {
-                let cols = [
-                    ("account_id", id.clone()),
-                    ("username", self.arg(m.username.clone())?),
-                    ("username_key", self.arg(m.username_key.clone())?),
-                    ("email", self.arg(m.email.clone())?),
-                    ("email_key", self.arg(m.email_key.clone())?),
-                    ("ssn_digest", self.arg(m.ssn_digest.clone())?),
-                    ("ssn_sealed", self.arg(m.ssn_sealed.clone())?),
-                    ("password_hash", self.arg(m.password_hash.clone())?),
-                    ("language", self.arg(m.language)?),
-                    ("email_verified_at", self.arg(m.email_verified_at)?),
-                    (
-                        "email_code",
-                        format!("{}::jsonb", self.arg(m.email_code.clone())?),
-                    ),
-                    ("password_changed_at", self.arg(m.password_changed_at)?),
-                    ("created_at", self.arg(m.created_at)?),
-                ];
-                let names: Vec<&str> = cols.iter().map(|c| c.0).collect();
-                let values: Vec<&str> = cols.iter().map(|c| c.1.as_str()).collect();
-                let gate = self.where_gate();
-                self.part(format!(
-                    "INSERT INTO members ({}) SELECT {}{gate}
-                     ON CONFLICT (account_id) DO UPDATE SET {}",
-                    names.join(", "),
-                    values.join(", "),
-                    set_excluded(&cols)
-                ));
+            MemberWrite::Put(t) => {
+                self.put(t)?;
             }
         }
-        for c in &w.collections {
-            self.collection(&id, w.id, c)?;
+        for c in w.collections {
+            if let Some(keep) = c.keep {
+                let (t, keep) = (c.rows.name, self.arg(keep)?);
+                self.part(format!(
+                    "DELETE FROM {t} WHERE account_id = {id} AND NOT (id = ANY({keep})){gate}"
+                ));
+            }
+            // An id of another account's row is not overwritten, and the count check refuses.
+            self.put(c.rows)?;
         }
-        self.bills(&w.bills, true)?;
-        self.payments(w)?;
-        Ok(())
-    }
-
-    fn collection(&mut self, id: &str, account: Uuid, c: &CollectionWrite) -> StoreResult<()> {
-        let t = c.table;
-        if let Some(keep) = &c.keep {
-            let keep = self.arg(keep.clone())?;
-            let gate = self.and_gate();
-            self.part(format!(
-                "DELETE FROM {t} WHERE account_id = {id} AND NOT (id = ANY({keep})){gate}"
-            ));
-        }
-        if c.rows.is_empty() {
-            return Ok(());
-        }
-        let cols = [
-            ("id", self.array(&c.rows, "uuid", |r| r.0)?),
-            ("account_id", self.array(&c.rows, "uuid", |_| account)?),
-            ("position", self.array(&c.rows, "int", |r| r.1)?),
-            ("data", self.array(&c.rows, "text", |r| r.2.clone())?),
-        ];
-        // An id of another account's row is not overwritten, and the count check refuses.
-        let insert = self.insert(t, &cols, &[("data", "jsonb")], false);
-        self.counted(
-            format!(
-                "{insert} ON CONFLICT (id) DO UPDATE SET position = excluded.position,
-                     data = excluded.data WHERE {t}.account_id = excluded.account_id RETURNING 1"
-            ),
-            c.rows.len(),
-            "conflict",
-        );
-        Ok(())
-    }
-
-    /// Bills: inserted, or with `upsert` updated where the account already has them.
-    fn bills(&mut self, rows: &[BillRow], upsert: bool) -> StoreResult<()> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let cols = [
-            ("id", self.array(rows, "uuid", |b| b.id)?),
-            ("account_id", self.array(rows, "uuid", |b| b.account_id)?),
-            ("position", self.array(rows, "bigint", |b| b.position)?),
-            (
-                "enrollment_id",
-                self.array(rows, "uuid", |b| b.enrollment_id)?,
-            ),
-            ("kind_name", self.array(rows, "text", |b| b.kind_name)?),
-            ("kind", self.array(rows, "text", |b| b.kind.clone())?),
-            (
-                "coverage_month",
-                self.array(rows, "date", |b| b.coverage_month)?,
-            ),
-            (
-                "amount_cents",
-                self.array(rows, "bigint", |b| b.amount_cents)?,
-            ),
-            (
-                "allocated_cents",
-                self.array(rows, "bigint", |b| b.allocated_cents)?,
-            ),
-            (
-                "transferred_cents",
-                self.array(rows, "bigint", |b| b.transferred_cents)?,
-            ),
-            ("due_date", self.array(rows, "date", |b| b.due_date)?),
-            ("issued_on", self.array(rows, "date", |b| b.issued_on)?),
-            ("void", self.array(rows, "bool", |b| b.void)?),
-            ("notices", self.array(rows, "text", |b| b.notices.clone())?),
-            (
-                "late_fee_assessed",
-                self.array(rows, "bool", |b| b.late_fee_assessed)?,
-            ),
-        ];
-        let insert = self.insert(
-            "bills",
-            &cols,
-            &[("kind", "json"), ("notices", "json")],
-            false,
-        );
-        let on_conflict = if upsert {
-            format!(
-                " ON CONFLICT (id) DO UPDATE SET {} WHERE bills.account_id = excluded.account_id",
-                set_excluded(&cols)
-            )
-        } else {
-            String::new()
-        };
-        self.counted(
-            format!("{insert}{on_conflict} RETURNING 1"),
-            rows.len(),
-            "conflict",
-        );
-        Ok(())
-    }
-
-    fn payments(&mut self, w: &AccountWrite) -> StoreResult<()> {
-        let rows = &w.payments;
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let cols = [
-            ("id", self.array(rows, "uuid", |p| p.id)?),
-            ("account_id", self.array(rows, "uuid", |_| w.id)?),
-            ("position", self.array(rows, "bigint", |p| p.position)?),
-            (
-                "reference",
-                self.array(rows, "text", |p| p.reference.clone())?,
-            ),
-            (
-                "gateway_id",
-                self.array(rows, "text", |p| p.gateway_id.clone())?,
-            ),
-            (
-                "amount_cents",
-                self.array(rows, "bigint", |p| p.amount_cents)?,
-            ),
-            (
-                "refunded_cents",
-                self.array(rows, "bigint", |p| p.refunded_cents)?,
-            ),
-            ("status", self.array(rows, "text", |p| p.status)?),
-            (
-                "idempotency_key",
-                self.array(rows, "text", |p| p.idempotency_key.clone())?,
-            ),
-            (
-                "initiated_at",
-                self.array(rows, "timestamptz", |p| p.initiated_at)?,
-            ),
-            (
-                "initiated_on",
-                self.array(rows, "date", |p| p.initiated_on)?,
-            ),
-            (
-                "expected_settlement",
-                self.array(rows, "date", |p| p.expected_settlement)?,
-            ),
-            ("data", self.array(rows, "text", |p| p.data.clone())?),
-        ];
-        let insert = self.insert("payments", &cols, &[("data", "jsonb")], false);
-        self.counted(
-            format!(
-                "{insert} ON CONFLICT (id) DO UPDATE SET {}
-                 WHERE payments.account_id = excluded.account_id RETURNING 1",
-                set_excluded(&cols)
-            ),
-            rows.len(),
-            "conflict",
-        );
+        self.put(w.bills)?;
+        self.put(w.payments)?;
         // Each rewritten payment's allocations become exactly its rows: the others go (a set
         // disjoint from the rows upserted, so no row is touched twice).
-        let al = &w.allocations;
-        let ap = self.array(al, "uuid", |a| a.payment_id)?;
-        let ab = self.array(al, "uuid", |a| a.bill_id)?;
+        let written = self.put(w.allocations)?;
         if !w.allocated.is_empty() {
-            let payments = self.arg(w.allocated.clone())?;
-            let gate = self.and_gate();
+            let payments = self.arg(w.allocated)?;
+            let others = written.map_or(String::new(), |n| {
+                format!(
+                    " AND NOT EXISTS (SELECT FROM {n} WHERE {n}.payment_id = al.payment_id
+                                     AND {n}.bill_id = al.bill_id)"
+                )
+            });
             self.part(format!(
-                "DELETE FROM allocations al WHERE al.payment_id = ANY({payments})
-                     AND NOT EXISTS (SELECT FROM unnest({ap}, {ab}) AS n(p, b)
-                                     WHERE n.p = al.payment_id AND n.b = al.bill_id){gate}"
+                "DELETE FROM allocations al WHERE al.payment_id = ANY({payments}){others}{gate}"
             ));
         }
-        if al.is_empty() {
-            return Ok(());
-        }
-        let cols = [
-            ("payment_id", ap),
-            ("bill_id", ab),
-            ("position", self.array(al, "int", |a| a.position)?),
-            (
-                "amount_cents",
-                self.array(al, "bigint", |a| a.amount_cents)?,
-            ),
-        ];
-        let insert = self.insert("allocations", &cols, &[], false);
-        self.part(format!(
-            "{insert} ON CONFLICT (payment_id, bill_id) DO UPDATE SET position = excluded.position,
-                 amount_cents = excluded.amount_cents"
-        ));
         Ok(())
     }
 
-    fn audit(&mut self, rows: &[AuditRow]) -> StoreResult<()> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let cols = [
-            ("account_id", self.array(rows, "uuid", |e| e.account_id)?),
-            ("at", self.array(rows, "timestamptz", |e| e.at)?),
-            ("actor", self.array(rows, "text", |e| e.actor.clone())?),
-            ("entity", self.array(rows, "text", |e| e.entity.clone())?),
-            ("action", self.array(rows, "text", |e| e.action.clone())?),
-            ("detail", self.array(rows, "text", |e| e.detail.clone())?),
-        ];
-        // In order: the entries' order is the log's sequence.
-        let insert = self.insert("audit_log", &cols, &[("actor", "json")], true);
-        self.part(insert);
-        Ok(())
-    }
-
-    fn outbox(&mut self, rows: &[OutboxRow]) -> StoreResult<()> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let cols = [
-            ("id", self.array(rows, "uuid", |n| n.id)?),
-            (
-                "dedupe_key",
-                self.array(rows, "text", |n| n.dedupe_key.clone())?,
-            ),
-            ("account_id", self.array(rows, "uuid", |n| n.account_id)?),
-            ("notice", self.array(rows, "text", |n| n.notice.clone())?),
-        ];
-        let insert = self.insert("outbox", &cols, &[("notice", "json")], true);
-        self.part(format!("{insert} ON CONFLICT (dedupe_key) DO NOTHING"));
-        Ok(())
-    }
-
-    /// Sessions, reset tokens, throttles and idempotency records.
-    fn records(&mut self, c: &Changes) -> StoreResult<()> {
+    /// The deletes of sessions and the use of a reset token.
+    fn removals(&mut self, c: &Changes) -> StoreResult<()> {
         // A session written in this commit is never also deleted by it.
         let put: Vec<String> = c.put_sessions.iter().map(|s| s.digest.0.clone()).collect();
-        if !c.put_sessions.is_empty() {
-            let s = &c.put_sessions;
-            let principals = s
-                .iter()
-                .map(|s| portal_sql::to_json("principal", &s.principal))
-                .collect::<StoreResult<Vec<String>>>()?;
-            let cols = [
-                ("digest", format!("{}::text[]", self.arg(put.clone())?)),
-                ("id", self.array(s, "uuid", |s| s.id.uuid())?),
-                ("principal", format!("{}::text[]", self.arg(principals)?)),
-                (
-                    "account_id",
-                    self.array(s, "uuid", |s| portal_sql::session_account(&s.principal))?,
-                ),
-                (
-                    "created_at",
-                    self.array(s, "timestamptz", |s| s.created_at)?,
-                ),
-                (
-                    "last_seen_at",
-                    self.array(s, "timestamptz", |s| s.last_seen_at)?,
-                ),
-            ];
-            let insert = self.insert("sessions", &cols, &[("principal", "jsonb")], false);
-            self.part(format!(
-                "{insert} ON CONFLICT (digest) DO UPDATE SET {}",
-                set_excluded(cols.get(1..).unwrap_or_default())
-            ));
-        }
         let keep = self.arg(put)?;
-        let gate = self.and_gate();
+        let gate = self.gate("AND");
         if !c.delete_sessions.is_empty() {
             let d: Vec<String> = c.delete_sessions.iter().map(|d| d.0.clone()).collect();
             let d = self.arg(d)?;
@@ -686,26 +454,6 @@ impl Statement {
             let acc = self.arg(acc.uuid())?;
             self.part(format!(
                 "DELETE FROM sessions WHERE account_id = {acc} AND NOT (digest = ANY({keep})){gate}"
-            ));
-        }
-        if !c.put_reset_tokens.is_empty() {
-            let t = &c.put_reset_tokens;
-            let cols = [
-                ("digest", self.array(t, "text", |t| t.digest.0.clone())?),
-                (
-                    "account_id",
-                    self.array(t, "uuid", |t| t.account_id.uuid())?,
-                ),
-                (
-                    "expires_at",
-                    self.array(t, "timestamptz", |t| t.expires_at)?,
-                ),
-                ("used_at", self.array(t, "timestamptz", |t| t.used_at)?),
-            ];
-            let insert = self.insert("reset_tokens", &cols, &[], false);
-            self.part(format!(
-                "{insert} ON CONFLICT (digest) DO UPDATE SET {}",
-                set_excluded(cols.get(1..).unwrap_or_default())
             ));
         }
         if let Some((digest, at)) = &c.consume_reset_token {
@@ -721,87 +469,20 @@ impl Statement {
                 "reset_token_use",
             );
         }
-        if !c.put_throttles.is_empty() {
-            let t = &c.put_throttles;
-            let cols = [
-                ("key", self.array(t, "text", |t| t.key.clone())?),
-                (
-                    "failures",
-                    self.array(t, "int", |t| i32::try_from(t.failures).unwrap_or(i32::MAX))?,
-                ),
-                (
-                    "window_started_at",
-                    self.array(t, "timestamptz", |t| t.window_started_at)?,
-                ),
-                (
-                    "locked_until",
-                    self.array(t, "timestamptz", |t| t.locked_until)?,
-                ),
-            ];
-            let insert = self.insert("login_throttles", &cols, &[], false);
-            self.part(format!(
-                "{insert} ON CONFLICT (key) DO UPDATE SET {}",
-                set_excluded(&cols)
-            ));
-        }
-        if !c.idempotency.is_empty() {
-            let r = &c.idempotency;
-            let cols = [
-                ("scope", self.array(r, "text", |r| r.scope.clone())?),
-                ("key", self.array(r, "text", |r| r.key.clone())?),
-                (
-                    "request_digest",
-                    self.array(r, "text", |r| r.request_digest.clone())?,
-                ),
-                (
-                    "payment_id",
-                    self.array(r, "uuid", |r| r.payment_id.uuid())?,
-                ),
-                (
-                    "account_id",
-                    self.array(r, "uuid", |r| r.account_id.uuid())?,
-                ),
-                (
-                    "created_at",
-                    self.array(r, "timestamptz", |r| r.created_at)?,
-                ),
-            ];
-            let insert = self.insert("idempotency_records", &cols, &[], false);
-            self.part(insert);
-        }
         Ok(())
     }
-}
-
-/// `a = excluded.a, ..` for the columns (all but the first, the key).
-fn set_excluded(cols: &[(&str, String)]) -> String {
-    let sets: Vec<String> = cols
-        .iter()
-        .skip(1)
-        .map(|(c, _)| format!("{c} = excluded.{c}"))
-        .collect();
-    sets.join(", ")
 }
 
 impl PgStore {
     async fn write(&self, changes: Changes) -> StoreResult<()> {
         let mut s = Statement::default();
         if let Some(a) = &changes.account {
-            s.account(&AccountWrite::of(a)?)?;
+            s.account(AccountWrite::of(a)?)?;
         }
-        s.records(&changes)?;
-        let audit = changes
-            .audit
-            .iter()
-            .map(AuditRow::of)
-            .collect::<StoreResult<Vec<_>>>()?;
-        s.audit(&audit)?;
-        let outbox = changes
-            .outbox
-            .iter()
-            .map(OutboxRow::of)
-            .collect::<StoreResult<Vec<_>>>()?;
-        s.outbox(&outbox)?;
+        s.removals(&changes)?;
+        for t in plan::records(&changes)? {
+            s.put(t)?;
+        }
         s.run(&self.pool).await
     }
 
@@ -812,38 +493,19 @@ impl PgStore {
             return Ok(());
         }
         let mut s = Statement::default();
-        let ids = s.col(&batch, |b| b.account.uuid())?;
-        let versions = batch
-            .iter()
-            .map(|b| i64::try_from(b.version).map_err(|e| corrupt("version", e)))
-            .collect::<StoreResult<Vec<i64>>>()?;
-        let versions = s.arg(versions)?;
-        s.ctes.push(format!(
-            "acct AS (UPDATE accounts a SET version = a.version + 1
-                 FROM unnest({ids}::uuid[], {versions}::bigint[]) AS u(id, version)
-                 WHERE a.id = u.id AND a.version = u.version RETURNING a.id)"
-        ));
-        s.checks.push((
-            format!("(SELECT count(*) FROM acct) = {}", batch.len()),
-            "conflict",
-        ));
-        s.gated = true;
-        let (mut bills, mut audit, mut outbox) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut versions, mut bills) = (Vec::new(), Vec::new());
         for b in &batch {
+            let version = i64::try_from(b.version).map_err(|e| corrupt("version", e))?;
+            versions.push(vec![b.account.uuid().into(), version.into()]);
             for (pos, bill) in &b.bills {
-                bills.push(BillRow::of(b.account.uuid(), *pos, bill)?);
-            }
-            for e in &b.audit {
-                audit.push(AuditRow::of(e)?);
-            }
-            for n in &b.outbox {
-                outbox.push(OutboxRow::of(n)?);
+                bills.push(plan::bill_row(b.account.uuid(), *pos, bill)?);
             }
         }
+        s.versions(plan::versions("id, version", versions), false)?;
         // The bills are new by construction: a plain insert (an existing id fails it all).
-        s.bills(&bills, false)?;
-        s.audit(&audit)?;
-        s.outbox(&outbox)?;
+        s.put(plan::bills(bills, false))?;
+        s.put(plan::audit(batch.iter().flat_map(|b| &b.audit))?)?;
+        s.put(plan::outbox(batch.iter().flat_map(|b| &b.outbox))?)?;
         s.run(&self.pool).await
     }
 

@@ -302,32 +302,6 @@ impl AccountRecords {
     }
 }
 
-/// An id column (`SELECT id ...`).
-#[derive(Debug, sqlx::FromRow)]
-pub struct IdRecord {
-    id: Uuid,
-}
-
-impl IdRecord {
-    /// As an account id.
-    pub fn account(self) -> AccountId {
-        AccountId(self.id)
-    }
-}
-
-/// Which account a payment belongs to.
-#[derive(Debug, sqlx::FromRow)]
-pub struct PaymentOwnerRecord {
-    account_id: Uuid,
-    id: Uuid,
-}
-
-impl From<PaymentOwnerRecord> for (AccountId, PaymentId) {
-    fn from(r: PaymentOwnerRecord) -> Self {
-        (AccountId(r.account_id), PaymentId(r.id))
-    }
-}
-
 /// An idempotency record row.
 #[derive(Debug, sqlx::FromRow)]
 pub struct IdempotencyRow {

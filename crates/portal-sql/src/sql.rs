@@ -13,6 +13,11 @@ pub struct LoadSql {
 }
 
 impl LoadSql {
+    /// The queries for the accounts whose ids lie between `$1` and `$2`.
+    pub fn by_range() -> Self {
+        Self::new(|c| format!("{c} BETWEEN $1 AND $2"))
+    }
+
     /// The queries with `condition(column)` selecting the accounts.
     pub fn new(condition: impl Fn(&str) -> String) -> Self {
         let part = |kind: u8, table: &str| {
@@ -78,7 +83,6 @@ pub const SEARCH_ACCOUNTS: &str = "SELECT a.id FROM accounts a
         OR m.username_key LIKE $1 ESCAPE '\\'
      ORDER BY a.id LIMIT $2";
 pub const AUDIT_TRAIL: &str = "SELECT * FROM audit_log WHERE account_id = $1 ORDER BY seq";
-pub const CHUNK_IDS: &str = "SELECT id FROM accounts WHERE id BETWEEN $1 AND $2 ORDER BY id";
 
 pub const MARK_SENT: &str = "UPDATE outbox SET sent_at = $2, message_id = $3,
          attempts = attempts + 1, leased_until = NULL
@@ -91,17 +95,3 @@ pub const REQUEUE: &str =
     "UPDATE outbox SET dead = FALSE, due_at = $2, attempts = 0 WHERE id = $1 AND dead";
 pub const PENDING_MESSAGES: &str =
     "SELECT * FROM outbox WHERE sent_at IS NULL AND NOT dead ORDER BY seq LIMIT $1";
-
-/// A dialect's two sets of load queries, built on first use: for the ids `in_ids` reads from
-/// `$1`, and for the range `$1` to `$2`.
-pub fn load_sql_once(
-    cell: &'static std::sync::OnceLock<(LoadSql, LoadSql)>,
-    in_ids: fn(&str) -> String,
-) -> &'static (LoadSql, LoadSql) {
-    cell.get_or_init(|| {
-        (
-            LoadSql::new(in_ids),
-            LoadSql::new(|c| format!("{c} BETWEEN $1 AND $2")),
-        )
-    })
-}

@@ -4,7 +4,8 @@
 //! same text is type-checked against each database with no bound on sqlx's internals.
 //!
 //! The dialect crate provides, next to the invocation:
-//! - the store type with a `pool` field (`sqlx::Pool` of its database);
+//! - the store type with a `pool` field (`sqlx::Pool` of its database), and no other (the
+//!   macro gives it `new(pool)` and `pool()`);
 //! - `fn db_err(sqlx::Error) -> StoreError` (unique violations name the rule broken);
 //! - inherent methods for what it does its own way: `load_scope(range, ids)` (accounts whole
 //!   from one snapshot, in id order, by a range of ids or a list), `write(Changes)`,
@@ -33,6 +34,16 @@ macro_rules! sql_store {
             use ::uuid::Uuid;
             use $crate::{records, sql};
             impl super::$store {
+                /// A store over a migrated pool.
+                pub fn new(pool: ::sqlx::Pool<$db>) -> Self {
+                    Self { pool }
+                }
+
+                /// The pool, for health checks.
+                pub fn pool(&self) -> &::sqlx::Pool<$db> {
+                    &self.pool
+                }
+
                 async fn optional<'q, R>(
                     &self,
                     q: ::sqlx::query::QueryAs<'q, $db, R, <$db as sqlx::Database>::Arguments<'q>>,
@@ -83,14 +94,14 @@ macro_rules! sql_store {
                 ) -> Result<Option<AccountId>, StoreError> {
                     use AccountLookup as L;
                     use sql::*;
-                    let q = |text| ::sqlx::query_as::<$db, records::IdRecord>(text);
+                    let q = |text| ::sqlx::query_as::<$db, (Uuid,)>(text);
                     let q = match by {
                         L::Number(n) => q(ACCOUNT_BY_NUMBER).bind(n.as_ref().to_owned()),
                         L::Username(k) => q(ACCOUNT_BY_USERNAME).bind(k),
                         L::Email(k) => q(ACCOUNT_BY_EMAIL).bind(k),
                         L::MemberSsn(d) => q(ACCOUNT_BY_MEMBER_SSN).bind(d.0),
                     };
-                    Ok(self.optional(q).await?.map(|r| r.account()))
+                    Ok(self.optional(q).await?.map(|(id,)| AccountId(id)))
                 }
 
                 async fn find_payment(
@@ -99,13 +110,14 @@ macro_rules! sql_store {
                 ) -> Result<Option<(AccountId, PaymentId)>, StoreError> {
                     use PaymentLookup as L;
                     use sql::*;
-                    let q = |text| ::sqlx::query_as::<$db, records::PaymentOwnerRecord>(text);
+                    let q = |text| ::sqlx::query_as::<$db, (Uuid, Uuid)>(text);
                     let q = match by {
                         L::Reference(r) => q(PAYMENT_BY_REFERENCE).bind(r.to_string()),
                         L::GatewayId(g) => q(PAYMENT_BY_GATEWAY_ID).bind(g),
                         L::Id(id) => q(PAYMENT_BY_ID).bind(id.uuid()),
                     };
-                    Ok(self.optional(q).await?.map(Into::into))
+                    let found = self.optional(q).await?;
+                    Ok(found.map(|(a, p)| (AccountId(a), PaymentId(p))))
                 }
 
                 async fn idempotency_record(
@@ -153,14 +165,14 @@ macro_rules! sql_store {
                     after: Option<AccountId>,
                     limit: u32,
                 ) -> Result<Vec<AccountId>, StoreError> {
-                    let q = ::sqlx::query_as::<$db, records::IdRecord>(sql::ACCOUNT_IDS)
+                    let q = ::sqlx::query_as::<$db, (Uuid,)>(sql::ACCOUNT_IDS)
                         .bind(after.map(|a| a.uuid()))
                         .bind(i64::from(limit));
                     Ok(self
                         .all(q)
                         .await?
                         .into_iter()
-                        .map(|r| r.account())
+                        .map(|(id,)| AccountId(id))
                         .collect())
                 }
 
@@ -169,14 +181,14 @@ macro_rules! sql_store {
                     query: String,
                     limit: u32,
                 ) -> Result<Vec<AccountId>, StoreError> {
-                    let q = ::sqlx::query_as::<$db, records::IdRecord>(sql::SEARCH_ACCOUNTS)
+                    let q = ::sqlx::query_as::<$db, (Uuid,)>(sql::SEARCH_ACCOUNTS)
                         .bind($crate::contains_pattern(&query))
                         .bind(i64::from(limit));
                     Ok(self
                         .all(q)
                         .await?
                         .into_iter()
-                        .map(|r| r.account())
+                        .map(|(id,)| AccountId(id))
                         .collect())
                 }
 

@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use portal_core::ports::{
     Changes, IssuedBills, JobRun, OutboxMessage, StoreError, Unique, WorkChunk,
 };
-use portal_sql::plan::{AccountWrite, AuditRow, BillRow, MemberWrite, OutboxRow};
+use portal_sql::plan::{self, AccountWrite, MemberWrite, Table, Value};
 use portal_sql::records::{ChunkRecord, ClaimedRecord, in_queue_order};
 use portal_sql::sql::LoadSql;
 use portal_sql::{StoreResult, corrupt};
@@ -61,18 +61,6 @@ pub struct SqliteStore {
     pool: SqlitePool,
 }
 
-impl SqliteStore {
-    /// A store over a migrated pool.
-    pub fn new(pool: SqlitePool) -> Self {
-        Self { pool }
-    }
-
-    /// The pool, for health checks.
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
-    }
-}
-
 /// Maps a database error to the core's terms; unique violations name the rule broken.
 fn db_err(e: sqlx::Error) -> StoreError {
     if let sqlx::Error::Database(db) = &e {
@@ -110,8 +98,9 @@ fn unique_rule(message: &str) -> Option<Unique> {
 /// `IN` over the ids bound as `$1`: a JSON array of hex ids (SQLite binds no arrays).
 fn load_sql() -> &'static (LoadSql, LoadSql) {
     static SQL: OnceLock<(LoadSql, LoadSql)> = OnceLock::new();
-    portal_sql::sql::load_sql_once(&SQL, |c| {
-        format!("{c} IN (SELECT unhex(value) FROM json_each($1))")
+    SQL.get_or_init(|| {
+        let ids = |c: &str| format!("{c} IN (SELECT unhex(value) FROM json_each($1))");
+        (LoadSql::new(ids), LoadSql::by_range())
     })
 }
 
@@ -144,242 +133,100 @@ impl SqliteStore {
 
 type Tx<'a> = Transaction<'a, Sqlite>;
 
-async fn exec<'q>(
-    tx: &mut Tx<'_>,
-    q: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
-) -> StoreResult<u64> {
+type Query<'q> = sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
+
+async fn exec(tx: &mut Tx<'_>, q: Query<'_>) -> StoreResult<u64> {
     Ok(q.execute(&mut **tx).await.map_err(db_err)?.rows_affected())
+}
+
+/// Binds `v` to `q`.
+fn bind(q: Query<'_>, v: Value) -> Query<'_> {
+    match v {
+        Value::Id(x) => q.bind(x),
+        Value::Text(x) | Value::Json(x) => q.bind(x),
+        Value::Int(x) => q.bind(x),
+        Value::Bool(x) => q.bind(x),
+        Value::Date(x) => q.bind(x),
+        Value::Time(x) => q.bind(x),
+        Value::Bytes(x) => q.bind(x),
+    }
+}
+
+/// Inserts a table's rows one by one, with its conflict clause; `Conflict` when a checked row
+/// is not written (its id belongs to another account).
+async fn put(tx: &mut Tx<'_>, t: Table) -> StoreResult<()> {
+    let marks: Vec<String> = (1..=t.names().count()).map(|i| format!("${i}")).collect();
+    let sql = format!(
+        "INSERT INTO {} ({}) VALUES ({}){}",
+        t.name,
+        t.columns,
+        marks.join(", "),
+        t.on_conflict_sql()
+    );
+    let checked = t.checked();
+    for row in t.rows {
+        let q = row.into_iter().fold(sqlx::query(&sql), bind);
+        if exec(tx, q).await? != 1 && checked {
+            return Err(StoreError::Conflict);
+        }
+    }
+    Ok(())
+}
+
+/// Bumps each account's version (`id`, `version`, then what is written) where it is still
+/// the one it was loaded at; `Conflict` when it moved on.
+async fn versions(tx: &mut Tx<'_>, t: Table, is_new: bool) -> StoreResult<()> {
+    if is_new {
+        return put(tx, t).await;
+    }
+    let sets: String = (t.names().enumerate().skip(2))
+        .map(|(i, c)| format!(", {c} = ${}", i + 1))
+        .collect();
+    let sql =
+        format!("UPDATE accounts SET version = version + 1{sets} WHERE id = $1 AND version = $2");
+    for row in t.rows {
+        if exec(tx, row.into_iter().fold(sqlx::query(&sql), bind)).await? != 1 {
+            return Err(StoreError::Conflict);
+        }
+    }
+    Ok(())
 }
 
 /// Writes one account's rows; `Conflict` when its version moved on or a row id belongs to
 /// another account.
-async fn write_account(tx: &mut Tx<'_>, w: &AccountWrite) -> StoreResult<()> {
-    let h = &w.header;
-    let q = match w.loaded_version {
-        None => sqlx::query(
-            "INSERT INTO accounts (number, holder_first_name, holder_last_name, holder_search,
-                 date_of_birth, ssn_digest, ssn_last4, contact_email, reminders, created_at, id,
-                 version)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 1)",
-        ),
-        Some(_) => sqlx::query(
-            "UPDATE accounts SET version = version + 1, number = $1, holder_first_name = $2,
-                 holder_last_name = $3, holder_search = $4, date_of_birth = $5, ssn_digest = $6,
-                 ssn_last4 = $7, contact_email = $8, reminders = $9, created_at = $10
-             WHERE id = $11 AND version = $12",
-        ),
-    };
-    let q = q
-        .bind(&h.number)
-        .bind(&h.first_name)
-        .bind(&h.last_name)
-        .bind(&h.search)
-        .bind(h.date_of_birth)
-        .bind(&h.ssn_digest)
-        .bind(&h.ssn_last4)
-        .bind(&h.contact_email)
-        .bind(&h.reminders)
-        .bind(h.created_at)
-        .bind(w.id)
-        .bind(w.loaded_version);
-    if exec(tx, q).await? != 1 {
-        return Err(StoreError::Conflict);
-    }
-    match &w.member {
+async fn write_account(tx: &mut Tx<'_>, w: AccountWrite) -> StoreResult<()> {
+    versions(tx, w.header, w.is_new).await?;
+    match w.member {
         MemberWrite::Unchanged => {}
         MemberWrite::Delete => {
-            exec(
-                tx,
-                sqlx::query("DELETE FROM members WHERE account_id = $1").bind(w.id),
-            )
-            .await?;
-        }
-        MemberWrite::Put(m) => {
-            let q = sqlx::query(
-                "INSERT INTO members (account_id, username, username_key, email, email_key, ssn_digest,
-                     ssn_sealed, password_hash, language, email_verified_at, email_code,
-                     password_changed_at, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-                 ON CONFLICT (account_id) DO UPDATE SET username = $2, username_key = $3, email = $4,
-                     email_key = $5, ssn_digest = $6, ssn_sealed = $7, password_hash = $8, language = $9,
-                     email_verified_at = $10, email_code = $11, password_changed_at = $12, created_at = $13",
-            )
-            .bind(w.id)
-            .bind(&m.username)
-            .bind(&m.username_key)
-            .bind(&m.email)
-            .bind(&m.email_key)
-            .bind(&m.ssn_digest)
-            .bind(&m.ssn_sealed)
-            .bind(&m.password_hash)
-            .bind(m.language)
-            .bind(m.email_verified_at)
-            .bind(&m.email_code)
-            .bind(m.password_changed_at)
-            .bind(m.created_at);
+            let q = sqlx::query("DELETE FROM members WHERE account_id = $1").bind(w.id);
             exec(tx, q).await?;
         }
+        MemberWrite::Put(t) => put(tx, t).await?,
     }
-    for c in &w.collections {
-        let t = c.table;
+    for c in w.collections {
         if let Some(keep) = &c.keep {
             let sql = format!(
-                "DELETE FROM {t} WHERE account_id = $1
-                 AND id NOT IN (SELECT unhex(value) FROM json_each($2))"
+                "DELETE FROM {} WHERE account_id = $1
+                 AND id NOT IN (SELECT unhex(value) FROM json_each($2))",
+                c.rows.name
             );
             exec(tx, sqlx::query(&sql).bind(w.id).bind(ids_arg(keep))).await?;
         }
-        let sql = format!(
-            "INSERT INTO {t} (id, account_id, position, data) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (id) DO UPDATE SET position = excluded.position, data = excluded.data
-             WHERE {t}.account_id = excluded.account_id"
-        );
-        for (id, pos, data) in &c.rows {
-            let q = sqlx::query(&sql).bind(id).bind(w.id).bind(pos).bind(data);
-            if exec(tx, q).await? != 1 {
-                // The id belongs to another account.
-                return Err(StoreError::Conflict);
-            }
-        }
+        put(tx, c.rows).await?;
     }
-    for b in &w.bills {
-        write_bill(tx, b, true).await?;
-    }
-    for p in &w.payments {
-        let q = sqlx::query(
-            "INSERT INTO payments (id, account_id, position, reference, gateway_id, amount_cents,
-                 refunded_cents, status, idempotency_key, initiated_at, initiated_on, expected_settlement, data)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-             ON CONFLICT (id) DO UPDATE SET position = $3, reference = $4, gateway_id = $5,
-                 amount_cents = $6, refunded_cents = $7, status = $8, idempotency_key = $9,
-                 initiated_at = $10, initiated_on = $11, expected_settlement = $12, data = $13
-             WHERE payments.account_id = $2",
-        )
-        .bind(p.id)
-        .bind(w.id)
-        .bind(p.position)
-        .bind(&p.reference)
-        .bind(&p.gateway_id)
-        .bind(p.amount_cents)
-        .bind(p.refunded_cents)
-        .bind(p.status)
-        .bind(&p.idempotency_key)
-        .bind(p.initiated_at)
-        .bind(p.initiated_on)
-        .bind(p.expected_settlement)
-        .bind(&p.data);
-        if exec(tx, q).await? != 1 {
-            return Err(StoreError::Conflict);
-        }
-    }
+    put(tx, w.bills).await?;
+    put(tx, w.payments).await?;
     // Changed allocations are rewritten whole (a handful of rows).
     for p in &w.allocated {
         let q = sqlx::query("DELETE FROM allocations WHERE payment_id = $1").bind(p);
         exec(tx, q).await?;
     }
-    for al in &w.allocations {
-        let q = sqlx::query(
-            "INSERT INTO allocations (payment_id, bill_id, position, amount_cents) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(al.payment_id)
-        .bind(al.bill_id)
-        .bind(al.position)
-        .bind(al.amount_cents);
-        exec(tx, q).await?;
-    }
-    Ok(())
+    put(tx, w.allocations).await
 }
 
-/// Inserts a bill; with `upsert`, updates it instead if the account already has it.
-async fn write_bill(tx: &mut Tx<'_>, b: &BillRow, upsert: bool) -> StoreResult<()> {
-    let on_conflict = if upsert {
-        " ON CONFLICT (id) DO UPDATE SET position = $3, enrollment_id = $4, kind_name = $5,
-             kind = $6, coverage_month = $7, amount_cents = $8, allocated_cents = $9,
-             transferred_cents = $10, due_date = $11, issued_on = $12, void = $13, notices = $14,
-             late_fee_assessed = $15
-         WHERE bills.account_id = $2"
-    } else {
-        ""
-    };
-    let sql = format!(
-        "INSERT INTO bills (id, account_id, position, enrollment_id, kind_name, kind, coverage_month,
-             amount_cents, allocated_cents, transferred_cents, due_date, issued_on, void, notices,
-             late_fee_assessed)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15){on_conflict}"
-    );
-    let q = sqlx::query(&sql)
-        .bind(b.id)
-        .bind(b.account_id)
-        .bind(b.position)
-        .bind(b.enrollment_id)
-        .bind(b.kind_name)
-        .bind(&b.kind)
-        .bind(b.coverage_month)
-        .bind(b.amount_cents)
-        .bind(b.allocated_cents)
-        .bind(b.transferred_cents)
-        .bind(b.due_date)
-        .bind(b.issued_on)
-        .bind(b.void)
-        .bind(&b.notices)
-        .bind(b.late_fee_assessed);
-    if exec(tx, q).await? != 1 {
-        return Err(StoreError::Conflict);
-    }
-    Ok(())
-}
-
-async fn append_audit(tx: &mut Tx<'_>, rows: &[AuditRow]) -> StoreResult<()> {
-    for e in rows {
-        let q = sqlx::query(
-            "INSERT INTO audit_log (account_id, at, actor, entity, action, detail)
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(e.account_id)
-        .bind(e.at)
-        .bind(&e.actor)
-        .bind(&e.entity)
-        .bind(&e.action)
-        .bind(&e.detail);
-        exec(tx, q).await?;
-    }
-    Ok(())
-}
-
-/// Queues notices, skipping any whose dedupe key was queued before.
-async fn queue_notices(tx: &mut Tx<'_>, rows: &[OutboxRow]) -> StoreResult<()> {
-    for n in rows {
-        let q = sqlx::query(
-            "INSERT INTO outbox (id, dedupe_key, account_id, notice, created_at)
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (dedupe_key) DO NOTHING",
-        )
-        .bind(n.id)
-        .bind(&n.dedupe_key)
-        .bind(n.account_id)
-        .bind(&n.notice)
-        .bind(Utc::now());
-        exec(tx, q).await?;
-    }
-    Ok(())
-}
-
-/// Sessions, reset tokens, throttles and idempotency records.
-async fn write_records(tx: &mut Tx<'_>, c: &Changes) -> StoreResult<()> {
-    for s in &c.put_sessions {
-        let q = sqlx::query(
-            "INSERT INTO sessions (digest, id, principal, account_id, created_at, last_seen_at)
-             VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (digest) DO UPDATE SET principal = $3, account_id = $4, created_at = $5,
-                 last_seen_at = $6",
-        )
-        .bind(&s.digest.0)
-        .bind(s.id.uuid())
-        .bind(portal_sql::to_json("principal", &s.principal)?)
-        .bind(portal_sql::session_account(&s.principal))
-        .bind(s.created_at)
-        .bind(s.last_seen_at);
-        exec(tx, q).await?;
-    }
+/// The deletes of sessions and the use of a reset token.
+async fn removals(tx: &mut Tx<'_>, c: &Changes) -> StoreResult<()> {
     // A session written in this commit is never also deleted by it.
     let put: Vec<&str> = c.put_sessions.iter().map(|s| s.digest.0.as_str()).collect();
     let keep = serde_json::to_string(&put).map_err(|e| corrupt("sessions", e))?;
@@ -396,17 +243,6 @@ async fn write_records(tx: &mut Tx<'_>, c: &Changes) -> StoreResult<()> {
         );
         exec(tx, q.bind(acc.uuid()).bind(&keep)).await?;
     }
-    for t in &c.put_reset_tokens {
-        let q = sqlx::query(
-            "INSERT INTO reset_tokens (digest, account_id, expires_at, used_at) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (digest) DO UPDATE SET expires_at = $3, used_at = $4",
-        )
-        .bind(&t.digest.0)
-        .bind(t.account_id.uuid())
-        .bind(t.expires_at)
-        .bind(t.used_at);
-        exec(tx, q).await?;
-    }
     if let Some((digest, at)) = &c.consume_reset_token {
         let q = sqlx::query(
             "UPDATE reset_tokens SET used_at = $2 WHERE digest = $1 AND used_at IS NULL",
@@ -417,50 +253,21 @@ async fn write_records(tx: &mut Tx<'_>, c: &Changes) -> StoreResult<()> {
             return Err(StoreError::Duplicate(Unique::ResetTokenUse));
         }
     }
-    for t in &c.put_throttles {
-        let q = sqlx::query(
-            "INSERT INTO login_throttles (key, failures, window_started_at, locked_until)
-             VALUES ($1, $2, $3, $4)
-             ON CONFLICT (key) DO UPDATE SET failures = $2, window_started_at = $3, locked_until = $4",
-        )
-        .bind(&t.key)
-        .bind(i32::try_from(t.failures).unwrap_or(i32::MAX))
-        .bind(t.window_started_at)
-        .bind(t.locked_until);
-        exec(tx, q).await?;
-    }
-    for r in &c.idempotency {
-        let q = sqlx::query(
-            "INSERT INTO idempotency_records (scope, key, request_digest, payment_id, account_id, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(&r.scope)
-        .bind(&r.key)
-        .bind(&r.request_digest)
-        .bind(r.payment_id.uuid())
-        .bind(r.account_id.uuid())
-        .bind(r.created_at);
-        exec(tx, q).await?;
-    }
     Ok(())
-}
-
-fn rows<T, R>(items: &[T], f: impl Fn(&T) -> StoreResult<R>) -> StoreResult<Vec<R>> {
-    items.iter().map(f).collect()
 }
 
 impl SqliteStore {
     async fn write(&self, changes: Changes) -> StoreResult<()> {
         let account = changes.account.as_ref().map(AccountWrite::of).transpose()?;
-        let audit = rows(&changes.audit, AuditRow::of)?;
-        let outbox = rows(&changes.outbox, OutboxRow::of)?;
+        let records = plan::records(&changes)?;
         let mut tx = self.pool.begin().await.map_err(db_err)?;
-        if let Some(w) = &account {
+        if let Some(w) = account {
             write_account(&mut tx, w).await?;
         }
-        write_records(&mut tx, &changes).await?;
-        append_audit(&mut tx, &audit).await?;
-        queue_notices(&mut tx, &outbox).await?;
+        removals(&mut tx, &changes).await?;
+        for t in records {
+            put(&mut tx, t).await?;
+        }
         tx.commit().await.map_err(db_err)
     }
 
@@ -468,19 +275,14 @@ impl SqliteStore {
         let mut tx = self.pool.begin().await.map_err(db_err)?;
         for b in &batch {
             let version = i64::try_from(b.version).map_err(|e| corrupt("version", e))?;
-            let q = sqlx::query(
-                "UPDATE accounts SET version = version + 1 WHERE id = $1 AND version = $2",
-            )
-            .bind(b.account.uuid())
-            .bind(version);
-            if exec(&mut tx, q).await? != 1 {
-                return Err(StoreError::Conflict);
-            }
-            for (pos, bill) in &b.bills {
-                write_bill(&mut tx, &BillRow::of(b.account.uuid(), *pos, bill)?, false).await?;
-            }
-            append_audit(&mut tx, &rows(&b.audit, AuditRow::of)?).await?;
-            queue_notices(&mut tx, &rows(&b.outbox, OutboxRow::of)?).await?;
+            let row = vec![b.account.uuid().into(), version.into()];
+            versions(&mut tx, plan::versions("id, version", vec![row]), false).await?;
+            let bills = (b.bills.iter())
+                .map(|(pos, bill)| plan::bill_row(b.account.uuid(), *pos, bill))
+                .collect::<StoreResult<_>>()?;
+            put(&mut tx, plan::bills(bills, false)).await?;
+            put(&mut tx, plan::audit(&b.audit)?).await?;
+            put(&mut tx, plan::outbox(&b.outbox)?).await?;
         }
         tx.commit().await.map_err(db_err)
     }
