@@ -13,14 +13,10 @@
 //!   chunk (a range of ids) reads typed rows in one `REPEATABLE READ` transaction.
 //! - Work and outbox claims use `FOR UPDATE SKIP LOCKED`, so any number of instances share them.
 
-use chrono::{DateTime, Utc};
-use portal_core::ports::{
-    Changes, IssuedBills, JobRun, OutboxMessage, StoreError, Unique, WorkChunk,
-};
+use portal_core::ports::{Changes, IssuedBills, JobRun, StoreError, Unique};
 use portal_sql::plan::{self, AccountWrite, MemberWrite, Table, Value};
 use portal_sql::records::{
-    AccountRecords, AllocationRecord, BillRecord, ChunkRecord, ClaimedRecord, CollectionRecord,
-    HeaderRecord, PaymentRecord, in_queue_order,
+    AccountRecords, AllocationRecord, BillRecord, CollectionRecord, HeaderRecord, PaymentRecord,
 };
 use portal_sql::sql::LoadSql;
 use portal_sql::{StoreResult, corrupt};
@@ -57,6 +53,10 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Er
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
+        // No round trip to test a connection on every acquire (a payment acquires four
+        // times): a connection the server dropped fails its next statement, which the caller
+        // sees as `Unavailable`, and the pool replaces it.
+        .test_before_acquire(false)
         .connect_with(options)
         .await
 }
@@ -396,7 +396,13 @@ impl Statement {
 
     fn account(&mut self, w: AccountWrite) -> StoreResult<()> {
         self.versions(w.header, w.is_new)?;
-        let id = self.arg(w.id)?;
+        let deletes = matches!(w.member, MemberWrite::Delete)
+            || w.collections.iter().any(|c| c.keep.is_some());
+        let id = if deletes {
+            self.arg(w.id)?
+        } else {
+            String::new()
+        };
         let gate = self.gate("AND");
         match w.member {
             MemberWrite::Unchanged => {}
@@ -534,84 +540,35 @@ impl PgStore {
         tx.commit().await.map_err(db_err)?;
         Ok(done.rows_affected())
     }
+}
 
-    async fn claim_chunks(
-        &self,
-        run: JobRun,
-        worker: String,
-        limit: u32,
-        now: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
-    ) -> StoreResult<Vec<WorkChunk>> {
-        let rows: Vec<ChunkRecord> = sqlx::query_as(
-            // MATERIALIZED: the selection must run once; a subquery in UPDATE .. FROM can be
-            // re-run per row and, after the first rows are leased, pick more than LIMIT.
-            "WITH c AS MATERIALIZED (
-                 SELECT account_id FROM work_items
-                 WHERE job = $1 AND period = $2 AND finished_at IS NULL
-                   AND (leased_until IS NULL OR leased_until <= $4)
-                 ORDER BY account_id LIMIT $6 FOR UPDATE SKIP LOCKED)
-             UPDATE work_items w SET leased_by = $3, leased_until = $5
-             FROM c WHERE w.job = $1 AND w.period = $2 AND w.account_id = c.account_id
-             RETURNING w.account_id, w.last_account_id",
-        )
-        .bind(run.job)
-        .bind(run.period)
-        .bind(worker)
-        .bind(now)
-        .bind(lease_until)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?;
-        Ok(rows.into_iter().map(Into::into).collect())
-    }
+/// Leases up to `$6` unfinished chunks of run `$1`/`$2` whose lease is free at `$4` to worker
+/// `$3` until `$5`. MATERIALIZED: the selection must run once; a subquery in UPDATE .. FROM
+/// can be re-run per row and, after the first rows are leased, pick more than LIMIT.
+const CLAIM_CHUNKS: &str = "WITH c AS MATERIALIZED (
+         SELECT account_id FROM work_items
+         WHERE job = $1 AND period = $2 AND finished_at IS NULL
+           AND (leased_until IS NULL OR leased_until <= $4)
+         ORDER BY account_id LIMIT $6 FOR UPDATE SKIP LOCKED)
+     UPDATE work_items w SET leased_by = $3, leased_until = $5
+     FROM c WHERE w.job = $1 AND w.period = $2 AND w.account_id = c.account_id
+     RETURNING w.account_id, w.last_account_id";
 
-    async fn finish_chunks(
-        &self,
-        run: JobRun,
-        chunks: Vec<WorkChunk>,
-        now: DateTime<Utc>,
-    ) -> StoreResult<()> {
-        let ids: Vec<Uuid> = chunks.into_iter().map(|c| c.first.uuid()).collect();
-        sqlx::query(
-            "UPDATE work_items SET finished_at = $3, leased_until = NULL
-             WHERE job = $1 AND period = $2 AND account_id = ANY($4)",
-        )
-        .bind(run.job)
-        .bind(run.period)
-        .bind(now)
-        .bind(&ids)
-        .execute(&self.pool)
-        .await
-        .map_err(db_err)?;
-        Ok(())
-    }
+/// Marks the chunks starting at the ids `$4` of run `$1`/`$2` finished at `$3`.
+const FINISH_CHUNKS: &str = "UPDATE work_items SET finished_at = $3, leased_until = NULL
+     WHERE job = $1 AND period = $2 AND account_id = ANY($4)";
 
-    async fn claim_due(
-        &self,
-        worker: String,
-        limit: u32,
-        now: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
-    ) -> StoreResult<Vec<OutboxMessage>> {
-        let rows: Vec<ClaimedRecord> = sqlx::query_as(
-            "WITH c AS MATERIALIZED (
-                 SELECT id FROM outbox
-                 WHERE sent_at IS NULL AND NOT dead AND (due_at IS NULL OR due_at <= $2)
-                   AND (leased_until IS NULL OR leased_until <= $2)
-                 ORDER BY seq LIMIT $4 FOR UPDATE SKIP LOCKED)
-             UPDATE outbox o SET leased_by = $1, leased_until = $3
-             FROM c WHERE o.id = c.id
-             RETURNING o.seq, o.id, o.notice, o.created_at, o.attempts",
-        )
-        .bind(worker)
-        .bind(now)
-        .bind(lease_until)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?;
-        in_queue_order(rows)
-    }
+/// Leases up to `$4` messages due at `$2` to worker `$1` until `$3`.
+const CLAIM_DUE: &str = "WITH c AS MATERIALIZED (
+         SELECT id FROM outbox
+         WHERE sent_at IS NULL AND NOT dead AND (due_at IS NULL OR due_at <= $2)
+           AND (leased_until IS NULL OR leased_until <= $2)
+         ORDER BY seq LIMIT $4 FOR UPDATE SKIP LOCKED)
+     UPDATE outbox o SET leased_by = $1, leased_until = $3
+     FROM c WHERE o.id = c.id
+     RETURNING o.seq, o.id, o.notice, o.created_at, o.attempts";
+
+/// A list of ids as a statement binds it.
+fn ids_arg(ids: &[Uuid]) -> Vec<Uuid> {
+    ids.to_vec()
 }

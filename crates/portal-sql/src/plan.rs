@@ -81,6 +81,9 @@ value_from! {
     Vec<u8> => Bytes(|x| x),
 }
 
+/// A row's values, in its table's column order.
+pub type Row = Vec<Value>;
+
 /// What inserting a row whose key exists does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnConflict {
@@ -105,7 +108,7 @@ pub struct Table {
     pub key: &'static str,
     pub on_conflict: OnConflict,
     /// Each row's values, in column order.
-    pub rows: Vec<Vec<Value>>,
+    pub rows: Vec<Row>,
 }
 
 impl Table {
@@ -114,7 +117,7 @@ impl Table {
         columns: &'static str,
         key: &'static str,
         on_conflict: OnConflict,
-        rows: Vec<Vec<Value>>,
+        rows: Vec<Row>,
     ) -> Self {
         Table {
             name,
@@ -191,7 +194,7 @@ pub struct CollectionWrite {
 }
 
 /// The rows of `bills`: inserted, or with `upsert` updated where the account has them.
-pub fn bills(rows: Vec<Vec<Value>>, upsert: bool) -> Table {
+pub fn bills(rows: Vec<Row>, upsert: bool) -> Table {
     let on_conflict = if upsert {
         OnConflict::UpdateOwn
     } else {
@@ -205,7 +208,7 @@ const BILL_COLUMNS: &str = "id, account_id, position, enrollment_id, kind_name, 
     notices, late_fee_assessed";
 
 /// The row of `bill`, at `position` in `account`'s ledger.
-pub fn bill_row(account: Uuid, position: usize, b: &Bill) -> StoreResult<Vec<Value>> {
+pub fn bill_row(account: Uuid, position: usize, b: &Bill) -> StoreResult<Row> {
     Ok(vec![
         b.id.uuid().into(),
         account.into(),
@@ -241,7 +244,7 @@ pub fn kind_name(k: &BillKind) -> &'static str {
     }
 }
 
-fn payment_row(account: Uuid, position: usize, p: &Payment) -> StoreResult<Vec<Value>> {
+fn payment_row(account: Uuid, position: usize, p: &Payment) -> StoreResult<Row> {
     let data = PaymentData {
         instrument: p.instrument.clone(),
         channel: p.channel,
@@ -288,7 +291,7 @@ pub struct AccountWrite {
 
 /// The rows of `accounts` whose versions a write checks and bumps: `id`, `version`, then
 /// `columns`, each row's values in that order.
-pub fn versions(columns: &'static str, rows: Vec<Vec<Value>>) -> Table {
+pub fn versions(columns: &'static str, rows: Vec<Row>) -> Table {
     Table::new("accounts", columns, "id", OnConflict::Fail, rows)
 }
 

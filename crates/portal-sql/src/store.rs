@@ -9,9 +9,11 @@
 //! - `fn db_err(sqlx::Error) -> StoreError` (unique violations name the rule broken);
 //! - inherent methods for what it does its own way: `load_scope(range, ids)` (accounts whole
 //!   from one snapshot, in id order, by a range of ids or a list), `write(Changes)`,
-//!   `write_bills(Vec<IssuedBills>)`,
-//!   `plan(JobRun, u32)`, `claim_chunks(..)`, `finish_chunks(..)`, `claim_due(..)`, with the
-//!   arguments and results of the port methods they implement.
+//!   `write_bills(Vec<IssuedBills>)` and `plan(JobRun, u32)`, with the arguments and results
+//!   of the port methods they implement;
+//! - the claim statements `CLAIM_CHUNKS`, `FINISH_CHUNKS` and `CLAIM_DUE` (their parameters
+//!   are documented where PostgreSQL's and SQLite's are defined), and `fn ids_arg(&[Uuid])`,
+//!   a list of ids as the dialect binds it.
 
 /// Expands to the `Store`, `WorkQueue` and `Outbox` implementations of `$store` over the
 /// database `$db`. See the module documentation for what the invoking crate provides.
@@ -220,9 +222,15 @@ macro_rules! sql_store {
                     now: DateTime<Utc>,
                     lease_until: DateTime<Utc>,
                 ) -> Result<Vec<WorkChunk>, StoreError> {
-                    let mut chunks = self
-                        .claim_chunks(run, worker, limit, now, lease_until)
-                        .await?;
+                    let q = ::sqlx::query_as::<$db, records::ChunkRecord>(super::CLAIM_CHUNKS)
+                        .bind(run.job)
+                        .bind(run.period)
+                        .bind(worker)
+                        .bind(now)
+                        .bind(lease_until)
+                        .bind(i64::from(limit));
+                    let mut chunks: Vec<WorkChunk> =
+                        self.all(q).await?.into_iter().map(Into::into).collect();
                     chunks.sort();
                     Ok(chunks)
                 }
@@ -233,7 +241,16 @@ macro_rules! sql_store {
                     chunks: Vec<WorkChunk>,
                     now: DateTime<Utc>,
                 ) -> Result<(), StoreError> {
-                    self.finish_chunks(run, chunks, now).await
+                    let firsts: Vec<Uuid> = chunks.into_iter().map(|c| c.first.uuid()).collect();
+                    ::sqlx::query::<$db>(super::FINISH_CHUNKS)
+                        .bind(run.job)
+                        .bind(run.period)
+                        .bind(now)
+                        .bind(super::ids_arg(&firsts))
+                        .execute(&self.pool)
+                        .await
+                        .map_err(db_err)?;
+                    Ok(())
                 }
             }
 
@@ -246,7 +263,12 @@ macro_rules! sql_store {
                     now: DateTime<Utc>,
                     lease_until: DateTime<Utc>,
                 ) -> Result<Vec<OutboxMessage>, StoreError> {
-                    self.claim_due(worker, limit, now, lease_until).await
+                    let q = ::sqlx::query_as::<$db, records::ClaimedRecord>(super::CLAIM_DUE)
+                        .bind(worker)
+                        .bind(now)
+                        .bind(lease_until)
+                        .bind(i64::from(limit));
+                    records::in_queue_order(self.all(q).await?)
                 }
 
                 async fn mark_sent(

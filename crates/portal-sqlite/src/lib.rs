@@ -11,12 +11,8 @@
 //! - SQLite has one writer at a time; work and outbox claims are single `UPDATE .. RETURNING`
 //!   statements, atomic by themselves, so several tasks of one process share them safely.
 
-use chrono::{DateTime, Utc};
-use portal_core::ports::{
-    Changes, IssuedBills, JobRun, OutboxMessage, StoreError, Unique, WorkChunk,
-};
-use portal_sql::plan::{self, AccountWrite, MemberWrite, Table, Value};
-use portal_sql::records::{ChunkRecord, ClaimedRecord, in_queue_order};
+use portal_core::ports::{Changes, IssuedBills, JobRun, StoreError, Unique};
+use portal_sql::plan::{self, AccountWrite, MemberWrite, Row, Table, Value};
 use portal_sql::sql::LoadSql;
 use portal_sql::{StoreResult, corrupt};
 use sqlx::sqlite::{
@@ -155,22 +151,10 @@ fn bind(q: Query<'_>, v: Value) -> Query<'_> {
 /// Inserts a table's rows one by one, with its conflict clause; `Conflict` when a checked row
 /// is not written (its id belongs to another account).
 async fn put(tx: &mut Tx<'_>, t: Table) -> StoreResult<()> {
-    let marks: Vec<String> = (1..=t.names().count()).map(|i| format!("${i}")).collect();
-    let sql = format!(
-        "INSERT INTO {} ({}) VALUES ({}){}",
-        t.name,
-        t.columns,
-        marks.join(", "),
-        t.on_conflict_sql()
-    );
-    let checked = t.checked();
-    for row in t.rows {
-        let q = row.into_iter().fold(sqlx::query(&sql), bind);
-        if exec(tx, q).await? != 1 && checked {
-            return Err(StoreError::Conflict);
-        }
-    }
-    Ok(())
+    let (name, columns, conflict, checked) = (t.name, t.columns, t.on_conflict_sql(), t.checked());
+    let more: String = (2..=t.names().count()).map(|i| format!(", ${i}")).collect();
+    let sql = format!("INSERT INTO {name} ({columns}) VALUES ($1{more}){conflict}");
+    each_row(tx, &sql, t.rows, checked).await
 }
 
 /// Bumps each account's version (`id`, `version`, then what is written) where it is still
@@ -184,8 +168,14 @@ async fn versions(tx: &mut Tx<'_>, t: Table, is_new: bool) -> StoreResult<()> {
         .collect();
     let sql =
         format!("UPDATE accounts SET version = version + 1{sets} WHERE id = $1 AND version = $2");
-    for row in t.rows {
-        if exec(tx, row.into_iter().fold(sqlx::query(&sql), bind)).await? != 1 {
+    each_row(tx, &sql, t.rows, true).await
+}
+
+/// Runs `sql` for each row, its values bound; `Conflict` when `checked` and a row is not
+/// written.
+async fn each_row(tx: &mut Tx<'_>, sql: &str, rows: Vec<Row>, checked: bool) -> StoreResult<()> {
+    for row in rows {
+        if exec(tx, row.into_iter().fold(sqlx::query(sql), bind)).await? != 1 && checked {
             return Err(StoreError::Conflict);
         }
     }
@@ -305,80 +295,25 @@ impl SqliteStore {
         .map_err(db_err)?;
         Ok(done.rows_affected())
     }
-
-    async fn claim_chunks(
-        &self,
-        run: JobRun,
-        worker: String,
-        limit: u32,
-        now: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
-    ) -> StoreResult<Vec<WorkChunk>> {
-        let rows: Vec<ChunkRecord> = sqlx::query_as(
-            // One statement: atomic, and SQLite runs one writer at a time.
-            "UPDATE work_items SET leased_by = $3, leased_until = $5
-             WHERE rowid IN (SELECT rowid FROM work_items
-                             WHERE job = $1 AND period = $2 AND finished_at IS NULL
-                               AND (leased_until IS NULL OR leased_until <= $4)
-                             ORDER BY account_id LIMIT $6)
-             RETURNING account_id, last_account_id",
-        )
-        .bind(run.job)
-        .bind(run.period)
-        .bind(worker)
-        .bind(now)
-        .bind(lease_until)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?;
-        Ok(rows.into_iter().map(Into::into).collect())
-    }
-
-    async fn finish_chunks(
-        &self,
-        run: JobRun,
-        chunks: Vec<WorkChunk>,
-        now: DateTime<Utc>,
-    ) -> StoreResult<()> {
-        let firsts: Vec<Uuid> = chunks.into_iter().map(|c| c.first.uuid()).collect();
-        sqlx::query(
-            "UPDATE work_items SET finished_at = $3, leased_until = NULL
-             WHERE job = $1 AND period = $2
-               AND account_id IN (SELECT unhex(value) FROM json_each($4))",
-        )
-        .bind(run.job)
-        .bind(run.period)
-        .bind(now)
-        .bind(ids_arg(&firsts))
-        .execute(&self.pool)
-        .await
-        .map_err(db_err)?;
-        Ok(())
-    }
-
-    async fn claim_due(
-        &self,
-        worker: String,
-        limit: u32,
-        now: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
-    ) -> StoreResult<Vec<OutboxMessage>> {
-        let rows: Vec<ClaimedRecord> = sqlx::query_as(
-            "UPDATE outbox SET leased_by = $1, leased_until = $3
-             WHERE seq IN (SELECT seq FROM outbox
-                           WHERE sent_at IS NULL AND NOT dead AND (due_at IS NULL OR due_at <= $2)
-                             AND (leased_until IS NULL OR leased_until <= $2)
-                           ORDER BY seq LIMIT $4)
-             RETURNING seq, id, notice, created_at, attempts",
-        )
-        .bind(worker)
-        .bind(now)
-        .bind(lease_until)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?;
-        in_queue_order(rows)
-    }
 }
+
+/// Leases up to `$6` unfinished chunks of run `$1`/`$2` whose lease is free at `$4` to worker
+/// `$3` until `$5`: one statement, atomic, and SQLite runs one writer at a time.
+const CLAIM_CHUNKS: &str = "UPDATE work_items SET leased_by = $3, leased_until = $5
+     WHERE rowid IN (SELECT rowid FROM work_items
+                     WHERE job = $1 AND period = $2 AND finished_at IS NULL
+                       AND (leased_until IS NULL OR leased_until <= $4)
+                     ORDER BY account_id LIMIT $6)
+     RETURNING account_id, last_account_id";
+
+/// Marks the chunks starting at the ids `$4` of run `$1`/`$2` finished at `$3`.
+const FINISH_CHUNKS: &str = "UPDATE work_items SET finished_at = $3, leased_until = NULL
+     WHERE job = $1 AND period = $2 AND account_id IN (SELECT unhex(value) FROM json_each($4))";
+
+/// Leases up to `$4` messages due at `$2` to worker `$1` until `$3`.
+const CLAIM_DUE: &str = "UPDATE outbox SET leased_by = $1, leased_until = $3
+     WHERE seq IN (SELECT seq FROM outbox
+                   WHERE sent_at IS NULL AND NOT dead AND (due_at IS NULL OR due_at <= $2)
+                     AND (leased_until IS NULL OR leased_until <= $2)
+                   ORDER BY seq LIMIT $4)
+     RETURNING seq, id, notice, created_at, attempts";
