@@ -220,6 +220,14 @@ pub struct Stored(Option<Box<Snapshot>>);
 
 #[derive(Debug, Clone)]
 struct Snapshot {
+    /// The header's columns: number, holder, contact email, reminders, creation time.
+    header: (
+        AccountNumber,
+        Holder,
+        Option<Email>,
+        ReminderPreferences,
+        DateTime<Utc>,
+    ),
     member: Option<Member>,
     enrollments: Vec<Enrollment>,
     methods: Vec<PaymentMethod>,
@@ -1049,6 +1057,7 @@ impl Account {
     /// a commit).
     pub fn remember_stored(&mut self) {
         self.stored = Stored(Some(Box::new(Snapshot {
+            header: self.header(),
             member: self.member.clone(),
             enrollments: self.enrollments.clone(),
             methods: self.methods.clone(),
@@ -1071,6 +1080,33 @@ impl Account {
             .as_ref()
             .and_then(|s| s.allocations.get(&id))
             .map(Vec::as_slice)
+    }
+
+    /// Whether the header (number, holder, contact email, reminders, creation time) differs
+    /// from what the store holds, or nothing was stored.
+    pub fn header_changed(&self) -> bool {
+        self.stored
+            .0
+            .as_ref()
+            .is_none_or(|s| s.header != self.header())
+    }
+
+    fn header(
+        &self,
+    ) -> (
+        AccountNumber,
+        Holder,
+        Option<Email>,
+        ReminderPreferences,
+        DateTime<Utc>,
+    ) {
+        (
+            self.number.clone(),
+            self.holder.clone(),
+            self.contact_email.clone(),
+            self.reminders.clone(),
+            self.created_at,
+        )
     }
 
     /// Whether the member row differs from what the store holds.

@@ -233,6 +233,7 @@ impl Statement {
             Some(Value::Id(_)) => typed!(Id),
             Some(Value::Text(_)) => typed!(Text),
             Some(Value::Json(_)) => typed!(Json),
+            Some(Value::Jsonb(_)) => typed!(Jsonb),
             Some(Value::Int(_)) => typed!(Int),
             Some(Value::Bool(_)) => typed!(Bool),
             Some(Value::Date(_)) => typed!(Date),
@@ -256,7 +257,7 @@ impl Statement {
         let ty = v.pg_type();
         let p = match v {
             Value::Id(x) => self.arg(x)?,
-            Value::Text(x) | Value::Json(x) => self.arg(x)?,
+            Value::Text(x) | Value::Json(x) | Value::Jsonb(x) => self.arg(x)?,
             Value::Int(x) => self.arg(x)?,
             Value::Bool(x) => self.arg(x)?,
             Value::Date(x) => self.arg(x)?,
@@ -267,10 +268,10 @@ impl Statement {
     }
 
     /// `INSERT INTO table (..) SELECT .. FROM unnest(..)`, each column bound as one array,
-    /// the rows in their order, gated, with the table's conflict clause.
+    /// gated, with the table's conflict clause; rows in their order where the table says so.
     fn insert(&mut self, t: Table) -> StoreResult<String> {
         let (table, names, conflict) = (t.name, t.columns, t.on_conflict_sql());
-        let order = if t.rows.len() > 1 {
+        let order = if t.ordered && t.rows.len() > 1 {
             " ORDER BY u.n"
         } else {
             ""

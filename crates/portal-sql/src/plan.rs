@@ -24,8 +24,11 @@ use uuid::Uuid;
 pub enum Value {
     Id(Option<Uuid>),
     Text(Option<String>),
-    /// JSON text: `jsonb` or `json` in PostgreSQL, text in SQLite.
+    /// JSON text, stored as `json` in PostgreSQL (a payload only ever read back whole), as
+    /// text in SQLite.
     Json(Option<String>),
+    /// JSON text, stored as `jsonb` in PostgreSQL, as text in SQLite.
+    Jsonb(Option<String>),
     Int(i64),
     Bool(bool),
     Date(Option<NaiveDate>),
@@ -34,9 +37,14 @@ pub enum Value {
 }
 
 impl Value {
-    /// `v` as the JSON text its column keeps.
+    /// `v` as the JSON text a `json` column keeps.
     pub fn json(what: &str, v: &impl Serialize) -> StoreResult<Self> {
         Ok(Value::Json(Some(to_json(what, v)?)))
+    }
+
+    /// `v` as the JSON text a `jsonb` column keeps.
+    pub fn jsonb(what: &str, v: &impl Serialize) -> StoreResult<Self> {
+        Ok(Value::Jsonb(Some(to_json(what, v)?)))
     }
 
     /// The PostgreSQL type the value binds as.
@@ -44,7 +52,8 @@ impl Value {
         match self {
             Value::Id(_) => "uuid",
             Value::Text(_) => "text",
-            Value::Json(_) => "jsonb",
+            Value::Json(_) => "json",
+            Value::Jsonb(_) => "jsonb",
             Value::Int(_) => "bigint",
             Value::Bool(_) => "bool",
             Value::Date(_) => "date",
@@ -109,6 +118,8 @@ pub struct Table {
     pub on_conflict: OnConflict,
     /// Each row's values, in column order.
     pub rows: Vec<Row>,
+    /// Whether the rows must go in in their order (the table numbers its rows).
+    pub ordered: bool,
 }
 
 impl Table {
@@ -125,6 +136,14 @@ impl Table {
             key,
             on_conflict,
             rows,
+            ordered: false,
+        }
+    }
+
+    fn in_order(self) -> Self {
+        Table {
+            ordered: true,
+            ..self
         }
     }
 
@@ -264,7 +283,7 @@ fn payment_row(account: Uuid, position: usize, p: &Payment) -> StoreResult<Row> 
         p.initiated_at.into(),
         p.initiated_on.into(),
         p.expected_settlement.into(),
-        Value::json("payment data", &data)?,
+        Value::jsonb("payment data", &data)?,
     ])
 }
 
@@ -313,7 +332,7 @@ fn collection<T: Serialize>(
                 id_of(item).into(),
                 account.into(),
                 position_of(pos)?,
-                Value::json(table, item)?,
+                Value::jsonb(table, item)?,
             ])
         })
         .collect::<StoreResult<Vec<_>>>()?;
@@ -330,29 +349,35 @@ impl AccountWrite {
         let id = a.id.uuid();
         let is_new = a.version == 0;
         let version = if is_new { 1 } else { a.version };
-        let header = versions(
-            "id, version, number, holder_first_name, holder_last_name, holder_search, \
-                date_of_birth, ssn_digest, ssn_last4, contact_email, reminders, created_at",
-            vec![vec![
-                id.into(),
-                i64::try_from(version)
-                    .map_err(|e| corrupt("version", e))?
-                    .into(),
-                a.number.as_ref().into(),
-                a.holder.first_name.to_string().into(),
-                a.holder.last_name.to_string().into(),
-                a.holder.full_name().to_lowercase().into(),
-                a.holder.date_of_birth.into(),
-                a.holder.ssn_digest.0.clone().into(),
-                a.holder.ssn_last4.clone().into(),
-                a.contact_email
-                    .as_ref()
-                    .map(|e| e.as_ref().to_owned())
-                    .into(),
-                Value::json("reminders", &a.reminders)?,
-                a.created_at.into(),
-            ]],
-        );
+        let version: Value = i64::try_from(version)
+            .map_err(|e| corrupt("version", e))?
+            .into();
+        // An unchanged header only has its version bumped.
+        let header = if !is_new && !a.header_changed() {
+            versions("id, version", vec![vec![id.into(), version]])
+        } else {
+            versions(
+                "id, version, number, holder_first_name, holder_last_name, holder_search, \
+                    date_of_birth, ssn_digest, ssn_last4, contact_email, reminders, created_at",
+                vec![vec![
+                    id.into(),
+                    version,
+                    a.number.as_ref().into(),
+                    a.holder.first_name.to_string().into(),
+                    a.holder.last_name.to_string().into(),
+                    a.holder.full_name().to_lowercase().into(),
+                    a.holder.date_of_birth.into(),
+                    a.holder.ssn_digest.0.clone().into(),
+                    a.holder.ssn_last4.clone().into(),
+                    a.contact_email
+                        .as_ref()
+                        .map(|e| e.as_ref().to_owned())
+                        .into(),
+                    Value::jsonb("reminders", &a.reminders)?,
+                    a.created_at.into(),
+                ]],
+            )
+        };
         let member = match &a.member {
             _ if !a.member_changed() => MemberWrite::Unchanged,
             None => MemberWrite::Delete,
@@ -374,7 +399,7 @@ impl AccountWrite {
                     m.password_hash.0.clone().into(),
                     m.language.code().into(),
                     m.email_verified_at.into(),
-                    Value::Json(
+                    Value::Jsonb(
                         m.email_code
                             .as_ref()
                             .map(|c| to_json("email_code", c))
@@ -505,7 +530,7 @@ pub fn audit<'a>(entries: impl IntoIterator<Item = &'a AuditEvent>) -> StoreResu
         })
         .collect::<StoreResult<_>>()?;
     let columns = "account_id, at, actor, entity, action, detail";
-    Ok(Table::new("audit_log", columns, "", OnConflict::Fail, rows))
+    Ok(Table::new("audit_log", columns, "", OnConflict::Fail, rows).in_order())
 }
 
 /// The `outbox` rows queuing notices, in order; a notice whose dedupe key was queued before
@@ -526,13 +551,7 @@ pub fn outbox<'a>(notices: impl IntoIterator<Item = &'a Notice>) -> StoreResult<
         })
         .collect::<StoreResult<_>>()?;
     let columns = "id, dedupe_key, account_id, notice, created_at";
-    Ok(Table::new(
-        "outbox",
-        columns,
-        "dedupe_key",
-        OnConflict::Skip,
-        rows,
-    ))
+    Ok(Table::new("outbox", columns, "dedupe_key", OnConflict::Skip, rows).in_order())
 }
 
 /// The rows of sessions, reset tokens, login throttles and idempotency records a commit
@@ -544,7 +563,7 @@ pub fn records(c: &Changes) -> StoreResult<Vec<Table>> {
         Ok(vec![
             s.digest.0.clone().into(),
             s.id.uuid().into(),
-            Value::json("principal", &s.principal)?,
+            Value::jsonb("principal", &s.principal)?,
             crate::session_account(&s.principal).into(),
             s.created_at.into(),
             s.last_seen_at.into(),

@@ -139,7 +139,7 @@ async fn exec(tx: &mut Tx<'_>, q: Query<'_>) -> StoreResult<u64> {
 fn bind(q: Query<'_>, v: Value) -> Query<'_> {
     match v {
         Value::Id(x) => q.bind(x),
-        Value::Text(x) | Value::Json(x) => q.bind(x),
+        Value::Text(x) | Value::Json(x) | Value::Jsonb(x) => q.bind(x),
         Value::Int(x) => q.bind(x),
         Value::Bool(x) => q.bind(x),
         Value::Date(x) => q.bind(x),

@@ -586,9 +586,22 @@ pub async fn small_collections_write_only_what_changed(store: &dyn StoreUnderTes
         m.language = Language::Es;
     }
     carried.plans.clear();
+    carried.contact_email = Some(parse(Email::parse(&format!("carried{seed}@example.com"))));
     let expected = carried.clone();
     if let Err(e) = store.commit(Changes::account(carried)).await {
         panic!("a commit carried on from the last one failed: {e}");
+    }
+    same(&load(store, expected.id).await, &expected);
+    // Carried on again with nothing of the header changed: the header written before stays.
+    let mut again = expected;
+    again.version += 1;
+    again.remember_stored();
+    if let Some(e) = again.enrollments.first_mut() {
+        e.change_subsidy(cents(700), month(2027, 7));
+    }
+    let expected = again.clone();
+    if let Err(e) = store.commit(Changes::account(again)).await {
+        panic!("a second commit carried on failed: {e}");
     }
     same(&load(store, expected.id).await, &expected);
 }
