@@ -157,7 +157,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             running.shutdown().await
         }
         Command::Migrate => {
-            wiring::Db::open(&config).await?;
+            wiring::Db::open(&config, wiring::JOB_CONNECTIONS).await?;
             println!("migrations applied to {}", redact(&config.database_url));
             Ok(())
         }
@@ -299,7 +299,7 @@ async fn job(
 ) -> anyhow::Result<()> {
     let clock = clock_for(config, date);
     let day = clock.today();
-    let mut app = wiring::build(config, clock, false).await?;
+    let mut app = wiring::build_with(config, clock, false, wiring::JOB_CONNECTIONS).await?;
     app.portal = app
         .portal
         .clone()

@@ -115,16 +115,24 @@ pub enum Db {
     Postgres(Arc<PgStore>),
 }
 
+/// Database connections of a serving process: requests run concurrently.
+pub const SERVER_CONNECTIONS: u32 = 16;
+
+/// Database connections of a job command, which works one account at a time: one in use and
+/// one the pool is testing after its release. More would only add PostgreSQL backends, each
+/// paying its start-up and preparing every statement again.
+pub const JOB_CONNECTIONS: u32 = 2;
+
 impl Db {
-    /// Opens and migrates the configured database.
-    pub async fn open(config: &Config) -> anyhow::Result<Db> {
+    /// Opens and migrates the configured database with at most `connections` connections.
+    pub async fn open(config: &Config, connections: u32) -> anyhow::Result<Db> {
         if let Some(path) = config.database_url.strip_prefix("sqlite://") {
             let path = std::path::PathBuf::from(path);
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir)
                     .with_context(|| format!("cannot create {}", dir.display()))?;
             }
-            let pool = portal_sqlite::open(&path, 8)
+            let pool = portal_sqlite::open(&path, connections.min(8))
                 .await
                 .with_context(|| format!("cannot open {}", path.display()))?;
             portal_sqlite::migrate(&pool)
@@ -132,7 +140,7 @@ impl Db {
                 .context("migrating the SQLite database failed")?;
             Ok(Db::Sqlite(Arc::new(SqliteStore::new(pool))))
         } else {
-            let pool = portal_postgres::connect(&config.database_url, 16)
+            let pool = portal_postgres::connect(&config.database_url, connections)
                 .await
                 .context("cannot connect to PostgreSQL")?;
             portal_postgres::migrate(&pool)
@@ -278,7 +286,17 @@ pub async fn build(
     clock: Arc<dyn Clock>,
     start_sandbox: bool,
 ) -> anyhow::Result<App> {
-    let db = Db::open(config).await?;
+    build_with(config, clock, start_sandbox, SERVER_CONNECTIONS).await
+}
+
+/// [`build`] with at most `connections` database connections.
+pub async fn build_with(
+    config: &Config,
+    clock: Arc<dyn Clock>,
+    start_sandbox: bool,
+    connections: u32,
+) -> anyhow::Result<App> {
+    let db = Db::open(config, connections).await?;
     let (sandbox, base_url, secret, webhook_secret) = match &config.gateway_url {
         Some(url) => {
             let secret = config
