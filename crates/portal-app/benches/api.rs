@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 use common::{
-    FIXED_SCRIPT, Run, card_token, fixed_baseline, fresh_database, load_sql, median,
+    FIXED_SCRIPT, Run, card_token, drop_database, fixed_baseline, fresh_database, median,
     payment_commits_sql, percentile, pgbench_run, rss_kib,
 };
 
@@ -157,17 +157,19 @@ async fn portal_run(
     }
 }
 
-/// The SQL one saved-card payment performs in `PgStore`, in order: the load of the account,
-/// the intent commit (payment, idempotency record, audit entry) and the outcome commit (status,
-/// audit entry, outbox notice), each one statement; the session lookup is left out.
+/// The SQL one saved-card payment performs in `PgStore`, in order: the version lookup that
+/// lets the server's copy of the account answer (the account was loaded whole by the member's
+/// previous request), the intent commit (payment, idempotency record, audit entry) and the
+/// outcome commit (status, audit entry, outbox notice), each one statement; the session lookup
+/// is left out.
 fn payment_script() -> String {
     let members = members();
-    let load = load_sql();
     let commits = payment_commits_sql("member", "member", 100, true);
     format!(
         "\\set n random(1, {members})
 SELECT id AS aid FROM bench_members WHERE n = :n \\gset
-{load}{commits}"
+SELECT id, version FROM accounts WHERE id = ANY(ARRAY[:aid]::uuid[]);
+{commits}"
     )
 }
 
@@ -187,11 +189,21 @@ fn main() {
 }
 
 async fn run(base_url: String) {
-    let url = fresh_database(&base_url, &format!("portal_bench_{}", std::process::id())).await;
-    let fixed_url =
-        fixed_baseline(&base_url, &format!("pay_baseline_{}", std::process::id())).await;
+    let names = [
+        format!("portal_bench_{}", std::process::id()),
+        format!("pay_baseline_{}", std::process::id()),
+    ];
+    let url = fresh_database(&base_url, &names[0]).await;
+    let fixed_url = fixed_baseline(&base_url, &names[1]).await;
+    measure(&url, &fixed_url).await;
+    for name in &names {
+        drop_database(&base_url, name).await;
+    }
+}
+
+async fn measure(url: &str, fixed_url: &str) {
     let fixed_script = std::path::PathBuf::from(FIXED_SCRIPT);
-    let pool = portal_postgres::connect(&url, 8).await.unwrap();
+    let pool = portal_postgres::connect(url, 8).await.unwrap();
     portal_postgres::migrate(&pool).await.unwrap();
     let store = PgStore::new(pool.clone());
     let sandbox = portal_sandbox::start(
@@ -333,7 +345,7 @@ async fn run(base_url: String) {
     let data = std::env::temp_dir().join(format!("portal-bench-{}", std::process::id()));
     let mut server = Command::new(env!("CARGO_BIN_EXE_portal-app"))
         .args(["serve", "--no-worker"])
-        .env("PORTAL_DATABASE_URL", &url)
+        .env("PORTAL_DATABASE_URL", url)
         .env("PORTAL_GATEWAY_URL", sandbox.base_url())
         .env("PORTAL_GATEWAY_SECRET_KEY", "sk_test_sandbox")
         .env("PORTAL_WEBHOOK_SECRET", "whsec_sandbox")
@@ -438,7 +450,7 @@ async fn run(base_url: String) {
         let mut errors = 0;
         for round in 0..ROUNDS {
             let f = pgbench_run(
-                &fixed_url,
+                fixed_url,
                 &fixed_script,
                 clients,
                 SECONDS,
@@ -446,7 +458,7 @@ async fn run(base_url: String) {
             );
             let p = portal_run(&base, &members, clients, &next, SECONDS).await;
             let o = pgbench_run(
-                &url,
+                url,
                 &script,
                 clients,
                 SECONDS,

@@ -1053,6 +1053,15 @@ pub struct NewAccount {
 }
 
 impl Account {
+    /// The account as a successful commit of it left the store: its version bumped, nothing
+    /// changed since, the collections remembered as stored. What a load now returns.
+    pub fn committed(mut self) -> Self {
+        self.version += 1;
+        self.ledger.clear_changes();
+        self.remember_stored();
+        self
+    }
+
     /// Remembers the member and small collections as the store now holds them (after a load or
     /// a commit).
     pub fn remember_stored(&mut self) {

@@ -65,6 +65,7 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Er
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    cache: std::sync::Arc<portal_sql::cache::AccountCache>,
 }
 
 /// The SQLSTATE `portal_refuse` raises (migration 0005); its message names the refusal.
@@ -481,13 +482,13 @@ impl Statement {
 }
 
 impl PgStore {
-    async fn write(&self, changes: Changes) -> StoreResult<()> {
+    async fn write(&self, changes: &Changes) -> StoreResult<()> {
         let mut s = Statement::default();
         if let Some(a) = &changes.account {
             s.account(AccountWrite::of(a)?)?;
         }
-        s.removals(&changes)?;
-        for t in plan::records(&changes)? {
+        s.removals(changes)?;
+        for t in plan::records(changes)? {
             s.put(t)?;
         }
         s.run(&self.pool).await
@@ -568,6 +569,9 @@ const CLAIM_DUE: &str = "WITH c AS MATERIALIZED (
      UPDATE outbox o SET leased_by = $1, leased_until = $3
      FROM c WHERE o.id = c.id
      RETURNING o.seq, o.id, o.notice, o.created_at, o.attempts";
+
+/// The id and version of each account of the list `$1`.
+const ACCOUNT_VERSIONS: &str = "SELECT id, version FROM accounts WHERE id = ANY($1)";
 
 /// A list of ids as a statement binds it.
 fn ids_arg(ids: &[Uuid]) -> Vec<Uuid> {

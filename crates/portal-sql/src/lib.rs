@@ -3,7 +3,8 @@
 //! - [`records`]: rows as both databases return them (`sqlx::FromRow`, generic over the
 //!   database) and their conversion to the domain, including assembling whole accounts;
 //! - [`plan`]: what a commit writes, as rows, computed once from `Changes` (only what changed);
-//! - [`sql`]: the statements both dialects run with the same text.
+//! - [`sql`]: the statements both dialects run with the same text;
+//! - [`cache`]: accounts kept by a serving process, checked against their versions.
 //!
 //! Each dialect keeps only what differs: how it runs a load and a commit (PostgreSQL writes a
 //! commit in one statement, SQLite statement by statement), claims, upserts of bulk rows and
@@ -13,6 +14,7 @@ use portal_core::payment::{PaymentChannel, PaymentInstrument, PaymentStatus, Tra
 use portal_core::ports::StoreError;
 use serde::{Deserialize, Serialize};
 
+pub mod cache;
 pub mod plan;
 pub mod records;
 pub mod sql;

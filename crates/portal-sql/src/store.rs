@@ -4,15 +4,17 @@
 //! same text is type-checked against each database with no bound on sqlx's internals.
 //!
 //! The dialect crate provides, next to the invocation:
-//! - the store type with a `pool` field (`sqlx::Pool` of its database), and no other (the
-//!   macro gives it `new(pool)` and `pool()`);
+//! - the store type with a `pool` field (`sqlx::Pool` of its database) and a `cache` field
+//!   (`Arc<AccountCache>`), and no other (the macro gives it `new(pool)`, `pool()` and
+//!   `with_account_cache(cache)`);
 //! - `fn db_err(sqlx::Error) -> StoreError` (unique violations name the rule broken);
 //! - inherent methods for what it does its own way: `load_scope(range, ids)` (accounts whole
-//!   from one snapshot, in id order, by a range of ids or a list), `write(Changes)`,
+//!   from one snapshot, in id order, by a range of ids or a list), `write(&Changes)`,
 //!   `write_bills(Vec<IssuedBills>)` and `plan(JobRun, u32)`, with the arguments and results
 //!   of the port methods they implement;
 //! - the claim statements `CLAIM_CHUNKS`, `FINISH_CHUNKS` and `CLAIM_DUE` (their parameters
-//!   are documented where PostgreSQL's and SQLite's are defined), and `fn ids_arg(&[Uuid])`,
+//!   are documented where PostgreSQL's and SQLite's are defined), `ACCOUNT_VERSIONS` (the
+//!   id and version of each account whose id is in the list `$1`), and `fn ids_arg(&[Uuid])`,
 //!   a list of ids as the dialect binds it.
 
 /// Expands to the `Store`, `WorkQueue` and `Outbox` implementations of `$store` over the
@@ -38,7 +40,67 @@ macro_rules! sql_store {
             impl super::$store {
                 /// A store over a migrated pool.
                 pub fn new(pool: ::sqlx::Pool<$db>) -> Self {
-                    Self { pool }
+                    Self {
+                        pool,
+                        cache: ::std::sync::Arc::default(),
+                    }
+                }
+
+                /// The store keeping the accounts it loads and commits in `cache`, checked
+                /// against their versions on every load (see [`AccountCache`]).
+                ///
+                /// [`AccountCache`]: $crate::cache::AccountCache
+                pub fn with_account_cache(mut self, cache: $crate::cache::AccountCache) -> Self {
+                    self.cache = ::std::sync::Arc::new(cache);
+                    self
+                }
+
+                /// Accounts by id, in id order: copies whose version the database still holds
+                /// from the cache, the others loaded whole (and kept).
+                async fn load_ids(&self, ids: &[Uuid]) -> Result<Vec<Account>, StoreError> {
+                    let account_ids: Vec<AccountId> = ids.iter().copied().map(AccountId).collect();
+                    if !self.cache.holds_any(&account_ids) {
+                        let loaded = self.load_scope(None, ids).await?;
+                        if self.cache.is_enabled() {
+                            loaded.iter().for_each(|a| self.cache.put(a.clone()));
+                        }
+                        return Ok(loaded);
+                    }
+                    let versions = ::sqlx::query_as::<$db, (Uuid, i64)>(super::ACCOUNT_VERSIONS)
+                        .bind(super::ids_arg(ids));
+                    let (mut found, mut missing) = (Vec::new(), Vec::new());
+                    for (id, version) in self.all(versions).await? {
+                        let version = u64::try_from(version)
+                            .map_err(|e| $crate::corrupt("accounts.version", e))?;
+                        match self.cache.current(AccountId(id), version) {
+                            Some(a) if self.cache.verifies() => {
+                                // Compared at the same version (a commit may come between).
+                                match self.load_scope(None, &[id]).await?.pop() {
+                                    Some(stored) if stored.version == a.version => {
+                                        if stored != a {
+                                            return Err($crate::corrupt(
+                                                "account cache",
+                                                format!(
+                                                    "the copy of {id} differs from the database:\n{a:?}\n{stored:?}"
+                                                ),
+                                            ));
+                                        }
+                                        found.push(a);
+                                    }
+                                    other => found.extend(other),
+                                }
+                            }
+                            Some(a) => found.push(a),
+                            None => missing.push(id),
+                        }
+                    }
+                    if !missing.is_empty() {
+                        let loaded = self.load_scope(None, &missing).await?;
+                        loaded.iter().for_each(|a| self.cache.put(a.clone()));
+                        found.extend(loaded);
+                    }
+                    found.sort_by_key(|a| a.id.uuid());
+                    Ok(found)
                 }
 
                 /// The pool, for health checks.
@@ -70,7 +132,7 @@ macro_rules! sql_store {
             #[::async_trait::async_trait]
             impl Store for super::$store {
                 async fn load_account(&self, id: AccountId) -> Result<Option<Account>, StoreError> {
-                    Ok(self.load_scope(None, &[id.uuid()]).await?.pop())
+                    Ok(self.load_ids(&[id.uuid()]).await?.pop())
                 }
 
                 async fn load_accounts(
@@ -78,7 +140,7 @@ macro_rules! sql_store {
                     ids: Vec<AccountId>,
                 ) -> Result<Vec<Account>, StoreError> {
                     let ids: Vec<Uuid> = ids.into_iter().map(|i| i.uuid()).collect();
-                    self.load_scope(None, &ids).await
+                    self.load_ids(&ids).await
                 }
 
                 async fn load_chunk(&self, chunk: WorkChunk) -> Result<Vec<Account>, StoreError> {
@@ -204,7 +266,16 @@ macro_rules! sql_store {
                 }
 
                 async fn commit(&self, changes: Changes) -> Result<(), StoreError> {
-                    self.write(changes).await
+                    // A kept account is kept as committed; one not kept is not added (a job
+                    // committing thousands of accounts does not push out the members').
+                    let written = self.write(&changes).await;
+                    if let Some(a) = changes.account.filter(|a| self.cache.holds(a.id)) {
+                        match &written {
+                            Ok(()) => self.cache.put(a.committed()),
+                            Err(_) => self.cache.forget(a.id),
+                        }
+                    }
+                    written
                 }
             }
 

@@ -55,6 +55,7 @@ pub async fn open(path: &Path, max_connections: u32) -> Result<SqlitePool, sqlx:
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    cache: std::sync::Arc<portal_sql::cache::AccountCache>,
 }
 
 /// Maps a database error to the core's terms; unique violations name the rule broken.
@@ -99,6 +100,10 @@ fn load_sql() -> &'static (LoadSql, LoadSql) {
         (LoadSql::new(ids), LoadSql::by_range())
     })
 }
+
+/// The id and version of each account of the list `$1`.
+const ACCOUNT_VERSIONS: &str =
+    "SELECT id, version FROM accounts WHERE id IN (SELECT unhex(value) FROM json_each($1))";
 
 fn ids_arg(ids: &[Uuid]) -> String {
     let hex: Vec<String> = ids.iter().map(|i| i.simple().to_string()).collect();
@@ -247,14 +252,14 @@ async fn removals(tx: &mut Tx<'_>, c: &Changes) -> StoreResult<()> {
 }
 
 impl SqliteStore {
-    async fn write(&self, changes: Changes) -> StoreResult<()> {
+    async fn write(&self, changes: &Changes) -> StoreResult<()> {
         let account = changes.account.as_ref().map(AccountWrite::of).transpose()?;
-        let records = plan::records(&changes)?;
+        let records = plan::records(changes)?;
         let mut tx = self.pool.begin().await.map_err(db_err)?;
         if let Some(w) = account {
             write_account(&mut tx, w).await?;
         }
-        removals(&mut tx, &changes).await?;
+        removals(&mut tx, changes).await?;
         for t in records {
             put(&mut tx, t).await?;
         }

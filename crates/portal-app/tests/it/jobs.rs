@@ -44,9 +44,7 @@ async fn setup(db: Db) -> Option<Setup> {
     let mut config = Config::load(None).unwrap();
     config.database_url = url.clone();
     config.data_dir = dir.clone();
-    let db = wiring::Db::open(&config, wiring::JOB_CONNECTIONS)
-        .await
-        .unwrap();
+    let db = wiring::Db::open(&config, wiring::JOB).await.unwrap();
     let sandbox = portal_sandbox::start(
         portal_sandbox::SandboxConfig::default(),
         "127.0.0.1:0".parse().unwrap(),

@@ -389,15 +389,10 @@ impl Portal {
             let Some(out) = change(&mut account, &mut changes)? else {
                 return Ok((None, account));
             };
-            let mut committed = account.clone();
+            let committed = account.clone();
             changes.account = Some(account);
             match self.deps.store.commit(changes).await {
-                Ok(()) => {
-                    committed.version += 1;
-                    committed.ledger.clear_changes();
-                    committed.remember_stored();
-                    return Ok((Some(out), committed));
-                }
+                Ok(()) => return Ok((Some(out), committed.committed())),
                 Err(StoreError::Conflict) => continue,
                 Err(e) => return Err(e.into()),
             }

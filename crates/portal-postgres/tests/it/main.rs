@@ -16,3 +16,9 @@ mod support;
 mod conformance {
     portal_core::store_conformance_tests!(crate::support::store());
 }
+
+/// The same checks through the account cache: every load that a copy answers is compared
+/// with the database's account.
+mod cached_conformance {
+    portal_core::store_conformance_tests!(crate::support::cached_store());
+}

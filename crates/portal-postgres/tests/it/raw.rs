@@ -224,3 +224,49 @@ async fn raw_tables_hold_no_plain_ssn_password_or_card_number() {
         "123456789"
     );
 }
+
+/// The cache answers only for a version the database still holds: a copy serves the loads
+/// after a commit through its store (a row changed behind the store's back, without a version
+/// bump, is not seen: the copy answered), and a commit by another process is seen at once.
+#[tokio::test]
+async fn cached_accounts_answer_only_at_the_version_the_database_holds() {
+    let Some(pool) = support::pool().await else {
+        return;
+    };
+    let cached =
+        PgStore::new(pool.clone()).with_account_cache(portal_sql::cache::AccountCache::new(8));
+    let other = PgStore::new(pool.clone());
+    let account = portal_core::testing::conformance::full_account(7);
+    let id = account.id;
+    cached.commit(Changes::account(account)).await.unwrap();
+    let loaded = cached.load_account(id).await.unwrap().unwrap();
+    let mut changed = loaded.clone();
+    changed.reminders.due_date_reminders = false;
+    cached.commit(Changes::account(changed)).await.unwrap();
+    let committed = other.load_account(id).await.unwrap().unwrap();
+    assert!(!committed.reminders.due_date_reminders);
+    // Behind the store's back, no version bump: a load the copy answers does not see it.
+    sqlx::query(
+        "UPDATE accounts SET reminders = jsonb_set(reminders, '{due_date_reminders}', 'true')
+         WHERE id = $1",
+    )
+    .bind(id.uuid())
+    .execute(&pool)
+    .await
+    .unwrap();
+    let from_copy = cached.load_account(id).await.unwrap().unwrap();
+    assert_eq!(from_copy, committed, "the copy answered");
+    let behind = other.load_account(id).await.unwrap().unwrap();
+    assert!(
+        behind.reminders.due_date_reminders,
+        "the database holds the change"
+    );
+    // Another process commits (bumping the version): the next load reads it.
+    let mut theirs = other.load_account(id).await.unwrap().unwrap();
+    theirs.reminders.due_date_reminders = false;
+    other.commit(Changes::account(theirs)).await.unwrap();
+    let seen = cached.load_account(id).await.unwrap().unwrap();
+    assert!(!seen.reminders.due_date_reminders);
+    assert_eq!(seen.version, committed.version + 1);
+    assert_eq!(seen, other.load_account(id).await.unwrap().unwrap());
+}

@@ -1,4 +1,5 @@
 use portal_postgres::{PgStore, migrate};
+use portal_sql::cache::AccountCache;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, Executor};
 use std::io::Write;
@@ -82,4 +83,12 @@ async fn drop_stale(admin: &mut sqlx::PgConnection, now: u64) {
 /// A `PgStore` over a fresh database.
 pub async fn store() -> Option<Arc<PgStore>> {
     pool().await.map(|p| Arc::new(PgStore::new(p)))
+}
+
+/// A `PgStore` over a fresh database keeping accounts in a cache whose every hit is compared
+/// with the account the database holds (a difference fails the load).
+pub async fn cached_store() -> Option<Arc<PgStore>> {
+    pool()
+        .await
+        .map(|p| Arc::new(PgStore::new(p).with_account_cache(AccountCache::verifying(64))))
 }

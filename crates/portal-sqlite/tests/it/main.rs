@@ -39,6 +39,19 @@ pub async fn store() -> Option<Arc<SqliteStore>> {
     Some(Arc::new(SqliteStore::new(pool().await.0)))
 }
 
+/// A store keeping accounts in a cache whose every hit is compared with the database's.
+pub async fn cached_store() -> Option<Arc<SqliteStore>> {
+    let cache = portal_sql::cache::AccountCache::verifying(64);
+    Some(Arc::new(
+        SqliteStore::new(pool().await.0).with_account_cache(cache),
+    ))
+}
+
 mod conformance {
     portal_core::store_conformance_tests!(crate::store());
+}
+
+/// The same checks through the account cache.
+mod cached_conformance {
+    portal_core::store_conformance_tests!(crate::cached_store());
 }
