@@ -136,9 +136,9 @@ pub const SERVER: DbCapacity = DbCapacity {
     cached_accounts: 2048,
 };
 
-/// A job command works one account at a time: one connection in use and one the pool is
-/// testing after its release. More would only add PostgreSQL backends, each paying its
-/// start-up and preparing every statement again. It reads each account once, so it keeps
+/// A job command works one account at a time: two connections (for its single statements,
+/// and as many for its transactions) are enough. More would only add PostgreSQL backends,
+/// each paying its start-up and preparing every statement again. It reads each account once, so it keeps
 /// none.
 pub const JOB: DbCapacity = DbCapacity {
     connections: 2,

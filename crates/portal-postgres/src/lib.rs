@@ -12,8 +12,11 @@
 //!   array), so an aggregate is read from one snapshot, never half old, half new; a job's
 //!   chunk (a range of ids) reads typed rows in one `REPEATABLE READ` transaction.
 //! - Work and outbox claims use `FOR UPDATE SKIP LOCKED`, so any number of instances share them.
+//! - Single statements (commits, loads by id, lookups, claims) run on a `portal_sql::lane::Lane`
+//!   of the pool's size; transactions (a chunk's load, planning) on the pool.
 
 use portal_core::ports::{Changes, IssuedBills, JobRun, StoreError, Unique};
+use portal_sql::lane::Lane;
 use portal_sql::plan::{self, AccountWrite, MemberWrite, Table, Value};
 use portal_sql::records::{
     AccountRecords, AllocationRecord, BillRecord, CollectionRecord, HeaderRecord, PaymentRecord,
@@ -53,9 +56,10 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Er
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
-        // No round trip to test a connection on every acquire (a payment acquires four
-        // times): a connection the server dropped fails its next statement, which the caller
-        // sees as `Unavailable`, and the pool replaces it.
+        // No round trip to test a connection on every acquire: a connection the server
+        // dropped fails its next statement, which the caller sees as `Unavailable`, and the
+        // pool replaces it. (The pool serves transactions; single statements run on the
+        // store's `Lane`, which also skips sqlx's round trip when a connection comes back.)
         .test_before_acquire(false)
         .connect_with(options)
         .await
@@ -65,6 +69,7 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Er
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    lane: std::sync::Arc<portal_sql::lane::Lane<sqlx::Postgres>>,
     cache: std::sync::Arc<portal_sql::cache::AccountCache>,
 }
 
@@ -178,7 +183,9 @@ impl PgStore {
             return records.into_accounts();
         }
         let q = sqlx::query_as::<_, LoadRow>(&sql.by_ids).bind(ids);
-        let row = q.fetch_one(&self.pool).await.map_err(db_err)?;
+        let mut lease = self.lane.lease().await.map_err(db_err)?;
+        let row = q.fetch_one(lease.conn().map_err(db_err)?).await;
+        let row = lease.settle(row).map_err(db_err)?;
         AccountRecords {
             headers: all(row.headers),
             collections: all(row.collections),
@@ -332,7 +339,7 @@ impl Statement {
         }
     }
 
-    async fn run(self, pool: &PgPool) -> StoreResult<()> {
+    async fn run(self, lane: &Lane<Postgres>) -> StoreResult<()> {
         if self.ctes.is_empty() {
             return Ok(());
         }
@@ -345,10 +352,11 @@ impl Statement {
             format!("CASE{cases} ELSE 0 END")
         };
         let sql = format!("WITH {} SELECT {verdict}", self.ctes.join(",\n"));
-        sqlx::query_with(&sql, self.args)
-            .execute(pool)
-            .await
-            .map_err(db_err)?;
+        let mut lease = lane.lease().await.map_err(db_err)?;
+        let done = (sqlx::query_with(&sql, self.args))
+            .execute(lease.conn().map_err(db_err)?)
+            .await;
+        lease.settle(done).map_err(db_err)?;
         Ok(())
     }
 
@@ -491,7 +499,7 @@ impl PgStore {
         for t in plan::records(changes)? {
             s.put(t)?;
         }
-        s.run(&self.pool).await
+        s.run(&self.lane).await
     }
 
     /// New bills of many accounts in one statement: every account's version is checked and
@@ -514,7 +522,7 @@ impl PgStore {
         s.put(plan::bills(bills, false))?;
         s.put(plan::audit(batch.iter().flat_map(|b| &b.audit))?)?;
         s.put(plan::outbox(batch.iter().flat_map(|b| &b.outbox))?)?;
-        s.run(&self.pool).await
+        s.run(&self.lane).await
     }
 
     async fn plan(&self, run: JobRun, chunk_size: u32) -> StoreResult<u64> {

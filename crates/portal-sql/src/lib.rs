@@ -4,7 +4,8 @@
 //!   database) and their conversion to the domain, including assembling whole accounts;
 //! - [`plan`]: what a commit writes, as rows, computed once from `Changes` (only what changed);
 //! - [`sql`]: the statements both dialects run with the same text;
-//! - [`cache`]: accounts kept by a serving process, checked against their versions.
+//! - [`cache`]: accounts kept by a serving process, checked against their versions;
+//! - [`lane`]: connections for single statements, lent without sqlx's round trip on return.
 //!
 //! Each dialect keeps only what differs: how it runs a load and a commit (PostgreSQL writes a
 //! commit in one statement, SQLite statement by statement), claims, upserts of bulk rows and
@@ -15,6 +16,7 @@ use portal_core::ports::StoreError;
 use serde::{Deserialize, Serialize};
 
 pub mod cache;
+pub mod lane;
 pub mod plan;
 pub mod records;
 pub mod sql;

@@ -4,7 +4,8 @@
 //! same text is type-checked against each database with no bound on sqlx's internals.
 //!
 //! The dialect crate provides, next to the invocation:
-//! - the store type with a `pool` field (`sqlx::Pool` of its database) and a `cache` field
+//! - the store type with a `pool` field (`sqlx::Pool` of its database, for transactions), a
+//!   `lane` field (`Arc<Lane<$db>>`, for single statements) and a `cache` field
 //!   (`Arc<AccountCache>`), and no other (the macro gives it `new(pool)`, `pool()` and
 //!   `with_account_cache(cache)`);
 //! - `fn db_err(sqlx::Error) -> StoreError` (unique violations name the rule broken);
@@ -41,6 +42,7 @@ macro_rules! sql_store {
                 /// A store over a migrated pool.
                 pub fn new(pool: ::sqlx::Pool<$db>) -> Self {
                     Self {
+                        lane: ::std::sync::Arc::new($crate::lane::Lane::of(&pool)),
                         pool,
                         cache: ::std::sync::Arc::default(),
                     }
@@ -115,7 +117,9 @@ macro_rules! sql_store {
                 where
                     R: for<'r> ::sqlx::FromRow<'r, <$db as sqlx::Database>::Row> + Send + Unpin,
                 {
-                    q.fetch_optional(&self.pool).await.map_err(db_err)
+                    let mut lease = self.lane.lease().await.map_err(db_err)?;
+                    let found = q.fetch_optional(lease.conn().map_err(db_err)?).await;
+                    lease.settle(found).map_err(db_err)
                 }
 
                 async fn all<'q, R>(
@@ -125,7 +129,19 @@ macro_rules! sql_store {
                 where
                     R: for<'r> ::sqlx::FromRow<'r, <$db as sqlx::Database>::Row> + Send + Unpin,
                 {
-                    q.fetch_all(&self.pool).await.map_err(db_err)
+                    let mut lease = self.lane.lease().await.map_err(db_err)?;
+                    let found = q.fetch_all(lease.conn().map_err(db_err)?).await;
+                    lease.settle(found).map_err(db_err)
+                }
+
+                /// Runs one statement; returns the rows it changed.
+                async fn exec<'q>(
+                    &self,
+                    q: ::sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>>,
+                ) -> Result<u64, StoreError> {
+                    let mut lease = self.lane.lease().await.map_err(db_err)?;
+                    let done = q.execute(lease.conn().map_err(db_err)?).await;
+                    Ok(lease.settle(done).map_err(db_err)?.rows_affected())
                 }
             }
 
@@ -313,14 +329,11 @@ macro_rules! sql_store {
                     now: DateTime<Utc>,
                 ) -> Result<(), StoreError> {
                     let firsts: Vec<Uuid> = chunks.into_iter().map(|c| c.first.uuid()).collect();
-                    ::sqlx::query::<$db>(super::FINISH_CHUNKS)
+                    self.exec(::sqlx::query::<$db>(super::FINISH_CHUNKS)
                         .bind(run.job)
                         .bind(run.period)
                         .bind(now)
-                        .bind(super::ids_arg(&firsts))
-                        .execute(&self.pool)
-                        .await
-                        .map_err(db_err)?;
+                        .bind(super::ids_arg(&firsts))).await?;
                     Ok(())
                 }
             }
@@ -348,13 +361,10 @@ macro_rules! sql_store {
                     message_id: String,
                     now: DateTime<Utc>,
                 ) -> Result<(), StoreError> {
-                    ::sqlx::query::<$db>(sql::MARK_SENT)
+                    self.exec(::sqlx::query::<$db>(sql::MARK_SENT)
                         .bind(id.uuid())
                         .bind(now)
-                        .bind(message_id)
-                        .execute(&self.pool)
-                        .await
-                        .map_err(db_err)?;
+                        .bind(message_id)).await?;
                     Ok(())
                 }
 
@@ -365,13 +375,10 @@ macro_rules! sql_store {
                     retry_at: Option<DateTime<Utc>>,
                     _now: DateTime<Utc>,
                 ) -> Result<(), StoreError> {
-                    ::sqlx::query::<$db>(sql::MARK_FAILED)
+                    self.exec(::sqlx::query::<$db>(sql::MARK_FAILED)
                         .bind(id.uuid())
                         .bind(error)
-                        .bind(retry_at)
-                        .execute(&self.pool)
-                        .await
-                        .map_err(db_err)?;
+                        .bind(retry_at)).await?;
                     Ok(())
                 }
 
@@ -390,13 +397,10 @@ macro_rules! sql_store {
                     id: MessageId,
                     now: DateTime<Utc>,
                 ) -> Result<bool, StoreError> {
-                    let done = ::sqlx::query::<$db>(sql::REQUEUE)
+                    let done = self.exec(::sqlx::query::<$db>(sql::REQUEUE)
                         .bind(id.uuid())
-                        .bind(now)
-                        .execute(&self.pool)
-                        .await
-                        .map_err(db_err)?;
-                    Ok(done.rows_affected() == 1)
+                        .bind(now)).await?;
+                    Ok(done == 1)
                 }
 
                 async fn pending_messages(

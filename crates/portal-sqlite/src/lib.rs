@@ -55,6 +55,7 @@ pub async fn open(path: &Path, max_connections: u32) -> Result<SqlitePool, sqlx:
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    lane: std::sync::Arc<portal_sql::lane::Lane<sqlx::Sqlite>>,
     cache: std::sync::Arc<portal_sql::cache::AccountCache>,
 }
 

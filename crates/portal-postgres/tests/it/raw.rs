@@ -270,3 +270,39 @@ async fn cached_accounts_answer_only_at_the_version_the_database_holds() {
     assert_eq!(seen.version, committed.version + 1);
     assert_eq!(seen, other.load_account(id).await.unwrap().unwrap());
 }
+
+/// The backend a lane's next lease runs on.
+async fn lane_backend(lane: &portal_sql::lane::Lane<sqlx::Postgres>) -> i32 {
+    let mut lease = lane.lease().await.unwrap();
+    let pid = sqlx::query_scalar::<_, i32>("SELECT pg_backend_pid()")
+        .fetch_one(lease.conn().unwrap())
+        .await;
+    lease.settle(pid).unwrap()
+}
+
+/// A lane lends back a connection whose statement finished (no round trip on its return), and
+/// closes one whose statement was cancelled: the next lease gets a fresh backend that answers.
+#[tokio::test]
+async fn a_lane_reuses_finished_connections_and_closes_cancelled_ones() {
+    let Some(pool) = support::pool().await else {
+        return;
+    };
+    let lane = portal_sql::lane::Lane::of(&pool);
+    let first = lane_backend(&lane).await;
+    assert_eq!(
+        lane_backend(&lane).await,
+        first,
+        "a finished lease's connection is lent again"
+    );
+    {
+        let mut lease = lane.lease().await.unwrap();
+        let slow = sqlx::query("SELECT pg_sleep(10)").execute(lease.conn().unwrap());
+        let cancelled = tokio::time::timeout(std::time::Duration::from_millis(200), slow).await;
+        assert!(cancelled.is_err(), "the statement was still running");
+    }
+    let next = lane_backend(&lane).await;
+    assert_ne!(
+        next, first,
+        "the cancelled lease's connection was closed, not lent"
+    );
+}
