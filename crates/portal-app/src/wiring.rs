@@ -2,7 +2,7 @@
 
 use crate::config::{Config, Email};
 use anyhow::{Context, bail};
-use chrono::{DateTime, NaiveDate, Timelike, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use portal_core::ports::{Clock, IdGenerator, Outbox, Store, WorkQueue};
 use portal_core::services::outbox::{DeliveryPolicy, OutboxWorker};
 use portal_core::services::{Deps, Portal, PortalConfig};
@@ -22,12 +22,8 @@ use std::time::Duration;
 pub struct SystemClock(pub chrono_tz::Tz);
 
 impl Clock for SystemClock {
-    /// To the microsecond, as the databases keep times: an account held in memory after a
-    /// commit then equals the account a load reads back.
     fn now(&self) -> DateTime<Utc> {
-        let now = Utc::now();
-        now.with_nanosecond(now.nanosecond() / 1_000 * 1_000)
-            .unwrap_or(now)
+        Utc::now()
     }
     fn today(&self) -> NaiveDate {
         Utc::now().with_timezone(&self.0).date_naive()

@@ -37,7 +37,7 @@ use crate::ports::{
     Changes, Clock, GatewayError, IdGenerator, IdentityError, IdentityVerifier, PasswordHasher,
     PaymentGateway, SealError, SecretSealer, Store, StoreError, Unique, WorkQueue,
 };
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Duration, Timelike, Utc};
 use std::sync::Arc;
 
 /// The ports a `Portal` runs on.
@@ -402,8 +402,12 @@ impl Portal {
         ))
     }
 
+    /// The time, to the microsecond: what the databases keep, so an account held in memory
+    /// after a commit equals the account a load reads back (whatever the clock adapter gives).
     fn now(&self) -> DateTime<Utc> {
-        self.deps.clock.now()
+        let now = self.deps.clock.now();
+        now.with_nanosecond(now.nanosecond() / 1_000 * 1_000)
+            .unwrap_or(now)
     }
 
     fn today(&self) -> chrono::NaiveDate {

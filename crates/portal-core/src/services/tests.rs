@@ -21,7 +21,7 @@ use crate::testing::{
     Behaviour, FakeGateway, FixedClock, InMemoryStore, SeqIds, TestHasher, TestSealer,
 };
 use crate::verifier::RecordMatchVerifier;
-use chrono::{Duration, NaiveDate};
+use chrono::{Duration, NaiveDate, Timelike};
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -3280,4 +3280,22 @@ async fn paying_on_the_day_coverage_ends_restores_it() {
         acc.enrollments[0].coverage,
         h.status().await
     );
+}
+
+/// Times the portal records are whole microseconds, as the databases keep them, whatever the
+/// clock gives: an account held after a commit equals the account a load reads back.
+#[tokio::test]
+async fn recorded_times_are_whole_microseconds() {
+    let h = Harness::new().await;
+    h.register().await;
+    h.clock.advance(chrono::Duration::nanoseconds(1_234_567));
+    let r = h
+        .pay("key-micros", Some("10.00"), "pm_card_ok")
+        .await
+        .unwrap();
+    let at = r.payment().initiated_at;
+    assert_eq!(at.nanosecond() % 1_000, 0, "{at}");
+    assert_ne!(at.nanosecond(), 0, "the clock's microseconds are kept");
+    let audit = h.store.audit();
+    assert!(audit.iter().all(|e| e.at.nanosecond() % 1_000 == 0));
 }
