@@ -62,11 +62,7 @@ macro_rules! sql_store {
                 async fn load_ids(&self, ids: &[Uuid]) -> Result<Vec<Account>, StoreError> {
                     let account_ids: Vec<AccountId> = ids.iter().copied().map(AccountId).collect();
                     if !self.cache.holds_any(&account_ids) {
-                        let loaded = self.load_scope(None, ids).await?;
-                        if self.cache.is_enabled() {
-                            loaded.iter().for_each(|a| self.cache.put(a.clone()));
-                        }
-                        return Ok(loaded);
+                        return self.load_and_keep(ids).await;
                     }
                     let versions = ::sqlx::query_as::<$db, (Uuid, i64)>(super::ACCOUNT_VERSIONS)
                         .bind(super::ids_arg(ids));
@@ -75,34 +71,41 @@ macro_rules! sql_store {
                         let version = u64::try_from(version)
                             .map_err(|e| $crate::corrupt("accounts.version", e))?;
                         match self.cache.current(AccountId(id), version) {
-                            Some(a) if self.cache.verifies() => {
-                                // Compared at the same version (a commit may come between).
-                                match self.load_scope(None, &[id]).await?.pop() {
-                                    Some(stored) if stored.version == a.version => {
-                                        if stored != a {
-                                            return Err($crate::corrupt(
-                                                "account cache",
-                                                format!(
-                                                    "the copy of {id} differs from the database:\n{a:?}\n{stored:?}"
-                                                ),
-                                            ));
-                                        }
-                                        found.push(a);
-                                    }
-                                    other => found.extend(other),
-                                }
-                            }
+                            Some(a) if self.cache.verifies() => found.extend(self.verified(a).await?),
                             Some(a) => found.push(a),
                             None => missing.push(id),
                         }
                     }
                     if !missing.is_empty() {
-                        let loaded = self.load_scope(None, &missing).await?;
-                        loaded.iter().for_each(|a| self.cache.put(a.clone()));
-                        found.extend(loaded);
+                        found.extend(self.load_and_keep(&missing).await?);
                     }
                     found.sort_by_key(|a| a.id.uuid());
                     Ok(found)
+                }
+
+                /// Loads accounts whole and keeps them in the cache (if it keeps any).
+                async fn load_and_keep(&self, ids: &[Uuid]) -> Result<Vec<Account>, StoreError> {
+                    let loaded = self.load_scope(None, ids).await?;
+                    if self.cache.is_enabled() {
+                        loaded.iter().for_each(|a| self.cache.put(a.clone()));
+                    }
+                    Ok(loaded)
+                }
+
+                /// A verifying cache's hit, compared with the database's account at the same
+                /// version (a commit may come between: then the newer account is the answer).
+                async fn verified(&self, copy: Account) -> Result<Option<Account>, StoreError> {
+                    let id = copy.id;
+                    match self.load_scope(None, &[id.uuid()]).await?.pop() {
+                        Some(stored) if stored.version == copy.version && stored != copy => {
+                            Err($crate::corrupt(
+                                "account cache",
+                                format!("the copy of {id} differs from the database:\n{copy:?}\n{stored:?}"),
+                            ))
+                        }
+                        Some(stored) if stored.version == copy.version => Ok(Some(copy)),
+                        other => Ok(other),
+                    }
                 }
 
                 /// The pool, for health checks.
@@ -329,11 +332,12 @@ macro_rules! sql_store {
                     now: DateTime<Utc>,
                 ) -> Result<(), StoreError> {
                     let firsts: Vec<Uuid> = chunks.into_iter().map(|c| c.first.uuid()).collect();
-                    self.exec(::sqlx::query::<$db>(super::FINISH_CHUNKS)
+                    let q = ::sqlx::query::<$db>(super::FINISH_CHUNKS)
                         .bind(run.job)
                         .bind(run.period)
                         .bind(now)
-                        .bind(super::ids_arg(&firsts))).await?;
+                        .bind(super::ids_arg(&firsts));
+                    self.exec(q).await?;
                     Ok(())
                 }
             }
@@ -361,10 +365,11 @@ macro_rules! sql_store {
                     message_id: String,
                     now: DateTime<Utc>,
                 ) -> Result<(), StoreError> {
-                    self.exec(::sqlx::query::<$db>(sql::MARK_SENT)
+                    let q = ::sqlx::query::<$db>(sql::MARK_SENT)
                         .bind(id.uuid())
                         .bind(now)
-                        .bind(message_id)).await?;
+                        .bind(message_id);
+                    self.exec(q).await?;
                     Ok(())
                 }
 
@@ -375,10 +380,11 @@ macro_rules! sql_store {
                     retry_at: Option<DateTime<Utc>>,
                     _now: DateTime<Utc>,
                 ) -> Result<(), StoreError> {
-                    self.exec(::sqlx::query::<$db>(sql::MARK_FAILED)
+                    let q = ::sqlx::query::<$db>(sql::MARK_FAILED)
                         .bind(id.uuid())
                         .bind(error)
-                        .bind(retry_at)).await?;
+                        .bind(retry_at);
+                    self.exec(q).await?;
                     Ok(())
                 }
 
@@ -397,10 +403,10 @@ macro_rules! sql_store {
                     id: MessageId,
                     now: DateTime<Utc>,
                 ) -> Result<bool, StoreError> {
-                    let done = self.exec(::sqlx::query::<$db>(sql::REQUEUE)
+                    let q = ::sqlx::query::<$db>(sql::REQUEUE)
                         .bind(id.uuid())
-                        .bind(now)).await?;
-                    Ok(done == 1)
+                        .bind(now);
+                    Ok(self.exec(q).await? == 1)
                 }
 
                 async fn pending_messages(
