@@ -19,6 +19,7 @@ use crate::plan::PlanStatus;
 use crate::ports::{Changes, IssuedBills, JobRun, StoreError};
 use chrono::NaiveDate;
 use std::future::Future;
+use std::task::Poll;
 
 /// Counts of one job run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -88,6 +89,11 @@ impl Portal {
     /// are claimed one at a time through the work queue, so several instances share the run
     /// and none works a chunk another holds. A chunk with a failure stays unfinished and is
     /// worked again when its lease ends; the work is idempotent, so what succeeded is skipped.
+    ///
+    /// While a chunk is worked, the next one is claimed and loaded: the database reads it
+    /// while this instance decides and writes, instead of each waiting on the other. (If the
+    /// work fails outright, the chunk claimed ahead waits for its lease like any unfinished
+    /// one.)
     async fn for_each_chunk<F, Fut>(
         &self,
         job: &str,
@@ -104,11 +110,9 @@ impl Portal {
             period,
         };
         let planned = queue.plan_run(run.clone(), self.config.job_chunk).await?;
-        let mut report = JobReport::default();
-        let mut chunks_done = 0;
-        loop {
+        let claim_next = || async {
             let now = self.now();
-            let chunks = queue
+            let claimed = queue
                 .claim(
                     run.clone(),
                     self.config.worker_id.clone(),
@@ -117,26 +121,33 @@ impl Portal {
                     now + self.config.job_lease,
                 )
                 .await?;
-            if chunks.is_empty() {
-                break;
-            }
-            for chunk in chunks {
-                let accounts = self.deps.store.load_chunk(chunk).await?;
-                let r = work(accounts).await?;
-                let clean = r.summary.failed == 0;
-                report.add(r);
-                if clean {
-                    queue.finish(run.clone(), vec![chunk], self.now()).await?;
+            match claimed.into_iter().next() {
+                Some(chunk) => {
+                    Ok::<_, ServiceError>(Some((chunk, self.deps.store.load_chunk(chunk).await?)))
                 }
-                chunks_done += 1;
-                if let Some(Progress(progress)) = &self.progress {
-                    progress(JobProgress {
-                        chunks_done,
-                        chunks_planned: planned,
-                        summary: report.summary,
-                    });
-                }
+                None => Ok(None),
             }
+        };
+        let mut report = JobReport::default();
+        let mut chunks_done = 0;
+        let mut next = claim_next().await?;
+        while let Some((chunk, accounts)) = next {
+            let (r, following) = both(work(accounts), claim_next()).await;
+            let r = r?;
+            let clean = r.summary.failed == 0;
+            report.add(r);
+            if clean {
+                queue.finish(run.clone(), vec![chunk], self.now()).await?;
+            }
+            chunks_done += 1;
+            if let Some(Progress(progress)) = &self.progress {
+                progress(JobProgress {
+                    chunks_done,
+                    chunks_planned: planned,
+                    summary: report.summary,
+                });
+            }
+            next = following?;
         }
         Ok(report)
     }
@@ -832,4 +843,31 @@ impl Portal {
         }
         n
     }
+}
+
+/// Runs both futures concurrently in this task and returns both outputs. (The core has no
+/// runtime of its own; a real store runs each future's statements on its own connection.)
+async fn both<A: Future, B: Future>(a: A, b: B) -> (A::Output, B::Output) {
+    let (mut a, mut b) = (std::pin::pin!(a), std::pin::pin!(b));
+    let (mut out_a, mut out_b) = (None, None);
+    std::future::poll_fn(|cx| {
+        if out_a.is_none() {
+            if let Poll::Ready(v) = a.as_mut().poll(cx) {
+                out_a = Some(v);
+            }
+        }
+        if out_b.is_none() {
+            if let Poll::Ready(v) = b.as_mut().poll(cx) {
+                out_b = Some(v);
+            }
+        }
+        match (out_a.take(), out_b.take()) {
+            (Some(x), Some(y)) => Poll::Ready((x, y)),
+            (x, y) => {
+                (out_a, out_b) = (x, y);
+                Poll::Pending
+            }
+        }
+    })
+    .await
 }
