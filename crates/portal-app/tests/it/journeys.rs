@@ -1033,3 +1033,41 @@ pub async fn browsers_use_an_http_only_cookie_and_a_csrf_header(app: &TestApp) {
         );
     }
 }
+
+/// The language switch sends the visitor back only to a page of this site: a `back` that a
+/// browser would read as another site, or that holds line breaks, lands on the home page.
+pub async fn the_language_switch_stays_on_this_site(app: &TestApp) {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let cases = [
+        ("/payments%3Fstatus%3Dfailed", "/payments?status=failed"),
+        ("/dashboard", "/dashboard"),
+        ("/%09/evil.example", "/"),
+        ("/%0a/evil.example", "/"),
+        ("%2F%2Fevil.example", "/"),
+        ("/%5Cevil.example", "/"),
+        ("https://evil.example", "/"),
+        ("/%0d%0aSet-Cookie:%20planted=1", "/"),
+        ("/%00", "/"),
+    ];
+    for (back, landing) in cases {
+        let r = http
+            .get(format!("{}/language?to=es&back={back}", app.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::SEE_OTHER, "back={back}");
+        let location = r.headers().get("location").and_then(|v| v.to_str().ok());
+        assert_eq!(location, Some(landing), "back={back}");
+        assert!(
+            !r.headers().contains_key("set-cookie")
+                || r.headers()
+                    .get_all("set-cookie")
+                    .iter()
+                    .all(|c| !c.to_str().unwrap_or("").contains("planted")),
+            "back={back}"
+        );
+    }
+}

@@ -296,4 +296,5 @@ on_both_stores!(
     a_support_agent_finds_the_member_and_fixes_things,
     every_endpoint_refuses_bad_bodies_naming_the_field,
     browsers_use_an_http_only_cookie_and_a_csrf_header,
+    the_language_switch_stays_on_this_site,
 );

@@ -535,16 +535,28 @@ async fn language(State(s): State<AppState>, Query(q): Query<LanguageQuery>) -> 
         q.to.as_deref()
             .and_then(|l| Language::parse(l).ok())
             .unwrap_or(Language::En);
-    // Only paths of this site: never an open redirect.
     let back = q
         .back
-        .filter(|b| b.starts_with('/') && !b.starts_with("//") && !b.contains('\\'))
+        .filter(|b| is_local_path(b))
         .unwrap_or_else(|| "/".to_owned());
     let mut r = Redirect::to(&back).into_response();
     if let Some(v) = language_cookie(&s, lang) {
         r.headers_mut().append(header::SET_COOKIE, v);
     }
     r
+}
+
+/// Whether `back` is a path of this site, safe to send a visitor back to: it starts with one
+/// `/` and holds only the characters of a path and query (no spaces, controls or
+/// backslashes, which browsers strip or read as `/`, so `/\t/evil.example` would leave the
+/// site), and no `//` anywhere.
+fn is_local_path(back: &str) -> bool {
+    back.starts_with('/')
+        && !back.contains("//")
+        && back.len() <= 2048
+        && back
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/-._~?=&%+:@!$'()*,;".contains(&b))
 }
 
 /// The cookie that keeps the chosen page language for a year.
@@ -625,6 +637,34 @@ mod tests {
         );
         assert_eq!(back("/dashboard"), "/dashboard");
         assert_eq!(back("/register/r1/verify"), "/register/r1/verify");
+    }
+
+    #[test]
+    fn the_language_switch_sends_visitors_only_to_this_site() {
+        for local in [
+            "/",
+            "/dashboard",
+            "/payments?status=failed&page=2",
+            "/reset-password?token=a-b_c",
+        ] {
+            assert!(super::is_local_path(local), "{local}");
+        }
+        for away in [
+            "//evil.example",
+            "/\t/evil.example",
+            "/\n/evil.example",
+            "/\\evil.example",
+            "/ /evil.example",
+            "/a//evil.example",
+            "https://evil.example",
+            "evil.example",
+            "/\r\nSet-Cookie:x=1",
+            "/\0",
+            "/caf\u{e9}",
+            "",
+        ] {
+            assert!(!super::is_local_path(away), "{away:?}");
+        }
     }
 
     #[test]
