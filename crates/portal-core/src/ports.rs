@@ -119,6 +119,10 @@ pub struct Changes {
     /// Marks a reset token used; fails the commit with `Duplicate(ResetTokenUse)` if it was
     /// already used, so a link works once even under concurrent use.
     pub consume_reset_token: Option<(TokenDigest, DateTime<Utc>)>,
+    /// Ends every unused reset token of this account at this time (the password changed):
+    /// links already emailed stop working. The token consumed by the same commit is left to
+    /// `consume_reset_token`.
+    pub end_reset_tokens_of: Option<(AccountId, DateTime<Utc>)>,
     /// Login throttles to create or update.
     pub put_throttles: Vec<LoginThrottle>,
     /// Idempotency records to insert (a duplicate key fails the commit with `Duplicate`).

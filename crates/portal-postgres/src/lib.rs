@@ -472,6 +472,9 @@ impl Statement {
                 "DELETE FROM sessions WHERE account_id = {acc} AND NOT (digest = ANY({keep})){gate}"
             ));
         }
+        // One statement updates a row at most once: the token consumed here is left out of
+        // the tokens ended with it.
+        let mut consumed = String::from("NULL::text");
         if let Some((digest, at)) = &c.consume_reset_token {
             let digest = self.arg(digest.0.clone())?;
             let at = self.arg(*at)?;
@@ -484,6 +487,16 @@ impl Statement {
                 1,
                 "reset_token_use",
             );
+            consumed = digest;
+        }
+        if let Some((acc, at)) = &c.end_reset_tokens_of {
+            let acc = self.arg(acc.uuid())?;
+            let at = self.arg(*at)?;
+            self.part(format!(
+                "UPDATE reset_tokens SET used_at = {at}
+                 WHERE account_id = {acc} AND used_at IS NULL
+                   AND digest IS DISTINCT FROM {consumed}{gate}"
+            ));
         }
         Ok(())
     }

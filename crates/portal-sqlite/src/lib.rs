@@ -249,6 +249,14 @@ async fn removals(tx: &mut Tx<'_>, c: &Changes) -> StoreResult<()> {
             return Err(StoreError::Duplicate(Unique::ResetTokenUse));
         }
     }
+    if let Some((acc, at)) = &c.end_reset_tokens_of {
+        let q = sqlx::query(
+            "UPDATE reset_tokens SET used_at = $2 WHERE account_id = $1 AND used_at IS NULL",
+        )
+        .bind(acc.uuid())
+        .bind(*at);
+        exec(tx, q).await?;
+    }
     Ok(())
 }
 

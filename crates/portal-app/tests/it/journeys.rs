@@ -1071,3 +1071,47 @@ pub async fn the_language_switch_stays_on_this_site(app: &TestApp) {
         );
     }
 }
+
+/// A member who asked for two reset links and used one: the other link no longer works, so a
+/// link left in a mailbox cannot take the account over after the member chose a new password.
+pub async fn completing_a_reset_ends_every_other_link(app: &TestApp) {
+    for _ in 0..2 {
+        let (status, _) = app
+            .post("/password-resets", None, json!({ "identifier": DEMO_USER }))
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+    }
+    let tokens: Vec<String> = app
+        .outbox()
+        .await
+        .into_iter()
+        .filter_map(|n| match n.body {
+            NoticeBody::PasswordReset { token, .. } => Some(token),
+            _ => None,
+        })
+        .collect();
+    let [first, second] = tokens.as_slice() else {
+        panic!("two reset links were sent: {tokens:?}");
+    };
+    let (status, body) = app
+        .post(
+            "/password-resets/completion",
+            None,
+            json!({ "token": second, "password": "a completely new passphrase" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let (status, body) = app
+        .post(
+            "/password-resets/completion",
+            None,
+            json!({ "token": first, "password": "the attacker's passphrase" }),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "the older link ended: {body}"
+    );
+    app.login(DEMO_USER, "a completely new passphrase").await;
+}

@@ -297,4 +297,5 @@ on_both_stores!(
     every_endpoint_refuses_bad_bodies_naming_the_field,
     browsers_use_an_http_only_cookie_and_a_csrf_header,
     the_language_switch_stays_on_this_site,
+    completing_a_reset_ends_every_other_link,
 );

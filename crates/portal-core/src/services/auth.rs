@@ -357,6 +357,8 @@ impl Portal {
                     member.email_code = None;
                 }
                 changes.consume_reset_token = Some((reset.digest.clone(), now));
+                // Every other link already emailed ends with this one.
+                changes.end_reset_tokens_of = Some((account_id, now));
                 changes.delete_all_sessions_of = Some(account_id);
                 changes.put_throttles.push(LoginThrottle {
                     key: username_key.clone(),

@@ -1067,9 +1067,11 @@ fn session(seed: u32, account: AccountId, token: &str) -> Session {
     }
 }
 
-/// Sessions, reset tokens and throttles round-trip; a reset token is consumed once.
+/// Sessions, reset tokens and throttles round-trip; a reset token is consumed once, and the
+/// account's other unused tokens end with it (another account's stay).
 pub async fn sessions_tokens_and_throttles(store: &dyn StoreUnderTest, seed: u32) {
     let a = insert(store, bare_account(seed)).await;
+    let b = insert(store, bare_account(seed + 1)).await;
     let t1 = format!("s1-{seed}");
     let t2 = format!("s22-{seed}");
     let agent_token = format!("agent-{seed}");
@@ -1089,6 +1091,17 @@ pub async fn sessions_tokens_and_throttles(store: &dyn StoreUnderTest, seed: u32
         used_at: None,
     };
     c.put_reset_tokens.push(reset.clone());
+    let sibling = ResetToken {
+        digest: TokenDigest::of(&format!("reset-sibling-{seed}")),
+        ..reset.clone()
+    };
+    let elsewhere = ResetToken {
+        digest: TokenDigest::of(&format!("reset-elsewhere-{seed}")),
+        account_id: b.id,
+        ..reset.clone()
+    };
+    c.put_reset_tokens.push(sibling.clone());
+    c.put_reset_tokens.push(elsewhere.clone());
     let throttle = LoginThrottle {
         key: format!("user{seed}"),
         failures: 3,
@@ -1131,18 +1144,29 @@ pub async fn sessions_tokens_and_throttles(store: &dyn StoreUnderTest, seed: u32
 
     let use_it = Changes {
         consume_reset_token: Some((reset.digest.clone(), at(5, 10))),
+        end_reset_tokens_of: Some((a.id, at(5, 10))),
         delete_all_sessions_of: Some(a.id),
         ..Changes::default()
     };
     assert_eq!(store.commit(use_it).await, Ok(()));
-    assert_eq!(
+    let used_at = |digest: TokenDigest| async move {
         store
-            .reset_token(reset.digest.clone())
+            .reset_token(digest)
             .await
             .ok()
             .flatten()
-            .and_then(|t| t.used_at),
-        Some(at(5, 10))
+            .and_then(|t| t.used_at)
+    };
+    assert_eq!(used_at(reset.digest.clone()).await, Some(at(5, 10)));
+    assert_eq!(
+        used_at(sibling.digest.clone()).await,
+        Some(at(5, 10)),
+        "the account's other links end with the reset"
+    );
+    assert_eq!(
+        used_at(elsewhere.digest.clone()).await,
+        None,
+        "another account's link is left alone"
     );
     assert_eq!(
         store.session(TokenDigest::of(&t1)).await,

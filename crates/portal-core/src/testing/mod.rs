@@ -385,6 +385,13 @@ impl Store for InMemoryStore {
                 t.used_at = Some(at);
             }
         }
+        if let Some((acc, at)) = changes.end_reset_tokens_of {
+            for t in s.reset_tokens.values_mut() {
+                if t.account_id == acc && t.used_at.is_none() {
+                    t.used_at = Some(at);
+                }
+            }
+        }
         for t in changes.put_throttles {
             s.throttles.insert(t.key.clone(), t);
         }
