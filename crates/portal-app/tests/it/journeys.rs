@@ -159,10 +159,19 @@ pub async fn payment_retries_are_idempotent(app: &TestApp) {
 pub async fn a_declined_card_gives_its_reason_and_leaves_the_bill_open(app: &TestApp) {
     let token = app.login(DEMO_USER, DEMO_PASSWORD).await;
     let (_, before) = app.get("/account", &token).await;
+    let (_, methods_before) = app.get("/payment-methods", &token).await;
     let card = app.card("4000000000009995").await;
-    let (status, p) = app.pay(&token, "nsf", json!({ "token": card })).await;
+    // Asked to save it: a declined card is not kept.
+    let (status, p) = app
+        .pay(&token, "nsf", json!({ "token": card, "save": true }))
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{p}");
     assert_eq!(p["status"], "failed");
+    let (_, methods_after) = app.get("/payment-methods", &token).await;
+    assert_eq!(
+        methods_after, methods_before,
+        "the declined card was not saved"
+    );
     assert_eq!(p["decline_reason"]["code"], "insufficient_funds");
     assert!(
         p["decline_reason"]["message"]

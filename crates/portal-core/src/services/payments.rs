@@ -191,7 +191,9 @@ struct NewPayment {
     amount: Option<Money>,
     instrument: PaymentInstrument,
     token: Option<GatewayToken>,
-    save_method: Option<PaymentMethod>,
+    /// Whether the token becomes a saved method (of the instrument's id) once the gateway
+    /// accepts the payment.
+    save: bool,
     channel: PaymentChannel,
     actor: Actor,
     initiated_on: Option<NaiveDate>,
@@ -411,7 +413,7 @@ impl Portal {
         check_idempotency_key(&cmd.idempotency_key)?;
         let account = self.account(cmd.account_id).await?;
         let method_part;
-        let (instrument, token, save_method) = match &cmd.method {
+        let (instrument, token, save) = match &cmd.method {
             PayWith::Saved(id) => {
                 let m = self.saved_method(&account, *id)?;
                 method_part = format!("saved:{id}");
@@ -421,36 +423,23 @@ impl Portal {
                         details: m.details.clone(),
                     },
                     Some(m.token.clone()),
-                    None,
+                    false,
                 )
             }
             PayWith::Token { token, save } => {
                 method_part = format!("token:{}:{save}", token.as_ref());
                 let details = self.describe(token).await?;
-                if *save {
-                    let m = PaymentMethod {
-                        id: self.new_id(),
-                        account_id: account.id,
-                        token: token.clone(),
-                        details: details.clone(),
-                        added_at: self.now(),
-                        removed_at: None,
-                    };
-                    (
-                        PaymentInstrument::Saved {
-                            method_id: m.id,
-                            details,
-                        },
-                        Some(token.clone()),
-                        Some(m),
-                    )
+                // The method is saved with the gateway's acceptance of the payment, never
+                // before: a declined card is not kept.
+                let instrument = if *save {
+                    PaymentInstrument::Saved {
+                        method_id: self.new_id(),
+                        details,
+                    }
                 } else {
-                    (
-                        PaymentInstrument::OneTime { details },
-                        Some(token.clone()),
-                        None,
-                    )
-                }
+                    PaymentInstrument::OneTime { details }
+                };
+                (instrument, Some(token.clone()), *save)
             }
         };
         let amount_part = cmd
@@ -464,7 +453,7 @@ impl Portal {
                 amount: cmd.amount,
                 instrument,
                 token,
-                save_method,
+                save,
                 channel: PaymentChannel::Member,
                 actor: Actor::Member,
                 initiated_on: None,
@@ -532,7 +521,7 @@ impl Portal {
                 amount,
                 instrument: PaymentInstrument::OneTime { details },
                 token: Some(token),
-                save_method: None,
+                save: false,
                 channel: PaymentChannel::Guest,
                 actor: Actor::Guest,
                 initiated_on: None,
@@ -590,7 +579,7 @@ impl Portal {
                     document_number: form.document_number.clone(),
                 },
                 token: None,
-                save_method: None,
+                save: false,
                 channel: PaymentChannel::Agent { agent_id: agent },
                 actor: Actor::Agent { id: agent },
                 initiated_on: Some(form.received_on),
@@ -627,11 +616,6 @@ impl Portal {
         let created = self
             .update_loaded(account, |account, changes| {
                 let amount = self.resolve_amount(account, new.amount)?;
-                if let Some(m) = &new.save_method {
-                    if !account.methods.iter().any(|x| x.id == m.id) {
-                        account.methods.push(m.clone());
-                    }
-                }
                 let payment = Payment {
                     id: payment_id,
                     reference: reference.clone(),
@@ -685,14 +669,14 @@ impl Portal {
                     .idempotency_record(new.scope.clone(), new.key.clone())
                     .await?
                 {
-                    return self.replay(rec, &new.digest).await;
+                    return self.replay(rec, &new.digest, new.token.clone()).await;
                 }
                 return Err(e);
             }
         };
         match &new.token {
             Some(token) => {
-                self.charge_loaded(account, &payment, token.clone(), &new.actor)
+                self.charge_loaded(account, &payment, token.clone(), &new.actor, new.save)
                     .await
             }
             None => {
@@ -711,10 +695,13 @@ impl Portal {
         }
     }
 
+    /// Answers a repeated key with its payment. `token` is the repeated request's own (the
+    /// same as the first's, since the request digests match).
     async fn replay(
         &self,
         rec: IdempotencyRecord,
         digest: &str,
+        token: Option<GatewayToken>,
     ) -> Result<PaymentReceipt, ServiceError> {
         if rec.request_digest != digest {
             return Err(ServiceError::Conflict(
@@ -731,9 +718,13 @@ impl Portal {
                 stage: PendingStage::Submitted,
             })
         {
-            if let Some(token) = self.token_for(&account, &p) {
+            // A method to be saved is saved only once the payment is accepted, so until then
+            // the request's own token resumes it.
+            let save = matches!(p.instrument, PaymentInstrument::Saved { method_id, .. }
+                if account.method(method_id).is_none());
+            if let Some(token) = self.token_for(&account, &p).or(token) {
                 let mut resumed = self
-                    .charge_loaded(account, &p, token, &Actor::Member)
+                    .charge_loaded(account, &p, token, &Actor::Member, save)
                     .await?;
                 resumed.replayed = true;
                 return Ok(resumed);
@@ -751,13 +742,16 @@ impl Portal {
         }
     }
 
-    /// Charges a submitted payment of `account` (as last committed) and records the outcome.
+    /// Charges a submitted payment of `account` (as last committed) and records the outcome;
+    /// with `save`, the token becomes the saved method the payment names once the gateway
+    /// accepts it.
     async fn charge_loaded(
         &self,
         account: Account,
         payment: &Payment,
         token: GatewayToken,
         actor: &Actor,
+        save: bool,
     ) -> Result<PaymentReceipt, ServiceError> {
         let Some(kind) = payment.instrument.method_kind() else {
             return Err(ServiceError::Internal(
@@ -767,20 +761,21 @@ impl Portal {
         let request = ChargeRequest {
             idempotency_key: gateway_key(payment.id),
             amount: payment.amount,
-            token,
+            token: token.clone(),
             kind,
             payment_id: payment.id,
             reference: payment.reference.clone(),
         };
         let account = match self.deps.gateway.charge(request).await {
             Ok(ChargeOutcome { gateway_id, status }) => {
-                self.apply_outcome_loaded(
+                self.apply_outcome_saving(
                     account,
                     payment.id,
                     event_for(&status),
                     Some(gateway_id),
                     actor,
                     "gateway response",
+                    save.then_some(&token),
                 )
                 .await?
                 .1
@@ -833,6 +828,23 @@ impl Portal {
         actor: &Actor,
         cause: &str,
     ) -> Result<(bool, Account), ServiceError> {
+        self.apply_outcome_saving(account, payment_id, event, gateway_id, actor, cause, None)
+            .await
+    }
+
+    /// [`Portal::apply_outcome_loaded`]; with `save`, a payment by a method to be saved that the
+    /// gateway accepted (succeeded or processing) saves it in the same commit.
+    #[allow(clippy::too_many_arguments)]
+    async fn apply_outcome_saving(
+        &self,
+        account: Account,
+        payment_id: PaymentId,
+        event: PaymentEvent,
+        gateway_id: Option<String>,
+        actor: &Actor,
+        cause: &str,
+        save: Option<&GatewayToken>,
+    ) -> Result<(bool, Account), ServiceError> {
         let now = self.now();
         let today = self.today();
         let policy = self.config.autopay;
@@ -867,8 +879,12 @@ impl Portal {
                         p.gateway_id = gateway_id.clone();
                     }
                 }
+                let saved = match (save, account.ledger.payment(payment_id)) {
+                    (Some(token), Some(p)) => save_accepted_method(account, p.clone(), token, now),
+                    _ => false,
+                };
                 if !changed {
-                    return Ok(needs_id.then_some(false));
+                    return Ok((needs_id || saved).then_some(false));
                 }
                 let Some(p) = account.ledger.payment(payment_id).cloned() else {
                     return Err(ServiceError::NotFound("payment"));
@@ -1126,4 +1142,37 @@ impl Portal {
             .cloned()
             .ok_or(ServiceError::NotFound("payment"))
     }
+}
+
+/// Saves the method a payment names as its instrument, if the gateway accepted the payment
+/// (succeeded or still processing) and the account does not hold it yet. Returns whether it
+/// saved it.
+fn save_accepted_method(
+    account: &mut Account,
+    p: Payment,
+    token: &GatewayToken,
+    now: chrono::DateTime<chrono::Utc>,
+) -> bool {
+    let PaymentInstrument::Saved { method_id, details } = p.instrument else {
+        return false;
+    };
+    let accepted = matches!(
+        p.status,
+        PaymentStatus::Succeeded
+            | PaymentStatus::Pending {
+                stage: PendingStage::Processing
+            }
+    );
+    if !accepted || account.methods.iter().any(|m| m.id == method_id) {
+        return false;
+    }
+    account.methods.push(PaymentMethod {
+        id: method_id,
+        account_id: account.id,
+        token: token.clone(),
+        details,
+        added_at: now,
+        removed_at: None,
+    });
+    true
 }

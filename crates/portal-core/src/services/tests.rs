@@ -3299,3 +3299,65 @@ async fn recorded_times_are_whole_microseconds() {
     let audit = h.store.audit();
     assert!(audit.iter().all(|e| e.at.nanosecond() % 1_000 == 0));
 }
+
+#[tokio::test]
+async fn a_method_is_saved_only_once_the_gateway_accepts_its_payment() {
+    let h = Harness::new().await;
+    h.register().await;
+    h.set_date(d(2026, 12, 2)).await;
+    h.portal.bill_account(h.account_id).await.unwrap();
+    let pay_saving = |key: &'static str, token: &'static str| {
+        h.portal.make_payment(MakePayment {
+            account_id: h.account_id,
+            amount: Some(usd("10.00")),
+            method: PayWith::Token {
+                token: GatewayToken::parse(token).unwrap(),
+                save: true,
+            },
+            idempotency_key: key.into(),
+        })
+    };
+    let declined = pay_saving("k-declined", "pm_card_declined").await.unwrap();
+    assert!(matches!(
+        declined.payment().status,
+        PaymentStatus::Failed { .. }
+    ));
+    assert!(
+        h.account().await.methods.is_empty(),
+        "a declined card is not kept"
+    );
+
+    // The answer is lost: nothing is saved yet; the retry with the same key resumes the
+    // charge with its own token (no second charge) and saves the card then.
+    let lost = pay_saving("k-lost-save", "pm_card_lost").await.unwrap();
+    assert!(matches!(
+        lost.payment().status,
+        PaymentStatus::Pending { .. }
+    ));
+    assert!(h.account().await.methods.is_empty());
+    let charges = h.gateway.charges();
+    let retried = pay_saving("k-lost-save", "pm_card_lost").await.unwrap();
+    assert_eq!(retried.payment().status, PaymentStatus::Succeeded);
+    assert_eq!(
+        h.gateway.charges(),
+        charges,
+        "the same charge, not a second"
+    );
+    let acc = h.account().await;
+    let [method] = acc.methods.as_slice() else {
+        panic!("one saved method: {:?}", acc.methods);
+    };
+    assert_eq!(method.token.as_ref(), "pm_card_lost");
+    assert!(matches!(
+        retried.payment().instrument,
+        crate::payment::PaymentInstrument::Saved { method_id, .. } if method_id == method.id
+    ));
+
+    let ok = pay_saving("k-ok-save", "pm_card_ok").await.unwrap();
+    assert_eq!(ok.payment().status, PaymentStatus::Succeeded);
+    assert_eq!(
+        h.account().await.methods.len(),
+        2,
+        "an accepted card is kept"
+    );
+}
