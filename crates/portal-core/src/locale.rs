@@ -163,6 +163,12 @@ fn spanish(english: &str) -> Option<&'static str> {
         "a password cannot contain control characters" => {
             "una contraseña no puede tener caracteres de control"
         }
+        "this password repeats or runs in sequence; choose something others are unlikely to guess" => {
+            "esta contraseña se repite o sigue una secuencia; elija algo que otros no puedan adivinar"
+        }
+        "a password cannot contain characters that change the text direction" => {
+            "una contraseña no puede tener caracteres que cambien la dirección del texto"
+        }
         "a password can have at most 128 characters" => {
             "una contraseña puede tener como máximo 128 caracteres"
         }
@@ -258,6 +264,12 @@ mod tests {
             crate::password::Password::new("", &[])
                 .err()
                 .map(FieldError::from),
+            crate::password::Password::new("aaaaaaaaaaaa", &[])
+                .err()
+                .map(FieldError::from),
+            crate::password::Password::new("correct\u{202E}horse battery", &[])
+                .err()
+                .map(FieldError::from),
             crate::identity::Ssn::parse("000-12-3456")
                 .err()
                 .map(FieldError::from),
@@ -286,7 +298,7 @@ mod tests {
         .into_iter()
         .flatten()
         .collect();
-        assert_eq!(errors.len(), 10, "each input was refused");
+        assert_eq!(errors.len(), 12, "each input was refused");
         for e in &errors {
             let es = field_message(Language::Es, e);
             assert_ne!(es, e.message, "no Spanish for {:?}", e.message);

@@ -37,7 +37,45 @@ input_error!(PasswordError, "password", {
     Common => ("common", "this password is too common; choose something others are unlikely to guess"),
     ContainsPersonalData => ("personal", "do not use your username or email address in your password"),
     Control => ("control_characters", "a password cannot contain control characters"),
+    Repetitive => ("repetitive", "this password repeats or runs in sequence; choose something others are unlikely to guess"),
+    Direction => ("direction_characters", "a password cannot contain characters that change the text direction"),
 });
+
+/// Characters that reorder how text is shown (bidirectional overrides, embeddings, isolates
+/// and marks): a password holding them looks different from what it is.
+fn changes_direction(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}')
+}
+
+/// Whether the (lower-cased) password is one short piece repeated (`aaaaaaaaaaaa`,
+/// `passwordpassword`, twelve spaces), or a run along the alphabet, the digits (wrapping
+/// from 9 to 0) or a keyboard row, either way.
+fn is_repetitive(lower: &str) -> bool {
+    let chars: Vec<char> = lower.chars().collect();
+    let n = chars.len();
+    let repeated = (1..=n / 2).any(|period| {
+        chars
+            .iter()
+            .zip(chars.iter().skip(period))
+            .all(|(a, b)| a == b)
+    });
+    if repeated {
+        return true;
+    }
+    const RUNS: [&str; 5] = [
+        "abcdefghijklmnopqrstuvwxyz",
+        "0123456789",
+        "qwertyuiop",
+        "asdfghjkl",
+        "zxcvbnm",
+    ];
+    RUNS.iter().any(|run| {
+        // Long enough to hold any allowed password, wrapping around.
+        let forward = run.repeat(MAX_PASSWORD_CHARS / run.len() + 2);
+        let backward: String = forward.chars().rev().collect();
+        forward.contains(lower) || backward.contains(lower)
+    })
+}
 
 /// A new password that satisfies the policy. `Debug` never shows it.
 pub struct Password(SecretString);
@@ -58,6 +96,9 @@ impl Password {
         if raw.chars().any(char::is_control) {
             return Err(PasswordError::Control);
         }
+        if raw.chars().any(changes_direction) {
+            return Err(PasswordError::Direction);
+        }
         let lower = raw.to_lowercase();
         if common_passwords().contains(lower.as_str()) {
             return Err(PasswordError::Common);
@@ -66,6 +107,9 @@ impl Password {
         let core = lower.trim_end_matches(|c: char| c.is_ascii_digit() || "!.?".contains(c));
         if core.chars().count() >= 4 && common_passwords().contains(core) {
             return Err(PasswordError::Common);
+        }
+        if is_repetitive(&lower) {
+            return Err(PasswordError::Repetitive);
         }
         for p in personal {
             let p = p.trim().to_lowercase();
@@ -175,6 +219,38 @@ mod tests {
             Password::new("tab\there is bad", &[]).unwrap_err(),
             PasswordError::Control
         );
+        for weak in [
+            "aaaaaaaaaaaa",
+            "123456789012",
+            "passwordpassword",
+            "            ",
+            "abcabcabcabc",
+            "abcdefghijklmn",
+            "zyxwvutsrqpo",
+            "987654321098",
+            "qwertyuiopqw",
+            "ASDFGHJKLASD",
+        ] {
+            assert_eq!(
+                Password::new(weak, &[]).unwrap_err(),
+                PasswordError::Repetitive,
+                "{weak:?}"
+            );
+        }
+        for fine in [
+            "correct horse battery",
+            "abcdefghijk horse",
+            "aaaaaaaaaaab",
+            "1234 my own words",
+        ] {
+            assert!(Password::new(fine, &[]).is_ok(), "{fine:?}");
+        }
+        for direction in ['\u{202E}', '\u{2067}', '\u{200F}'] {
+            assert_eq!(
+                Password::new(&format!("correct{direction}horse battery"), &[]).unwrap_err(),
+                PasswordError::Direction
+            );
+        }
         assert_eq!(
             Password::new("maria.lopez rocks", &["maria.lopez", "m@example.com"]).unwrap_err(),
             PasswordError::ContainsPersonalData
@@ -183,7 +259,8 @@ mod tests {
 
     #[test]
     fn sixty_four_and_more_characters_are_kept_whole() {
-        let long = "é".repeat(100);
+        // A hundred and more characters, not ASCII, and not one piece repeated.
+        let long: String = (0..25).map(|i| format!("é{i:02} ")).collect();
         let p = Password::new(&long, &[]).unwrap();
         assert_eq!(p.expose(), long, "never truncated");
     }

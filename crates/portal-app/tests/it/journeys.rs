@@ -1124,3 +1124,30 @@ pub async fn completing_a_reset_ends_every_other_link(app: &TestApp) {
     );
     app.login(DEMO_USER, "a completely new passphrase").await;
 }
+
+/// Passwords that repeat one piece, run along the keyboard or the digits, or hold characters
+/// that change the text direction are refused at registration, the password named with the
+/// reason (no composition rules: a long phrase of plain words is fine).
+pub async fn weak_passwords_are_refused_with_their_reason(app: &TestApp) {
+    let cases = [
+        ("aaaaaaaaaaaa", "repetitive"),
+        ("123456789012", "repetitive"),
+        ("passwordpassword", "repetitive"),
+        ("            ", "repetitive"),
+        ("correct\u{202e}horse battery", "direction_characters"),
+    ];
+    for (password, code) in cases {
+        let mut body = registration("weakling");
+        body["password"] = json!(password);
+        let (status, answer) = app.post("/registrations", None, body).await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{password:?}: {answer}"
+        );
+        let errors = answer["errors"].as_array().cloned().unwrap_or_default();
+        assert_eq!(errors.len(), 1, "{password:?}: {answer}");
+        assert_eq!(errors[0]["field"], "password", "{answer}");
+        assert_eq!(errors[0]["code"], code, "{password:?}: {answer}");
+    }
+}

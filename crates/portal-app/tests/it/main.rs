@@ -298,4 +298,5 @@ on_both_stores!(
     browsers_use_an_http_only_cookie_and_a_csrf_header,
     the_language_switch_stays_on_this_site,
     completing_a_reset_ends_every_other_link,
+    weak_passwords_are_refused_with_their_reason,
 );
