@@ -118,7 +118,12 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    // Log lines go to standard error: standard output carries a command's results (tables,
+    // summaries, the demo banner), which scripts read.
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal, never in a captured log.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
@@ -281,6 +286,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo => {
+            // The demo's login is published: never seed it next to a real processor.
+            if !config.demo_mode() {
+                anyhow::bail!(
+                    "`demo` seeds the published demo login, so it runs only in demo mode (no gateway_url configured)"
+                );
+            }
             let app = wiring::build(&config, clock_for(&config, None), true).await?;
             demo::seed(&app.portal).await?;
             println!("{}", demo::banner(&config.public_url, None));

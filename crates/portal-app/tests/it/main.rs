@@ -10,6 +10,7 @@
 //! on SQLite and (with `PORTAL_TEST_DATABASE_URL`) on PostgreSQL.
 
 mod browser;
+mod cli;
 #[path = "../../benches/common/mod.rs"]
 mod common;
 mod jobs;
