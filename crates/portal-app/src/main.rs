@@ -12,7 +12,7 @@ use portal_core::services::{JobProgress, JobReport, Portal};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 #[derive(Parser)]
@@ -312,7 +312,7 @@ async fn job(
     config: &Config,
     date: Option<NaiveDate>,
     name: &str,
-    f: impl for<'a> FnOnce(&'a Portal) -> JobFuture<'a>,
+    f: impl for<'a> Fn(&'a Portal) -> JobFuture<'a>,
 ) -> anyhow::Result<()> {
     let clock = clock_for(config, date);
     let day = clock.today();
@@ -322,9 +322,41 @@ async fn job(
         .clone()
         .with_progress(progress_reporter(format!("{name} {day}")));
     let started = Instant::now();
-    let report = f(&app.portal)
+    let mut report = f(&app.portal)
         .await
         .with_context(|| format!("{name} failed"))?;
+    // Chunks other instances still hold: wait for them to finish, or for a crashed
+    // instance's lease to end and work them here, so the run is whole when this exits.
+    let mut told = false;
+    while report.left.chunks > 0 && report.summary.failed == 0 {
+        let left = report.left;
+        if !told {
+            let until = left
+                .leased_until
+                .map(|t| format!(" (leases end by {})", t.format("%H:%M:%S UTC")))
+                .unwrap_or_default();
+            let held = match left.chunks {
+                1 => "1 chunk is".to_owned(),
+                n => format!("{n} chunks are"),
+            };
+            eprintln!("{name} {day}: {held} held by another worker{until}; waiting for them");
+            told = true;
+        }
+        let wait = left
+            .leased_until
+            .and_then(|t| (t - chrono::Utc::now()).to_std().ok())
+            .unwrap_or_default()
+            .clamp(Duration::from_millis(200), Duration::from_secs(5));
+        tokio::time::sleep(wait).await;
+        let more = f(&app.portal)
+            .await
+            .with_context(|| format!("{name} failed"))?;
+        report.summary.done += more.summary.done;
+        report.summary.skipped += more.summary.skipped;
+        report.summary.failed += more.summary.failed;
+        report.failures.extend(more.failures);
+        report.left = more.left;
+    }
     for (account, why) in report.failures.iter().take(20) {
         eprintln!("  failed: account {account}: {why}");
     }
@@ -383,7 +415,7 @@ fn progress_reporter(title: String) -> Arc<portal_core::services::ProgressFn> {
             let mut last = last_line
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if last.elapsed() >= std::time::Duration::from_secs(5) {
+            if last.elapsed() >= Duration::from_secs(5) {
                 *last = Instant::now();
                 eprintln!("{title}: {of} chunks, {counts}");
             }

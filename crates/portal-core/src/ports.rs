@@ -235,6 +235,15 @@ pub struct WorkChunk {
     pub last: AccountId,
 }
 
+/// What is left of a job run: its unfinished chunks and when the last lease on them ends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkLeft {
+    /// Chunks not finished.
+    pub chunks: u64,
+    /// The latest lease end among them (`None` when none is leased).
+    pub leased_until: Option<DateTime<Utc>>,
+}
+
 /// Bills issued on one account by a batch job, for [`Store::issue_bills`].
 #[derive(Debug, Clone)]
 pub struct IssuedBills {
@@ -277,6 +286,9 @@ pub trait WorkQueue: Send + Sync {
         chunks: Vec<WorkChunk>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError>;
+    /// The run's unfinished chunks (leased by a live or a dead worker, or failed and waiting
+    /// to be worked again).
+    async fn left(&self, run: JobRun) -> Result<WorkLeft, StoreError>;
 }
 
 /// The transactional outbox as the delivery worker sees it.

@@ -82,6 +82,9 @@ pub const SEARCH_ACCOUNTS: &str = "SELECT a.id FROM accounts a
      WHERE a.holder_search LIKE $1 ESCAPE '\\' OR m.email_key LIKE $1 ESCAPE '\\'
         OR m.username_key LIKE $1 ESCAPE '\\'
      ORDER BY a.id LIMIT $2";
+/// The lease end of each unfinished chunk of run `$1`/`$2`.
+pub const UNFINISHED_LEASES: &str =
+    "SELECT leased_until FROM work_items WHERE job = $1 AND period = $2 AND finished_at IS NULL";
 pub const AUDIT_TRAIL: &str = "SELECT * FROM audit_log WHERE account_id = $1 ORDER BY seq";
 
 pub const MARK_SENT: &str = "UPDATE outbox SET sent_at = $2, message_id = $3,

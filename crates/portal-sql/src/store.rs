@@ -34,7 +34,7 @@ macro_rules! sql_store {
             use ::portal_core::ids::{AccountId, MessageId, PaymentId};
             use ::portal_core::ports::{
                 AccountLookup, Changes, IssuedBills, JobRun, Outbox, OutboxMessage, PaymentLookup,
-                Store, StoreError, WorkChunk, WorkQueue,
+                Store, StoreError, WorkChunk, WorkLeft, WorkQueue,
             };
             use ::uuid::Uuid;
             use $crate::{records, sql};
@@ -339,6 +339,17 @@ macro_rules! sql_store {
                         .bind(super::ids_arg(&firsts));
                     self.exec(q).await?;
                     Ok(())
+                }
+
+                async fn left(&self, run: JobRun) -> Result<WorkLeft, StoreError> {
+                    let q = ::sqlx::query_as::<$db, (Option<DateTime<Utc>>,)>(sql::UNFINISHED_LEASES)
+                        .bind(run.job)
+                        .bind(run.period);
+                    let leases = self.all(q).await?;
+                    Ok(WorkLeft {
+                        chunks: leases.len() as u64,
+                        leased_until: leases.into_iter().filter_map(|(l,)| l).max(),
+                    })
                 }
             }
 

@@ -305,6 +305,54 @@ pub async fn a_killed_billing_run_is_finished_by_the_next(db: Db) {
     s.sandbox.stop();
 }
 
+/// A rerun started while a crashed run still holds a chunk (its lease has not ended) says so,
+/// waits for the lease, and works that chunk too: it never exits as if the run were whole.
+pub async fn a_rerun_waits_for_the_chunk_a_dead_run_still_holds(db: Db) {
+    let Some(s) = setup(db).await else { return };
+    const HOUSEHOLDS: u32 = 20;
+    s.seed(HOUSEHOLDS, date("2027-01-05"), None, |_| false)
+        .await;
+    // A run for this date planned in chunks of 5; a worker claimed one and died.
+    let run = portal_core::ports::JobRun {
+        job: "billing".into(),
+        period: "2026-12-02".into(),
+    };
+    let work = s.db.work();
+    assert_eq!(work.plan_run(run.clone(), 5).await, Ok(4));
+    let now = chrono::Utc::now();
+    let held = work
+        .claim(
+            run,
+            "dead".into(),
+            1,
+            now,
+            now + chrono::Duration::seconds(3),
+        )
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 1);
+    let mut c = s.command("billing-run", "2026-12-02", 5);
+    let out = tokio::task::spawn_blocking(move || c.output().unwrap())
+        .await
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("1 chunk is held by another worker"),
+        "it says what it waits for: {stderr}"
+    );
+    assert_eq!(
+        summary(&stdout),
+        Some((u64::from(HOUSEHOLDS), 0, 0)),
+        "every household billed, the held chunk too: {stdout}"
+    );
+    assert_eq!(s.notices().await.len(), HOUSEHOLDS as usize);
+    s.sandbox.stop();
+}
+
 macro_rules! job_tests {
     ($($name:ident),+ $(,)?) => {
         mod sqlite {
@@ -329,4 +377,5 @@ macro_rules! job_tests {
 job_tests!(
     every_job_does_its_work_once_per_date,
     a_killed_billing_run_is_finished_by_the_next,
+    a_rerun_waits_for_the_chunk_a_dead_run_still_holds,
 );

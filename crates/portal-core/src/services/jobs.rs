@@ -16,7 +16,7 @@ use crate::money::Money;
 use crate::notice::NoticeBody;
 use crate::payment::{PaymentStatus, PendingStage};
 use crate::plan::PlanStatus;
-use crate::ports::{Changes, IssuedBills, JobRun, StoreError};
+use crate::ports::{Changes, IssuedBills, JobRun, StoreError, WorkLeft};
 use chrono::NaiveDate;
 use std::future::Future;
 use std::task::Poll;
@@ -39,6 +39,10 @@ pub struct JobReport {
     pub summary: JobSummary,
     /// `(account, error)` for each failure.
     pub failures: Vec<(AccountId, String)>,
+    /// What of the run no instance had finished when this one found nothing more to claim:
+    /// chunks other instances are working, chunks a crashed instance still holds until its
+    /// lease ends, and chunks with failures.
+    pub left: WorkLeft,
 }
 
 impl JobReport {
@@ -149,6 +153,7 @@ impl Portal {
             }
             next = following?;
         }
+        report.left = queue.left(run).await?;
         Ok(report)
     }
 

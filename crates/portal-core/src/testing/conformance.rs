@@ -1262,6 +1262,14 @@ pub async fn work_is_claimed_once(store: &dyn StoreUnderTest, seed: u32) {
         Ok(vec![])
     );
     assert_eq!(store.finish(run.clone(), second.clone(), now).await, Ok(()));
+    assert_eq!(
+        store.left(run.clone()).await,
+        Ok(crate::ports::WorkLeft {
+            chunks: 2,
+            leased_until: Some(lease),
+        }),
+        "what is left: w1's two chunks, held until its lease ends"
+    );
     // w1 crashed: after its lease its chunks come back; finished ones never do.
     let later = lease + Duration::seconds(1);
     let mut back = store
@@ -1279,6 +1287,11 @@ pub async fn work_is_claimed_once(store: &dyn StoreUnderTest, seed: u32) {
     expected.sort();
     assert_eq!(back, expected);
     assert_eq!(store.finish(run.clone(), back, later).await, Ok(()));
+    assert_eq!(
+        store.left(run.clone()).await,
+        Ok(crate::ports::WorkLeft::default()),
+        "nothing is left of a finished run"
+    );
     let much_later = later + Duration::hours(1);
     assert_eq!(
         store

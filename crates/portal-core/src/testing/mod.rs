@@ -459,6 +459,18 @@ impl WorkQueue for InMemoryStore {
         Ok(out)
     }
 
+    async fn left(&self, run: JobRun) -> Result<crate::ports::WorkLeft, StoreError> {
+        let s = lock(&self.state);
+        let mut left = crate::ports::WorkLeft::default();
+        for ((job, period, _), item) in &s.work {
+            if *job == run.job && *period == run.period && !item.finished {
+                left.chunks += 1;
+                left.leased_until = left.leased_until.max(item.leased_until);
+            }
+        }
+        Ok(left)
+    }
+
     async fn finish(
         &self,
         run: JobRun,
