@@ -3,7 +3,7 @@
 use crate::config::{Config, Email};
 use anyhow::{Context, bail};
 use chrono::{DateTime, NaiveDate, Utc};
-use portal_core::ports::{Clock, IdGenerator, Outbox, Store, WorkQueue};
+use portal_core::ports::{Clock, IdGenerator, Notifier, Outbox, Store, WorkQueue};
 use portal_core::services::outbox::{DeliveryPolicy, OutboxWorker};
 use portal_core::services::{Deps, Portal, PortalConfig};
 use portal_core::verifier::RecordMatchVerifier;
@@ -398,7 +398,7 @@ pub async fn build_with(
     };
     let sender = Sender::new(&config.email_from, branding)
         .map_err(|e| anyhow::anyhow!("email_from: {e}"))?;
-    let notifier: Arc<dyn portal_core::ports::Notifier> = match &config.email {
+    let notifier: Arc<dyn Notifier> = match &config.email {
         Email::Files(dir) => Arc::new(FileOutbox::new(dir.clone(), sender)),
         Email::Smtp {
             host,
@@ -428,11 +428,18 @@ pub async fn build_with(
             Arc::new(SmtpNotifier::new(&smtp, sender).map_err(|e| anyhow::anyhow!("{e}"))?)
         }
     };
+    let policy = DeliveryPolicy::default();
+    // Each delivery ends within the policy's budget, as the worker counts on.
+    let budget = policy
+        .send_budget
+        .to_std()
+        .unwrap_or(Duration::from_secs(60));
+    let notifier: Arc<dyn Notifier> = Arc::new(TimeLimited(notifier, budget));
     let outbox = Arc::new(OutboxWorker::new(
         db.outbox(),
         notifier,
         clock,
-        DeliveryPolicy::default(),
+        policy,
         worker_id(),
     ));
     Ok(App {
@@ -448,4 +455,30 @@ pub async fn build_with(
 /// This instance's name in work claims.
 pub fn worker_id() -> String {
     format!("portal-{}", std::process::id())
+}
+
+/// A notifier whose every delivery ends within a time limit: a mail server that stalls counts
+/// as a temporary failure (retried later) instead of holding a message past its lease.
+struct TimeLimited(Arc<dyn Notifier>, Duration);
+
+#[async_trait::async_trait]
+impl Notifier for TimeLimited {
+    async fn deliver(
+        &self,
+        message: portal_core::ports::OutboxMessage,
+    ) -> Result<String, portal_core::ports::NotifyError> {
+        match tokio::time::timeout(self.1, self.0.deliver(message)).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!(
+                    seconds = self.1.as_secs(),
+                    "the mail server did not answer in time"
+                );
+                Err(portal_core::ports::NotifyError::Temporary(format!(
+                    "the mail server did not finish within {} s",
+                    self.1.as_secs()
+                )))
+            }
+        }
+    }
 }

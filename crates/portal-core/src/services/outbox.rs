@@ -24,6 +24,11 @@ pub struct DeliveryPolicy {
     pub lease: Duration,
     /// Messages claimed at a time.
     pub batch: u32,
+    /// The longest one delivery may take (the notifier gives up after it). A message of a
+    /// batch is sent only while this much of the batch's lease is left: a slow mail server
+    /// never lets the lease run out under a message being sent, which would let another
+    /// instance claim and send it again. What is left waits for the lease to end.
+    pub send_budget: Duration,
 }
 
 impl Default for DeliveryPolicy {
@@ -34,6 +39,7 @@ impl Default for DeliveryPolicy {
             max_retry: Duration::hours(2),
             lease: Duration::minutes(5),
             batch: 50,
+            send_budget: Duration::minutes(1),
         }
     }
 }
@@ -102,19 +108,19 @@ impl OutboxWorker {
         let mut report = DeliveryReport::default();
         loop {
             let now = self.clock.now();
+            let lease_until = now + self.policy.lease;
             let batch = self
                 .outbox
-                .claim_messages(
-                    self.worker_id.clone(),
-                    self.policy.batch,
-                    now,
-                    now + self.policy.lease,
-                )
+                .claim_messages(self.worker_id.clone(), self.policy.batch, now, lease_until)
                 .await?;
             if batch.is_empty() {
                 return Ok(report);
             }
             for message in batch {
+                if self.clock.now() + self.policy.send_budget > lease_until {
+                    // Too little of the lease is left to send another one safely.
+                    break;
+                }
                 self.deliver(message, &mut report).await?;
             }
         }
@@ -204,6 +210,55 @@ mod tests {
         assert_eq!(worker.run_once().await.unwrap(), DeliveryReport::default());
         assert_eq!(notifier.delivered().len(), 3);
         assert!(store.pending_messages(10).await.unwrap().is_empty());
+    }
+
+    /// A notifier that takes seven seconds a message (on the test clock) and records when each
+    /// send ended.
+    struct SlowNotifier {
+        clock: Arc<FixedClock>,
+        ended: std::sync::Mutex<Vec<chrono::DateTime<chrono::Utc>>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Notifier for SlowNotifier {
+        async fn deliver(&self, message: OutboxMessage) -> Result<String, NotifyError> {
+            self.clock.advance(Duration::seconds(7));
+            if let Ok(mut ended) = self.ended.lock() {
+                ended.push(self.clock.now());
+            }
+            Ok(format!("<{}@test>", message.id))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_slow_mail_server_never_outlasts_the_lease() {
+        let (store, _, clock, _) = setup(50).await;
+        let slow = Arc::new(SlowNotifier {
+            clock: clock.clone(),
+            ended: std::sync::Mutex::new(Vec::new()),
+        });
+        let policy = DeliveryPolicy::default();
+        let worker = OutboxWorker::new(
+            store.clone(),
+            slow.clone(),
+            clock.clone(),
+            policy.clone(),
+            "w1",
+        );
+        let lease_until = clock.now() + policy.lease;
+        let first = worker.run_once().await.unwrap();
+        let ended = slow.ended.lock().map(|e| e.clone()).unwrap_or_default();
+        assert!(first.sent > 0 && first.sent < 50, "{first:?}");
+        assert!(
+            ended.iter().all(|t| *t <= lease_until),
+            "every send ended while the lease held"
+        );
+        // What was left is another instance's once the lease ends: each message once.
+        clock.set_date(NaiveDate::from_ymd_opt(2027, 1, 6).unwrap());
+        let other = OutboxWorker::new(store.clone(), slow.clone(), clock.clone(), policy, "w2");
+        let second = other.run_once().await.unwrap();
+        assert_eq!(first.sent + second.sent, 50);
+        assert!(store.pending_messages(100).await.unwrap().is_empty());
     }
 
     #[tokio::test]
