@@ -8,7 +8,7 @@ pub mod wiring;
 
 use anyhow::Context;
 use config::Config;
-use portal_core::services::JobReport;
+use portal_core::services::{JobReport, Portal};
 use portal_http::{AppState, HttpConfig};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -52,7 +52,12 @@ pub async fn shutdown_signal() {
 
 /// One pass of every job for today, then the outbox.
 pub async fn worker_pass(app: &App) {
-    let p = &app.portal;
+    pass(app, &app.portal, &|| false).await;
+}
+
+/// [`worker_pass`] with `portal` for the jobs; once `stopping` answers true the pass ends
+/// after the chunk in hand (a graceful shutdown waits for one chunk, not a whole pass).
+async fn pass(app: &App, p: &Portal, stopping: &(dyn Fn() -> bool + Sync)) {
     let log = |name: &str, r: Result<JobReport, portal_core::services::ServiceError>| match r {
         Ok(r) if r.summary.done + r.summary.failed > 0 => {
             tracing::info!(
@@ -69,7 +74,13 @@ pub async fn worker_pass(app: &App) {
     // Billing, reminders, autopay, delinquency and reconciliation, once a day per account;
     // reconciliation again on every pass for payments whose outcome is still unknown.
     log("daily", p.run_daily().await);
+    if stopping() {
+        return;
+    }
     log("reconciliation", p.run_reconciliation().await);
+    if stopping() {
+        return;
+    }
     match app.outbox.run_once().await {
         Ok(r) if r.sent + r.retried + r.parked > 0 => tracing::info!(
             sent = r.sent,
@@ -84,8 +95,16 @@ pub async fn worker_pass(app: &App) {
 
 /// Runs passes every `every_secs` until `stop` turns true.
 pub async fn worker_loop(app: Arc<App>, every_secs: u64, mut stop: watch::Receiver<bool>) {
+    let stopping = {
+        let stop = stop.clone();
+        move || *stop.borrow()
+    };
+    let portal = app.portal.clone().with_stop(Arc::new(stopping.clone()));
     loop {
-        worker_pass(&app).await;
+        pass(&app, &portal, &stopping).await;
+        if stopping() {
+            return;
+        }
         tokio::select! {
             _ = tokio::time::sleep(std::time::Duration::from_secs(every_secs)) => {}
             _ = stop.changed() => return,
@@ -106,7 +125,8 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stops accepting requests, finishes in-flight requests and the current worker pass.
+    /// Stops accepting requests, finishes in-flight requests and the chunk of accounts the
+    /// worker holds (its pass stops there; the next start carries on).
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
         self.server

@@ -88,7 +88,24 @@ impl std::fmt::Debug for Progress {
     }
 }
 
+/// Answers whether batch job runs should stop (a shutdown has begun).
+pub type StopFn = dyn Fn() -> bool + Send + Sync;
+
+#[derive(Clone)]
+pub(crate) struct Stop(pub(crate) std::sync::Arc<StopFn>);
+
+impl std::fmt::Debug for Stop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Stop")
+    }
+}
+
 impl Portal {
+    /// Whether a shutdown asked batch runs to stop.
+    fn stopping(&self) -> bool {
+        self.stop.as_ref().is_some_and(|Stop(s)| s())
+    }
+
     /// Runs `work` once for every chunk of accounts, as one run of `job` for `period`: chunks
     /// are claimed one at a time through the work queue, so several instances share the run
     /// and none works a chunk another holds. A chunk with a failure stays unfinished and is
@@ -97,7 +114,7 @@ impl Portal {
     /// While a chunk is worked, the next one is claimed and loaded: the database reads it
     /// while this instance decides and writes, instead of each waiting on the other. (If the
     /// work fails outright, the chunk claimed ahead waits for its lease like any unfinished
-    /// one.)
+    /// one.) Once the portal is stopping (`Portal::with_stop`), the chunk in hand is the last.
     async fn for_each_chunk<F, Fut>(
         &self,
         job: &str,
@@ -136,7 +153,12 @@ impl Portal {
         let mut chunks_done = 0;
         let mut next = claim_next().await?;
         while let Some((chunk, accounts)) = next {
-            let (r, following) = both(work(accounts), claim_next()).await;
+            // Stopping: this chunk is the last; nothing more is claimed.
+            let (r, following) = if self.stopping() {
+                (work(accounts).await, Ok(None))
+            } else {
+                both(work(accounts), claim_next()).await
+            };
             let r = r?;
             let clean = r.summary.failed == 0;
             report.add(r);

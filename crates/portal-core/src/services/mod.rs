@@ -14,7 +14,7 @@ mod test_clock;
 
 pub use auth::{LoginOutcome, SessionGrant};
 pub use autopay::{AutopayForm, AutopayPreview};
-pub use jobs::{JobProgress, JobReport, JobSummary, ProgressFn};
+pub use jobs::{JobProgress, JobReport, JobSummary, ProgressFn, StopFn};
 pub use payments::{
     GuestMatch, GuestPayForm, MakePayment, OfflinePaymentForm, PayWith, PaymentPreview,
     PaymentReceipt,
@@ -300,6 +300,7 @@ pub struct Portal {
     deps: Deps,
     config: PortalConfig,
     progress: Option<jobs::Progress>,
+    stop: Option<jobs::Stop>,
     test_clock: Option<test_clock::Control>,
     clock_busy: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -311,6 +312,7 @@ impl Portal {
             deps,
             config,
             progress: None,
+            stop: None,
             test_clock: None,
             clock_busy: Arc::default(),
         }
@@ -326,6 +328,14 @@ impl Portal {
     /// Reports the progress of batch job runs to `progress`, after each chunk of accounts.
     pub fn with_progress(mut self, progress: Arc<jobs::ProgressFn>) -> Portal {
         self.progress = Some(jobs::Progress(progress));
+        self
+    }
+
+    /// Lets batch job runs stop early: once `stop` answers true, a run works the chunk it
+    /// holds and claims no more (what is left waits, unclaimed, for the next run). For a
+    /// graceful shutdown between chunks.
+    pub fn with_stop(mut self, stop: Arc<jobs::StopFn>) -> Portal {
+        self.stop = Some(jobs::Stop(stop));
         self
     }
 

@@ -3361,3 +3361,47 @@ async fn a_method_is_saved_only_once_the_gateway_accepts_its_payment() {
         "an accepted card is kept"
     );
 }
+
+#[tokio::test]
+async fn a_stopping_portal_ends_a_job_run_between_chunks() {
+    let h = Harness::with_config(PortalConfig {
+        job_chunk: 1,
+        ..PortalConfig::default()
+    })
+    .await;
+    for seed in 0..5 {
+        h.store
+            .commit(Changes::account(crate::testing::conformance::bare_account(
+                9_000 + seed,
+            )))
+            .await
+            .unwrap();
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let worked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (s, w) = (stop.clone(), worked.clone());
+    let stopping = h
+        .portal
+        .clone()
+        .with_progress(Arc::new(move |p: JobProgress| {
+            w.store(p.chunks_done, std::sync::atomic::Ordering::SeqCst);
+            // A shutdown begins once the first chunk is done.
+            s.store(true, std::sync::atomic::Ordering::SeqCst);
+        }))
+        .with_stop(Arc::new(move || {
+            stop.load(std::sync::atomic::Ordering::SeqCst)
+        }));
+    let report = stopping.run_billing().await.unwrap();
+    let worked = worked.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        worked, 2,
+        "the chunk in hand and the one claimed with it, no more"
+    );
+    assert_eq!(report.left.chunks, 6 - worked, "the rest is left");
+    assert_eq!(
+        report.left.leased_until, None,
+        "and left unclaimed, for the next run to take at once"
+    );
+    let rest = h.portal.run_billing().await.unwrap();
+    assert_eq!(rest.left.chunks, 0, "the next run finishes it");
+}
