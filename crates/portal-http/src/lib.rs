@@ -838,6 +838,9 @@ pub fn router(state: AppState) -> Router {
     }
     let limit = state.config.body_limit;
     let timeout = state.config.request_timeout;
+    // Served over HTTPS (secure cookies): browsers are told to use nothing else, for two years.
+    let hsts = (state.config.secure_cookies)
+        .then(|| HeaderValue::from_static("max-age=63072000; includeSubDomains"));
     Router::new()
         .nest("/api/v1", api)
         .route("/healthz", get(healthz))
@@ -870,6 +873,10 @@ pub fn router(state: AppState) -> Router {
         .layer(SetResponseHeaderLayer::if_not_present(
             HeaderName::from_static("content-security-policy"),
             HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::STRICT_TRANSPORT_SECURITY,
+            move |_: &Response| hsts.clone(),
         ))
 }
 

@@ -1151,3 +1151,38 @@ pub async fn weak_passwords_are_refused_with_their_reason(app: &TestApp) {
         assert_eq!(errors[0]["code"], code, "{password:?}: {answer}");
     }
 }
+
+/// Behind HTTPS (secure cookies on), every answer tells browsers to use HTTPS only; over
+/// plain HTTP (local demo) none does, since browsers ignore it there anyway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_deployments_send_strict_transport_security() {
+    let secure = TestApp::start_with(crate::Db::Sqlite, |c| c.secure_cookies = true)
+        .await
+        .unwrap();
+    let plain = TestApp::start(crate::Db::Sqlite).await.unwrap();
+    for path in ["/healthz", "/api/v1/client-config", "/login"] {
+        let r = secure
+            .http
+            .get(format!("{}{path}", secure.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.headers()
+                .get("strict-transport-security")
+                .and_then(|v| v.to_str().ok()),
+            Some("max-age=63072000; includeSubDomains"),
+            "{path}"
+        );
+        let r = plain
+            .http
+            .get(format!("{}{path}", plain.base))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            !r.headers().contains_key("strict-transport-security"),
+            "{path}"
+        );
+    }
+}

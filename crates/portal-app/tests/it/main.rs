@@ -87,6 +87,11 @@ pub async fn fresh_postgres() -> Option<String> {
 
 impl TestApp {
     pub async fn start(db: Db) -> Option<TestApp> {
+        Self::start_with(db, |_| {}).await
+    }
+
+    /// [`TestApp::start`] with the configuration changed by `change` first.
+    pub async fn start_with(db: Db, change: impl FnOnce(&mut Config)) -> Option<TestApp> {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("app-{}-{n}", std::process::id()));
@@ -104,6 +109,7 @@ impl TestApp {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         // The browser's origin, which the sandbox lets tokenize cards.
         config.public_url = format!("http://{}", listener.local_addr().unwrap());
+        change(&mut config);
         let clock = Arc::new(TestClock::new(config.timezone, None));
         let running = portal_app::start_with_clock(
             config,
