@@ -825,6 +825,79 @@ async fn access_log(req: axum::extract::Request, next: axum::middleware::Next) -
     response
 }
 
+/// Whether a request may change state from where it comes: a browser says where a request
+/// comes from (`Sec-Fetch-Site`, `Origin`), and only this site's own pages may send one. A
+/// request that says nothing (an API client, the gateway's webhooks) is judged by its
+/// credentials alone.
+fn from_this_site(headers: &HeaderMap) -> bool {
+    // A browser that sends Sec-Fetch-Site says it outright. (Its `Origin` can be `null` on
+    // this site's own form posts, as some pages' referrer policy asks.)
+    if let Some(site) = headers.get("sec-fetch-site") {
+        return matches!(site.to_str(), Ok("same-origin" | "none"));
+    }
+    match headers.get(header::ORIGIN).map(HeaderValue::to_str) {
+        None => true,
+        Some(Ok(origin)) => {
+            let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+            let authority = origin
+                .strip_prefix("https://")
+                .or_else(|| origin.strip_prefix("http://"));
+            authority.is_some() && authority == host
+        }
+        Some(Err(_)) => false,
+    }
+}
+
+/// Whether a body is declared JSON (`application/json` or `application/*+json`).
+fn declared_json(headers: &HeaderMap) -> bool {
+    let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// Refuses, before any handler runs, a state-changing request from another site (403), and
+/// an API body not declared JSON (415): a cross-site form can send `text/plain` that parses as
+/// JSON, which would log a victim into an attacker's account.
+async fn request_guard(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let changes_state = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    if changes_state {
+        if !from_this_site(req.headers()) {
+            return Problem::new(
+                StatusCode::FORBIDDEN,
+                "Cross-site request",
+                "This request came from another site and was refused.",
+            )
+            .into_response();
+        }
+        let api = req.uri().path().starts_with("/api/");
+        let h = req.headers();
+        let has_body = h.contains_key(header::TRANSFER_ENCODING)
+            || (h.get(header::CONTENT_LENGTH))
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|n| n.trim() != "0");
+        if api && has_body && !declared_json(req.headers()) {
+            return Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "Unsupported media type",
+                "Send the body as JSON, with Content-Type: application/json.",
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
 async fn fallback() -> Problem {
     Problem::not_found("endpoint")
 }
@@ -848,6 +921,7 @@ pub fn router(state: AppState) -> Router {
         .merge(web::routes())
         .fallback(fallback)
         .with_state(state)
+        .layer(axum::middleware::from_fn(request_guard))
         .layer(axum::middleware::from_fn(access_log))
         .layer(DefaultBodyLimit::max(limit))
         .layer(TimeoutLayer::with_status_code(
@@ -863,8 +937,10 @@ pub fn router(state: AppState) -> Router {
             HeaderValue::from_static("DENY"),
         ))
         .layer(SetResponseHeaderLayer::overriding(
+            // Nothing leaves for other sites; this site's own requests carry their origin,
+            // which browsers without Sec-Fetch-Site need for `request_guard` to let them in.
             HeaderName::from_static("referrer-policy"),
-            HeaderValue::from_static("no-referrer"),
+            HeaderValue::from_static("same-origin"),
         ))
         .layer(SetResponseHeaderLayer::if_not_present(
             header::CACHE_CONTROL,

@@ -1186,3 +1186,61 @@ async fn https_deployments_send_strict_transport_security() {
         );
     }
 }
+
+/// Login CSRF: a cross-site form posting `text/plain` that parses as JSON must not log the
+/// victim into the attacker's account. API bodies must be declared JSON (415), and a
+/// browser request from another site that would change state is refused (403).
+pub async fn cross_site_and_undeclared_bodies_are_refused(app: &TestApp) {
+    let login = json!({ "username": DEMO_USER, "password": DEMO_PASSWORD }).to_string();
+    let post = |content_type: &str, headers: Vec<(&str, String)>| {
+        let mut r = app
+            .http
+            .post(app.url("/sessions"))
+            .header("content-type", content_type)
+            .body(login.clone());
+        for (k, v) in headers {
+            r = r.header(k, v);
+        }
+        r.send()
+    };
+    for ct in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data",
+    ] {
+        let r = post(ct, vec![]).await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "{ct}");
+        assert!(
+            r.headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("application/problem+json")),
+            "{ct}: a documented problem"
+        );
+        assert!(!r.headers().contains_key("set-cookie"), "{ct}: no session");
+    }
+    for (k, v) in [
+        ("sec-fetch-site", "cross-site"),
+        ("sec-fetch-site", "same-site"),
+        ("origin", "https://evil.example"),
+        ("origin", "null"),
+    ] {
+        let r = post("application/json", vec![(k, v.to_owned())])
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{k}: {v}");
+        assert!(!r.headers().contains_key("set-cookie"), "{k}: {v}");
+    }
+    // This site's own pages, and API clients that say nothing, still log in.
+    for headers in [
+        vec![],
+        vec![("sec-fetch-site", "same-origin".to_owned())],
+        vec![("origin", app.base.clone())],
+    ] {
+        let shown = format!("{headers:?}");
+        let r = post("application/json; charset=utf-8", headers)
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED, "{shown}");
+    }
+}

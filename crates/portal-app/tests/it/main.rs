@@ -306,4 +306,5 @@ on_both_stores!(
     the_language_switch_stays_on_this_site,
     completing_a_reset_ends_every_other_link,
     weak_passwords_are_refused_with_their_reason,
+    cross_site_and_undeclared_bodies_are_refused,
 );
