@@ -3405,3 +3405,30 @@ async fn a_stopping_portal_ends_a_job_run_between_chunks() {
     let rest = h.portal.run_billing().await.unwrap();
     assert_eq!(rest.left.chunks, 0, "the next run finishes it");
 }
+
+#[tokio::test]
+async fn a_retry_resumes_a_one_time_card_payment_whose_answer_was_lost() {
+    let h = Harness::new().await;
+    h.register().await;
+    h.set_date(d(2026, 12, 2)).await;
+    h.portal.bill_account(h.account_id).await.unwrap();
+    let first = h.pay("k-lost-once", None, "pm_card_lost").await.unwrap();
+    assert!(matches!(
+        first.payment().status,
+        PaymentStatus::Pending {
+            stage: PendingStage::Submitted
+        }
+    ));
+    let charges = h.gateway.charges();
+    // The member's retry (same key, same card token) asks the gateway again with the same
+    // gateway key: the charge it already made is the answer, not a second one.
+    let retried = h.pay("k-lost-once", None, "pm_card_lost").await.unwrap();
+    assert!(retried.replayed);
+    assert_eq!(retried.payment().id, first.payment().id);
+    assert_eq!(retried.payment().status, PaymentStatus::Succeeded);
+    assert_eq!(h.gateway.charges(), charges, "no second charge");
+    assert!(
+        h.account().await.methods.is_empty(),
+        "a one-time card is not kept"
+    );
+}
