@@ -179,7 +179,9 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(|(_, v)| v.to_owned())
 }
 
-/// Resolves the caller: a bearer token, or a session cookie with its CSRF header on unsafe methods.
+/// Resolves the caller: a bearer token, or a session cookie with its CSRF header on unsafe
+/// methods. A cookie that is no session is `401` (log in again) before any CSRF check, which
+/// only a live session can fail (`403`).
 async fn principal(
     state: &AppState,
     method: &Method,
@@ -190,30 +192,29 @@ async fn principal(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_owned);
+    let from_cookie = bearer.is_none();
     let token = match bearer {
         Some(t) => t,
-        None => {
-            let t = cookie(headers, SESSION_COOKIE).ok_or_else(Problem::unauthenticated)?;
-            if !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
-                let sent = headers
-                    .get(CSRF_HEADER)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("");
-                if sent != csrf_for(&t) {
-                    return Err(Problem::new(
-                        StatusCode::FORBIDDEN,
-                        "CSRF check failed",
-                        "Reload the page and try again.",
-                    ));
-                }
-            }
-            t
-        }
+        None => cookie(headers, SESSION_COOKIE).ok_or_else(Problem::unauthenticated)?,
     };
     if token.is_empty() || token.len() > 256 {
         return Err(Problem::unauthenticated());
     }
-    Ok(state.portal.authenticate(&token).await?)
+    let principal = state.portal.authenticate(&token).await?;
+    if from_cookie && !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        let sent = headers
+            .get(CSRF_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if sent != csrf_for(&token) {
+            return Err(Problem::new(
+                StatusCode::FORBIDDEN,
+                "CSRF check failed",
+                "Reload the page and try again.",
+            ));
+        }
+    }
+    Ok(principal)
 }
 
 async fn member(

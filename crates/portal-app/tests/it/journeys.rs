@@ -1244,3 +1244,25 @@ pub async fn cross_site_and_undeclared_bodies_are_refused(app: &TestApp) {
         assert_eq!(r.status(), StatusCode::CREATED, "{shown}");
     }
 }
+
+/// A session cookie that is no session (expired, forged, garbage) answers 401 on every
+/// method, so a browser is sent to log in again rather than told to reload for CSRF.
+pub async fn a_cookie_that_is_no_session_is_unauthenticated(app: &TestApp) {
+    for (method, path) in [
+        (Method::GET, "/account"),
+        (Method::POST, "/payments/preview"),
+        (Method::DELETE, "/sessions/current"),
+    ] {
+        let r = app
+            .http
+            .request(method.clone(), app.url(path))
+            .header("cookie", "portal_session=garbage-not-a-session")
+            .header("x-csrf-token", "whatever")
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{method} {path}");
+    }
+}

@@ -307,4 +307,5 @@ on_both_stores!(
     completing_a_reset_ends_every_other_link,
     weak_passwords_are_refused_with_their_reason,
     cross_site_and_undeclared_bodies_are_refused,
+    a_cookie_that_is_no_session_is_unauthenticated,
 );
