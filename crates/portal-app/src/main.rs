@@ -351,11 +351,9 @@ async fn job(
         let more = f(&app.portal)
             .await
             .with_context(|| format!("{name} failed"))?;
-        report.summary.done += more.summary.done;
-        report.summary.skipped += more.summary.skipped;
-        report.summary.failed += more.summary.failed;
-        report.failures.extend(more.failures);
-        report.left = more.left;
+        let left = more.left;
+        report.add(more);
+        report.left = left;
     }
     for (account, why) in report.failures.iter().take(20) {
         eprintln!("  failed: account {account}: {why}");

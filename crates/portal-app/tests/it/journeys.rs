@@ -301,6 +301,16 @@ pub async fn repeated_bad_passwords_lock_the_account(app: &TestApp) {
     );
 }
 
+/// Sets a new password with an emailed reset link's token.
+async fn complete_reset(app: &TestApp, token: &str, password: &str) -> (StatusCode, Value) {
+    app.post(
+        "/password-resets/completion",
+        None,
+        json!({ "token": token, "password": password }),
+    )
+    .await
+}
+
 pub async fn a_reset_link_works_once(app: &TestApp) {
     let (status, _) = app
         .post(
@@ -332,21 +342,9 @@ pub async fn a_reset_link_works_once(app: &TestApp) {
         })
         .unwrap();
     let new = "a completely new passphrase";
-    let (status, body) = app
-        .post(
-            "/password-resets/completion",
-            None,
-            json!({ "token": token, "password": new }),
-        )
-        .await;
+    let (status, body) = complete_reset(app, &token, new).await;
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
-    let (status, body) = app
-        .post(
-            "/password-resets/completion",
-            None,
-            json!({ "token": token, "password": "yet another passphrase" }),
-        )
-        .await;
+    let (status, body) = complete_reset(app, &token, "yet another passphrase").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     app.login(DEMO_USER, new).await;
 }
@@ -1102,21 +1100,9 @@ pub async fn completing_a_reset_ends_every_other_link(app: &TestApp) {
     let [first, second] = tokens.as_slice() else {
         panic!("two reset links were sent: {tokens:?}");
     };
-    let (status, body) = app
-        .post(
-            "/password-resets/completion",
-            None,
-            json!({ "token": second, "password": "a completely new passphrase" }),
-        )
-        .await;
+    let (status, body) = complete_reset(app, second, "a completely new passphrase").await;
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
-    let (status, body) = app
-        .post(
-            "/password-resets/completion",
-            None,
-            json!({ "token": first, "password": "the attacker's passphrase" }),
-        )
-        .await;
+    let (status, body) = complete_reset(app, first, "the attacker's passphrase").await;
     assert_eq!(
         status,
         StatusCode::BAD_REQUEST,

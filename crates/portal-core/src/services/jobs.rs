@@ -46,7 +46,8 @@ pub struct JobReport {
 }
 
 impl JobReport {
-    fn add(&mut self, other: JobReport) {
+    /// Adds another report's counts and failures (what is left stays this one's).
+    pub fn add(&mut self, other: JobReport) {
         self.summary.done += other.summary.done;
         self.summary.skipped += other.summary.skipped;
         self.summary.failed += other.summary.failed;
